@@ -1,0 +1,162 @@
+"""Errors raised by guardrail.
+
+Every error is a :class:`GuardrailError`; the ones raised before a request
+leaves the process say so, so callers can tell "nothing was sent" apart from a
+provider failure (provider errors are re-raised as the SDK's own exceptions)::
+
+    GuardrailError
+    ├── ConfigurationError          (also ValueError)  bad Policy, model entry, store settings
+    ├── InvalidRequestError         (also ValueError)  malformed messages, tools, tenant ids
+    │   └── InvalidTenantError
+    ├── UnknownModelError           (also KeyError)    strict lookup of a model we do not know
+    ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
+    ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
+    ├── LoopDetected                the same request repeated too often; nothing was sent
+    └── StoreUnavailable            the budget store failed and the policy fails closed
+
+This module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+__all__ = [
+    "BudgetExceeded",
+    "ConfigurationError",
+    "ContextWindowExceeded",
+    "GuardrailError",
+    "InvalidRequestError",
+    "InvalidTenantError",
+    "LoopDetected",
+    "StoreUnavailable",
+    "UnknownModelError",
+]
+
+
+class GuardrailError(Exception):
+    """Base class of every error guardrail raises itself."""
+
+
+class ConfigurationError(GuardrailError, ValueError):
+    """A policy, model entry or store setting is invalid."""
+
+
+class InvalidRequestError(GuardrailError, ValueError):
+    """The request (messages, tools, parameters) is malformed; the message names the field."""
+
+
+class InvalidTenantError(InvalidRequestError):
+    """A tenant or scope id is empty, too long, or has characters outside the allowed set."""
+
+
+class UnknownModelError(GuardrailError, KeyError):
+    """Strict lookup of a model name that neither the catalog nor its patterns know."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
+
+    def __str__(self) -> str:
+        return (
+            f"unknown model {self.model!r}: register it with guardrail.register_model(...) "
+            "or look it up without strict=True to fall back to o200k_base"
+        )
+
+
+class ContextWindowExceeded(GuardrailError):
+    """The prompt plus the reserved output does not fit the model or the policy.
+
+    Raised before any request is sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        prompt_tokens: int,
+        reserved_output_tokens: int,
+        limit: int,
+        limit_name: str,
+        tenant: str | None = None,
+        detail: str = "",
+    ) -> None:
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.reserved_output_tokens = reserved_output_tokens
+        self.limit = limit
+        self.limit_name = limit_name
+        self.tenant = tenant
+        who = f" for tenant {tenant!r}" if tenant else ""
+        msg = (
+            f"prompt of {prompt_tokens} tokens + {reserved_output_tokens} reserved output tokens"
+            f" exceeds {limit_name} ({limit} tokens) of {model!r}{who}"
+        )
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+
+class BudgetExceeded(GuardrailError):
+    """Reserving the call's worst-case cost would exceed one of a tenant's limits.
+
+    ``requested`` and ``remaining`` are in the limit's unit: USD (``Decimal``) for
+    spend limits, tokens (``int``) for token limits. ``retry_after`` is the number
+    of seconds until the limit has room again (the window resets or the bucket
+    refills), when that is known.
+    """
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        limit: str,
+        requested: Decimal | int,
+        remaining: Decimal | int,
+        cap: Decimal | int,
+        resets_at: datetime | None = None,
+        retry_after: float | None = None,
+        detail: str = "",
+    ) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.requested = requested
+        self.remaining = remaining
+        self.cap = cap
+        self.resets_at = resets_at
+        self.retry_after = retry_after
+        unit = "USD" if isinstance(cap, Decimal) else "tokens"
+        msg = (
+            f"tenant {tenant!r} would exceed {limit} ({cap} {unit}): "
+            f"this call needs up to {requested} {unit}, {remaining} {unit} remain"
+        )
+        if resets_at is not None:
+            msg += f"; resets at {resets_at.isoformat()}"
+        elif retry_after is not None:
+            msg += f"; retry after {retry_after:.1f}s"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+class LoopDetected(GuardrailError):
+    """The same request fingerprint came from one tenant too often within a window."""
+
+    def __init__(self, *, tenant: str, repeats: int, window_seconds: float, limit: int) -> None:
+        self.tenant = tenant
+        self.repeats = repeats
+        self.window_seconds = window_seconds
+        self.limit = limit
+        super().__init__(
+            f"tenant {tenant!r} sent the same request {repeats} times within "
+            f"{window_seconds:g}s (limit {limit}): refusing to send it again"
+        )
+
+
+class StoreUnavailable(GuardrailError):
+    """The budget store could not be reached and the policy fails closed; nothing was sent."""
+
+    def __init__(self, message: str, *, tenant: str | None = None) -> None:
+        self.tenant = tenant
+        super().__init__(message if tenant is None else f"{message} (tenant {tenant!r})")
