@@ -9,6 +9,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     ├── InvalidRequestError         (also ValueError)  malformed messages, tools, tenant ids
     │   └── InvalidTenantError
     ├── UnknownModelError           (also KeyError)    strict lookup of a model we do not know
+    ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
     ├── LoopDetected                the same request repeated too often; nothing was sent
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidTenantError",
     "LoopDetected",
+    "PriceUnavailable",
     "StoreUnavailable",
     "UnknownModelError",
 ]
@@ -62,6 +64,21 @@ class UnknownModelError(GuardrailError, KeyError):
         return (
             f"unknown model {self.model!r}: register it with guardrail.register_model(...) "
             "or look it up without strict=True to fall back to o200k_base"
+        )
+
+
+class PriceUnavailable(GuardrailError, LookupError):
+    """The price data has no price for a model, so a USD cost cannot be computed."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
+
+    def __str__(self) -> str:
+        return (
+            f"no price known for model {self.model!r}: pass prices to "
+            "guardrail.register_model(..., input_usd_per_mtok=..., output_usd_per_mtok=...) "
+            "or register it like=<a priced model>"
         )
 
 

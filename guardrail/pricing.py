@@ -1,0 +1,183 @@
+"""USD cost of tokens, as ``Decimal``, from maintained price data (genai-prices).
+
+genai-prices ships its data with the package (no network at import or at call time)
+and knows cached-input, cache-write and tiered (long-context) prices. We hand it a
+``genai_prices.Usage``; SDK usage objects are mapped with genai-prices' own per-provider
+extractors, so the meaning of every usage field stays the library's, not ours.
+Prices given to :func:`guardrail.register_model` take precedence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import genai_prices
+from genai_prices import data_snapshot
+
+from guardrail.errors import InvalidRequestError, PriceUnavailable
+from guardrail.models import ModelInfo, model_info
+
+__all__ = ["TokenUsage", "estimate_cost", "prices_per_million", "usage_cost", "usage_from_sdk"]
+
+_MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Provider-neutral token usage of one call.
+
+    ``input_tokens`` is every prompt token, cached or not (OpenAI's ``prompt_tokens``;
+    for Anthropic, ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``).
+    ``output_tokens`` includes ``reasoning_tokens``.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def to_genai(self) -> genai_prices.Usage:
+        values: dict[str, int] = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+        if self.cached_input_tokens:
+            values["cache_read_tokens"] = self.cached_input_tokens
+        if self.cache_write_tokens:
+            values["cache_write_tokens"] = self.cache_write_tokens
+        if self.cache_write_1h_tokens:
+            values["cache_write_1h_tokens"] = self.cache_write_1h_tokens
+            values["cache_write_5m_tokens"] = self.cache_write_tokens - self.cache_write_1h_tokens
+        return genai_prices.Usage(**values)
+
+
+def _check_count(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequestError(f"{label} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _provider_id(info: ModelInfo) -> str | None:
+    return info.provider if info.provider in ("openai", "anthropic") else None
+
+
+def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
+    if info.input_usd_per_mtok is not None and info.output_usd_per_mtok is not None:
+        cached_price = info.cached_input_usd_per_mtok
+        if cached_price is None:
+            cached_price = info.input_usd_per_mtok
+        uncached = usage.input_tokens - usage.cached_input_tokens
+        return (
+            uncached * info.input_usd_per_mtok
+            + usage.cached_input_tokens * cached_price
+            + usage.output_tokens * info.output_usd_per_mtok
+        ) / _MTOK
+    ref = info.price_ref or info.name
+    try:
+        calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=_provider_id(info))
+    except LookupError as exc:
+        raise PriceUnavailable(info.name) from exc
+    if calc.model_price.input_mtok is None and calc.model_price.output_mtok is None:
+        raise PriceUnavailable(info.name)
+    return calc.total_price
+
+
+def estimate_cost(
+    model: str | ModelInfo,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cached_input_tokens: int = 0,
+) -> Decimal:
+    """USD cost of a call with these token counts.
+
+    ``input_tokens`` counts every prompt token; ``cached_input_tokens`` of them are billed
+    at the cached-input price. ``estimate_cost("gpt-4o", 1000, 500) == Decimal("0.0075")``.
+    """
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    usage = TokenUsage(
+        input_tokens=_check_count("input_tokens", input_tokens),
+        output_tokens=_check_count("output_tokens", output_tokens),
+        cached_input_tokens=_check_count("cached_input_tokens", cached_input_tokens),
+    )
+    if cached_input_tokens > input_tokens:
+        raise InvalidRequestError(
+            f"cached_input_tokens ({cached_input_tokens}) exceeds input_tokens ({input_tokens})"
+        )
+    return _cost(info, usage)
+
+
+def _as_mapping(usage: Any) -> Mapping[str, Any]:
+    if isinstance(usage, Mapping):
+        return usage
+    dump = getattr(usage, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    raise InvalidRequestError(f"cannot read token usage from {type(usage).__name__}")
+
+
+def usage_from_sdk(usage: Any, *, provider: str) -> TokenUsage:
+    """Normalise an SDK usage object (or its dict) into :class:`TokenUsage`.
+
+    OpenAI chat completions: ``prompt_tokens`` (cached ones in
+    ``prompt_tokens_details.cached_tokens``), ``completion_tokens`` (reasoning included).
+    Anthropic messages: ``input_tokens`` excludes cache reads and writes, which are added.
+    """
+    data = _as_mapping(usage)
+    flavor = "default" if provider == "anthropic" else "chat"
+    try:
+        extractor = data_snapshot.get_snapshot().find_provider(None, provider, None)
+        _, u = extractor.extract_usage({"usage": dict(data)}, api_flavor=flavor)
+    except (LookupError, ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"malformed {provider} usage {dict(data)!r}: {exc}") from exc
+
+    def get(name: str) -> int:
+        return int(getattr(u, name, None) or 0)
+
+    return TokenUsage(
+        input_tokens=get("input_tokens"),
+        output_tokens=get("output_tokens"),
+        cached_input_tokens=get("cache_read_tokens"),
+        cache_write_tokens=get("cache_write_tokens"),
+        cache_write_1h_tokens=get("cache_write_1h_tokens"),
+        reasoning_tokens=get("output_reasoning_tokens"),
+    )
+
+
+def usage_cost(model: str | ModelInfo, usage: TokenUsage | Any) -> Decimal:
+    """USD cost of an SDK response's ``usage`` (or a :class:`TokenUsage`)."""
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    if not isinstance(usage, TokenUsage):
+        usage = usage_from_sdk(usage, provider=_provider_id(info) or "openai")
+    return _cost(info, usage)
+
+
+def prices_per_million(model: str | ModelInfo) -> tuple[Decimal | None, Decimal | None]:
+    """(input, output) USD per million tokens at the base tier, or None where unknown."""
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    if info.input_usd_per_mtok is not None:
+        return info.input_usd_per_mtok, info.output_usd_per_mtok
+    try:
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=0, output_tokens=0),
+            info.price_ref or info.name,
+            provider_id=_provider_id(info),
+        )
+    except LookupError:
+        return None, None
+
+    def base(price: object) -> Decimal | None:
+        if price is None:
+            return None
+        if isinstance(price, Decimal):
+            return price
+        return getattr(price, "base", None)
+
+    return base(calc.model_price.input_mtok), base(calc.model_price.output_mtok)
