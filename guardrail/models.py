@@ -105,14 +105,29 @@ def _family_of(name: str) -> str | None:
     return best
 
 
-def _price_data_window(name: str, provider: str) -> int | None:
+def _price_data_model(name: str, provider: str) -> Any | None:
     from genai_prices import data_snapshot
 
     try:
         _, found = data_snapshot.get_snapshot().find_provider_model(name, None, provider, None)
     except LookupError:
         return None
-    return found.context_window
+    return found
+
+
+def _price_data_window(name: str, provider: str) -> int | None:
+    found = _price_data_model(name, provider)
+    return None if found is None else found.context_window
+
+
+def _price_ref(model: str, name: str, provider: str) -> str:
+    """The name prices are looked up under: the name as given when the price data knows it,
+    else the normalised name (``azure/gpt-4o`` is priced as ``gpt-4o``). A fine-tune the
+    price data does not know keeps its own name (and so no price): its base model's price
+    would understate it."""
+    if model.lower().startswith("ft:") or _price_data_model(model, provider) is not None:
+        return model
+    return name
 
 
 def _tiktoken_encoding(name: str) -> str | None:
@@ -148,7 +163,7 @@ def _resolve(model: str) -> ModelInfo | None:
         max_output_tokens=fam["max_output_tokens"],
         family=family,
         encoding_assumed=assumed,
-        price_ref=model.strip(),
+        price_ref=_price_ref(model.strip(), name, fam["provider"]),
         tool_constants=dict(data["tools"].get(fam.get("tools", ""), data["tools"]["o200k"])),
         image_rule=dict(data["images"].get(fam.get("image", ""), {})),
     )
@@ -234,8 +249,15 @@ def register_model(
             raise ConfigurationError(
                 f"registering unknown model {name!r} needs like=... or {', '.join(missing)}"
             )
-        # Only gpt-4o's counting constants are kept; the price is this model's own.
-        base = replace(model_info("gpt-4o"), price_ref=name)
+        # Only gpt-4o's counting constants are kept; the price is this model's own, and the
+        # encoding is assumed (Claude's estimate for an Anthropic model) unless given.
+        base = replace(
+            model_info("gpt-4o"),
+            price_ref=name,
+            family=None,
+            encoding="claude" if provider == "anthropic" else FALLBACK_ENCODING,
+            encoding_assumed=provider != "anthropic",
+        )
     if encoding is not None and encoding != "claude":
         try:
             tiktoken.get_encoding(encoding)
@@ -245,7 +267,9 @@ def register_model(
         ("context_window", context_window),
         ("max_output_tokens", max_output_tokens),
     ):
-        if value is not None and (not isinstance(value, int) or value <= 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
             raise ConfigurationError(f"{label} must be a positive int, got {value!r}")
 
     def price_or(label: str, value: object, current: Decimal | None) -> Decimal | None:
@@ -270,6 +294,14 @@ def register_model(
         encoding_assumed=False if encoding else base.encoding_assumed,
         known=True,
     )
+    if (info.input_usd_per_mtok is None) != (info.output_usd_per_mtok is None) or (
+        info.cached_input_usd_per_mtok is not None and info.input_usd_per_mtok is None
+    ):
+        # A half-given price would be silently replaced by the price data's.
+        raise ConfigurationError(
+            f"model {name!r}: give input_usd_per_mtok and output_usd_per_mtok together "
+            "(and cached_input_usd_per_mtok only with them)"
+        )
     with _lock:
         _registered[name] = info
     return info

@@ -9,6 +9,7 @@ Prices given to :func:`guardrail.register_model` take precedence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 
 import genai_prices
 from genai_prices import data_snapshot
+from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
 from guardrail.errors import InvalidRequestError, PriceUnavailable
 from guardrail.models import ModelInfo, model_info
@@ -66,6 +68,116 @@ def _provider_id(info: ModelInfo) -> str | None:
     return info.provider if info.provider in ("openai", "anthropic") else None
 
 
+# --- resolved prices, cached -------------------------------------------------------------
+#
+# genai_prices.calc_price costs ~60 µs (model lookup, unit registry, leaf decomposition) and
+# runs twice per guarded call (reserve, settle). The model's ModelPrice is cached per
+# (price_ref, provider) for the current UTC hour and price-data snapshot (prices that start
+# on a date switch at midnight UTC, so an hour-old entry is never wrong), and the common
+# case is priced with plain Decimal arithmetic (~3 µs): input, output and cache-read prices
+# (flat, or tiered on the total input tokens exactly as calc_unit_price does), no cache
+# writes in the usage, and no other priced unit that a TokenUsage could report. Everything
+# else goes through calc_price. tests/test_pricing.py checks the two agree on random usages.
+
+# Price keys the fast path handles; cache writes are handled by leaving them to calc_price.
+_FAST_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
+_CACHE_WRITE_KEYS = frozenset({"cache_write_mtok", "cache_write_5m_mtok", "cache_write_1h_mtok"})
+# Units a TokenUsage never reports (so they price to 0 in calc_price too).
+_UNREPORTED_KEYS = frozenset(
+    {
+        "web_searches_kcount",
+        "storage_searches_kcount",
+        "code_executions_kcount",
+        "social_searches_kcount",
+        "rerank_searches_kcount",
+    }
+)
+_MAX_CACHED = 4096
+
+Rate = Decimal | TieredPrices
+FlatPrices = tuple[Rate | None, Rate | None, Rate | None]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    snapshot: object
+    hour: int
+    price: ModelPrice | None  # None: the price data does not know the model
+    flat: FlatPrices | None  # (input, output, cache read) when the fast path applies
+
+
+_resolved: dict[tuple[str, str | None], _Resolved] = {}
+
+
+def _flat_prices(calc: genai_prices.types.PriceCalculation) -> FlatPrices | None:
+    prices = calc.model.prices
+    if isinstance(prices, list) and any(
+        isinstance(p.constraint, TimeOfDateConstraint) for p in prices
+    ):
+        return None  # off-peak prices change within the hour
+    found: dict[str, Rate] = {}
+    for key, value in vars(calc.model_price).items():
+        if key.startswith("_") or value is None:
+            continue
+        if key in _FAST_KEYS:
+            if not isinstance(value, (Decimal, TieredPrices)):
+                return None
+            found[key] = value
+        elif key not in _CACHE_WRITE_KEYS and key not in _UNREPORTED_KEYS:
+            return None
+    return found.get("input_mtok"), found.get("output_mtok"), found.get("cache_read_mtok")
+
+
+def _resolve_price(ref: str, provider: str | None) -> _Resolved:
+    snapshot = data_snapshot.get_snapshot()
+    hour = int(time.time()) // 3600
+    key = (ref, provider)
+    hit = _resolved.get(key)
+    if hit is not None and hit.hour == hour and hit.snapshot is snapshot:
+        return hit
+    try:
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=0, output_tokens=0), ref, provider_id=provider
+        )
+    except LookupError:
+        entry = _Resolved(snapshot, hour, None, None)
+    else:
+        entry = _Resolved(snapshot, hour, calc.model_price, _flat_prices(calc))
+    if len(_resolved) >= _MAX_CACHED:
+        _resolved.clear()
+    _resolved[key] = entry
+    return entry
+
+
+def _rate(price: Rate | None, input_tokens: int) -> Decimal | None:
+    """The price per million that applies: a tier applies to every token once the prompt's
+    input tokens exceed its start (genai_prices.types.calc_unit_price)."""
+    if price is None or isinstance(price, Decimal):
+        return price
+    for tier in reversed(price.tiers):
+        if input_tokens > tier.start:
+            return tier.price
+    return price.base
+
+
+def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
+    """calc_price's result for these prices, or None when the usage needs calc_price."""
+    cached = usage.cached_input_tokens
+    if usage.cache_write_tokens or cached > usage.input_tokens:
+        return None
+    input_price, output_price, cached_price = (_rate(p, usage.input_tokens) for p in flat)
+    total = Decimal(0)
+    if input_price is not None:
+        # Without a cache-read price, cached tokens are billed as plain input.
+        uncached = usage.input_tokens - (cached if cached_price is not None else 0)
+        total += input_price * uncached / _MTOK
+    if output_price is not None:
+        total += output_price * usage.output_tokens / _MTOK
+    if cached_price is not None:
+        total += cached_price * cached / _MTOK
+    return total
+
+
 def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     if info.input_usd_per_mtok is not None and info.output_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
@@ -78,12 +190,22 @@ def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
             + usage.output_tokens * info.output_usd_per_mtok
         ) / _MTOK
     ref = info.price_ref or info.name
+    provider = _provider_id(info)
+    resolved = _resolve_price(ref, provider)
+    if resolved.price is None or (
+        resolved.price.input_mtok is None and resolved.price.output_mtok is None
+    ):
+        raise PriceUnavailable(info.name)
+    if resolved.flat is not None:
+        fast = _fast_cost(resolved.flat, usage)
+        if fast is not None:
+            return fast
     try:
-        calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=_provider_id(info))
+        calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=provider)
     except LookupError as exc:
         raise PriceUnavailable(info.name) from exc
-    if calc.model_price.input_mtok is None and calc.model_price.output_mtok is None:
-        raise PriceUnavailable(info.name)
+    except ValueError as exc:  # inconsistent usage, e.g. more cached than input tokens
+        raise InvalidRequestError(f"invalid token usage {usage}: {exc}") from exc
     return calc.total_price
 
 
@@ -154,7 +276,10 @@ def usage_from_sdk(usage: Any, *, provider: str) -> TokenUsage:
 def usage_cost(model: str | ModelInfo, usage: TokenUsage | Any) -> Decimal:
     """USD cost of an SDK response's ``usage`` (or a :class:`TokenUsage`)."""
     info = model if isinstance(model, ModelInfo) else model_info(model)
-    if not isinstance(usage, TokenUsage):
+    if isinstance(usage, TokenUsage):
+        for name in TokenUsage.__dataclass_fields__:
+            _check_count(name, getattr(usage, name))
+    else:
         usage = usage_from_sdk(usage, provider=_provider_id(info) or "openai")
     return _cost(info, usage)
 
@@ -164,13 +289,8 @@ def prices_per_million(model: str | ModelInfo) -> tuple[Decimal | None, Decimal 
     info = model if isinstance(model, ModelInfo) else model_info(model)
     if info.input_usd_per_mtok is not None:
         return info.input_usd_per_mtok, info.output_usd_per_mtok
-    try:
-        calc = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=0, output_tokens=0),
-            info.price_ref or info.name,
-            provider_id=_provider_id(info),
-        )
-    except LookupError:
+    price = _resolve_price(info.price_ref or info.name, _provider_id(info)).price
+    if price is None:
         return None, None
 
     def base(price: object) -> Decimal | None:
@@ -180,4 +300,4 @@ def prices_per_million(model: str | ModelInfo) -> tuple[Decimal | None, Decimal 
             return price
         return getattr(price, "base", None)
 
-    return base(calc.model_price.input_mtok), base(calc.model_price.output_mtok)
+    return base(price.input_mtok), base(price.output_mtok)
