@@ -1,0 +1,298 @@
+"""Drivers: perform the I/O operations the engine's flow yields, sync or async.
+
+These are the only places where sync and async differ, and they hold no decisions:
+each operation is executed and its result (or exception) is sent back into the flow.
+A stream parks the flow; the guarded stream resumes it when the stream ends, however
+it ends (exhausted, closed, broken out of, errored, cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
+from typing import Any
+
+from guardrail._engine import (
+    OpenStream,
+    Plan,
+    ProviderAdapter,
+    Release,
+    Reserve,
+    Send,
+    Settle,
+    Sleep,
+    StreamEnd,
+    StreamTally,
+)
+from guardrail.errors import BudgetExceeded
+from guardrail.sinks import Outcome
+from guardrail.stores.base import Store
+
+__all__ = ["AsyncDriver", "AsyncGuardedStream", "GuardedStream", "SyncDriver"]
+
+Flow = Generator[Any, Any, Any]
+
+
+class SyncDriver:
+    def __init__(
+        self,
+        store: Store,
+        adapter: ProviderAdapter,
+        send: Callable[[dict[str, Any]], Any],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
+
+    def run(
+        self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
+    ) -> Any:
+        while True:
+            try:
+                op = flow.throw(exc) if exc is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, exc = None, None
+            try:
+                if isinstance(op, Send):
+                    value = self.send(op.kwargs)
+                elif isinstance(op, Reserve):
+                    value = self.store.reserve(op.request)
+                elif isinstance(op, Settle):
+                    self.store.settle(op.reservation, op.settlement)
+                elif isinstance(op, Release):
+                    self.store.release(op.reservation)
+                elif isinstance(op, Sleep):
+                    self.sleep(op.seconds)
+                elif isinstance(op, OpenStream):
+                    return _hand_over(op, GuardedStream(op, flow, self, plan))
+            except BaseException as error:  # sent into the flow, which decides
+                exc = error
+
+
+class AsyncDriver:
+    def __init__(
+        self,
+        store: Store,
+        adapter: ProviderAdapter,
+        send: Callable[[dict[str, Any]], Awaitable[Any]],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
+
+    async def run(
+        self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
+    ) -> Any:
+        while True:
+            try:
+                op = flow.throw(exc) if exc is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, exc = None, None
+            try:
+                if isinstance(op, Send):
+                    value = await self.send(op.kwargs)
+                elif isinstance(op, Reserve):
+                    value = await self.store.areserve(op.request)
+                elif isinstance(op, Settle):
+                    await self.store.asettle(op.reservation, op.settlement)
+                elif isinstance(op, Release):
+                    await self.store.arelease(op.reservation)
+                elif isinstance(op, Sleep):
+                    await self.sleep(op.seconds)
+                elif isinstance(op, OpenStream):
+                    return _hand_over(op, AsyncGuardedStream(op, flow, self, plan))
+            except BaseException as error:
+                exc = error
+
+
+def _hand_over(op: OpenStream, guarded: Any) -> Any:
+    """Give the caller what it asked for: the guarded stream, or the raw response whose
+    ``parse()`` now returns the guarded stream (``with_raw_response.create(stream=True)``)."""
+    if getattr(guarded, "_raw", None) is not None:
+        raw = guarded._raw
+        raw.parse = lambda *args, **kwargs: guarded  # instance attribute shadows the method
+        return raw
+    return guarded
+
+
+class _StreamBase:
+    """What the sync and async guarded streams share: chunk filtering and the end-state."""
+
+    def __init__(self, op: OpenStream, flow: Flow, plan: Plan) -> None:
+        stream = op.stream
+        self._raw = None
+        if (
+            hasattr(stream, "parse")
+            and not hasattr(stream, "__iter__")
+            and not hasattr(stream, "__aiter__")
+        ):
+            self._raw, stream = stream, stream.parse()
+        self._stream = stream
+        self._tally: StreamTally = op.tally
+        self._flow: Flow | None = flow
+        self._plan = plan
+
+    @property
+    def tally(self) -> StreamTally:
+        return self._tally
+
+    def _show(self, adapter: ProviderAdapter, chunk: Any) -> tuple[bool, bool]:
+        """(show this chunk?, stop now because the output overran its reservation?)"""
+        show = adapter.observe_chunk(chunk, self._tally)
+        return show, self._tally.overrun
+
+    def _overrun_error(self) -> BudgetExceeded:
+        return BudgetExceeded(
+            tenant=self._plan.tenant,
+            limit="reserved output tokens",
+            requested=self._tally.output_tokens,
+            remaining=self._plan.reserved_output,
+            cap=self._plan.reserved_output,
+            detail="the stream produced more output than was reserved; it was closed",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class GuardedStream(_StreamBase):
+    """An ``openai.Stream`` look-alike that settles the call when the stream ends."""
+
+    def __init__(self, op: OpenStream, flow: Flow, driver: SyncDriver, plan: Plan) -> None:
+        super().__init__(op, flow, plan)
+        self._driver = driver
+        self._chunks = self._generate()
+
+    def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            self._driver.run(flow, self._plan, StreamEnd(outcome, error))
+
+    def _generate(self) -> Generator[Any, None, None]:
+        outcome: Outcome = "stream_closed"
+        error: BaseException | None = None
+        try:
+            for chunk in self._stream:
+                show, overrun = self._show(self._driver.adapter, chunk)
+                if show:
+                    yield chunk
+                if overrun:
+                    if self._plan.policy.stream_overrun == "raise":
+                        raise self._overrun_error()
+                    break
+            else:
+                outcome = "stream_completed"
+        except GeneratorExit:  # the caller broke out of the loop or closed the stream
+            raise
+        except BaseException as exc:
+            outcome, error = ("stream_error", exc)
+            raise
+        finally:
+            if outcome != "stream_completed":
+                _close_quietly(self._stream)
+            self._finish(outcome, error)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A fresh generator per loop: when the caller breaks out, only the loop holds it,
+        # so it is closed at once, and closing it closes (and settles) the stream.
+        yield from self._chunks
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()  # runs the generator's finally: close and settle
+        if self._flow is not None:  # never started: nothing ran the finally
+            _close_quietly(self._stream)
+            self._finish("stream_closed")
+
+    def __enter__(self) -> GuardedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncGuardedStream(_StreamBase):
+    """An ``openai.AsyncStream`` look-alike that settles the call when the stream ends."""
+
+    def __init__(self, op: OpenStream, flow: Flow, driver: AsyncDriver, plan: Plan) -> None:
+        super().__init__(op, flow, plan)
+        self._driver = driver
+        self._chunks = self._generate()
+
+    async def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            await self._driver.run(flow, self._plan, StreamEnd(outcome, error))
+
+    async def _generate(self) -> AsyncGenerator[Any, None]:
+        outcome: Outcome = "stream_closed"
+        error: BaseException | None = None
+        try:
+            async for chunk in self._stream:
+                show, overrun = self._show(self._driver.adapter, chunk)
+                if show:
+                    yield chunk
+                if overrun:
+                    if self._plan.policy.stream_overrun == "raise":
+                        raise self._overrun_error()
+                    break
+            else:
+                outcome = "stream_completed"
+        except GeneratorExit:  # the caller broke out of the loop or closed the stream
+            raise
+        except BaseException as exc:
+            outcome, error = ("stream_error", exc)
+            raise
+        finally:
+            if outcome != "stream_completed":
+                await _aclose_quietly(self._stream)
+            await self._finish(outcome, error)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        # Breaking out of ``async for`` leaves this generator to the event loop's
+        # finaliser, which closes it (and so the stream) soon after; ``close()`` is sooner.
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        finally:
+            await self._chunks.aclose()
+
+    async def __anext__(self) -> Any:
+        return await self._chunks.__anext__()
+
+    async def close(self) -> None:
+        await self._chunks.aclose()
+        if self._flow is not None:
+            await _aclose_quietly(self._stream)
+            await self._finish("stream_closed")
+
+    async def __aenter__(self) -> AsyncGuardedStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _close_quietly(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # a broken connection may fail to close again
+            close()
+
+
+async def _aclose_quietly(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()

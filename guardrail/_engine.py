@@ -1,0 +1,720 @@
+"""The sans-I/O core of a guarded call: every decision, no I/O.
+
+``Engine.prepare`` turns a request into a :class:`Plan` (tenant, policy, counted and
+fitted prompt, reserved output, worst-case cost). ``Engine.flow`` is a generator that
+walks one call through reserve -> send (with retries) -> settle, *yielding* each piece of
+I/O as an operation (:class:`Reserve`, :class:`Send`, :class:`Sleep`, :class:`Settle`,
+:class:`Release`, :class:`OpenStream`) and receiving its result, the way httpx's
+``Auth.auth_flow`` works. The sync and async clients are short drivers that perform those
+operations (see ``_drivers``), so no decision is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, Protocol
+
+from tenacity import DoAttempt, DoSleep, RetryCallState
+
+from guardrail._clock import Clock, system_clock
+from guardrail.errors import (
+    BudgetExceeded,
+    ContextWindowExceeded,
+    GuardrailError,
+    InvalidRequestError,
+    LoopDetected,
+    StoreUnavailable,
+)
+from guardrail.models import ModelInfo, model_info
+from guardrail.policy import Policy, PolicySource
+from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.retry import retrying_for
+from guardrail.sinks import Outcome, Sink, UsageRecord, emit
+from guardrail.stores.base import (
+    Reservation,
+    ReservationRequest,
+    ScopeLimits,
+    Settlement,
+    usd_to_nanos,
+)
+from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding
+from guardrail.tokens import TokenCounter, counter_for
+from guardrail.trimming import Summarizer, TrimResult, fit_messages
+
+__all__ = ["Engine", "Plan"]
+
+_log = logging.getLogger("guardrail")
+StoreErrorMode = Literal["fail_closed", "fail_open"]
+
+
+# -- operations the flow yields to its driver ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reserve:
+    request: ReservationRequest
+
+
+@dataclass(frozen=True)
+class Release:
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class Settle:
+    reservation: Reservation
+    settlement: Settlement
+
+
+@dataclass(frozen=True)
+class Send:
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd`."""
+
+    stream: Any
+    tally: StreamTally
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+Op = Reserve | Release | Settle | Send | Sleep | OpenStream
+
+
+# -- what differs between providers --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestView:
+    model: str
+    messages: list[Mapping[str, Any]]
+    tools: list[Mapping[str, Any]] | None
+    requested_output: int | None
+    stream: bool
+    tenant_hint: str | None
+
+
+class ProviderAdapter(Protocol):
+    """Reads and rewrites one provider's requests and responses. Pure functions only."""
+
+    provider: str
+
+    def read(self, kwargs: Mapping[str, Any]) -> RequestView: ...
+
+    def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int: ...
+
+    def rewrite(
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        model: str,
+        messages: list[Mapping[str, Any]],
+        max_output: int | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """New kwargs, and whether the caller will not expect a usage-only stream chunk."""
+        ...
+
+    def usage(self, response: Any) -> TokenUsage | None: ...
+
+    def request_id(self, response: Any) -> str | None: ...
+
+    def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
+        """Record a stream chunk's text and usage; False hides it from the caller."""
+        ...
+
+
+# -- the plan -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    binding: TenantBinding
+    scopes: tuple[ScopeLimits, ...]
+    policy: Policy
+    model: ModelInfo
+    requested_model: str
+    kwargs: dict[str, Any]
+    prompt_tokens: int
+    reserved_output: int
+    cost_usd: Decimal
+    trim: TrimResult | None
+    stream: bool
+    hide_usage_chunk: bool
+    fingerprint: tuple[Any, ...]
+    fallback_reason: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.binding.tenant
+
+    @property
+    def scope_ids(self) -> tuple[str, ...]:
+        return tuple(s.scope for s in self.scopes)
+
+    def reservation_request(self) -> ReservationRequest:
+        return ReservationRequest(
+            id=uuid.uuid4().hex,
+            scopes=self.scopes,
+            cost_nanos=usd_to_nanos(self.cost_usd),
+            tokens=self.prompt_tokens + self.reserved_output,
+            ttl_seconds=self.policy.reservation_ttl_seconds,
+            model=self.model.name,
+        )
+
+
+@dataclass
+class StreamTally:
+    """What a stream has produced so far; settles the call if the provider's usage never
+    arrives (early close, dropped connection)."""
+
+    counter: TokenCounter
+    reserved_output: int
+    hide_usage_chunk: bool
+    texts: list[str] = field(default_factory=list)
+    output_tokens: int = 0
+    usage: TokenUsage | None = None
+    request_id: str | None = None
+    overrun: bool = False
+
+    def add_text(self, text: str) -> None:
+        if text:
+            self.texts.append(text)
+            self.output_tokens += self.counter.text(text)
+            if self.output_tokens > self.reserved_output:
+                self.overrun = True
+
+
+# -- the engine -----------------------------------------------------------------------
+
+
+class _LoopDetector:
+    """Counts identical request fingerprints per tenant in a sliding time window."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._seen: dict[tuple[str, tuple[Any, ...]], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, tenant: str, fingerprint: tuple[Any, ...], policy: Policy) -> None:
+        if policy.loop_limit is None:
+            return
+        now = self._clock()
+        horizon = now - policy.loop_window_seconds
+        with self._lock:
+            times = self._seen.setdefault((tenant, fingerprint), deque())
+            while times and times[0] <= horizon:
+                times.popleft()
+            if len(times) >= policy.loop_limit:
+                raise LoopDetected(
+                    tenant=tenant,
+                    repeats=len(times) + 1,
+                    window_seconds=policy.loop_window_seconds,
+                    limit=policy.loop_limit,
+                )
+            times.append(now)
+            if len(self._seen) > 50_000:  # bounded: forget fingerprints gone quiet
+                self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > horizon}
+
+
+class Engine:
+    """Decides everything about a guarded call. Owned by a :class:`guardrail.Guard`."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        tenant_policies: PolicySource | None,
+        global_policy: Policy | None,
+        default_tenant: str | None,
+        sinks: Sequence[Sink],
+        clock: Clock = system_clock,
+        on_store_error: StoreErrorMode = "fail_closed",
+        summarizer: Summarizer | None = None,
+    ) -> None:
+        self.policy = policy
+        self.tenant_policies = tenant_policies
+        self.global_policy = global_policy
+        self.default_tenant = default_tenant
+        self.sinks = list(sinks)
+        self.clock = clock
+        self.on_store_error = on_store_error
+        self.summarizer = summarizer
+        self.loops = _LoopDetector(clock)
+
+    # -- who pays, under which rules
+
+    def _override(self, scope: str) -> Policy | None:
+        source = self.tenant_policies
+        if source is None:
+            return None
+        if isinstance(source, Mapping):
+            return source.get(scope)
+        found = source(scope)
+        if found is not None and not isinstance(found, Policy):
+            raise TypeError(f"tenant_policies({scope!r}) returned {found!r}, not a Policy")
+        return found
+
+    def policy_for(self, tenant: str) -> Policy:
+        return self._override(tenant) or self.policy
+
+    def binding_for(self, explicit: TenantBinding | None, hint: str | None) -> TenantBinding:
+        binding = explicit or current_binding()
+        if binding is not None:
+            return binding
+        if hint is not None:
+            return TenantBinding.of(hint)
+        if self.default_tenant is None:
+            raise InvalidRequestError(
+                "no tenant for this call: use client.for_tenant(...), guard.tenant(...), "
+                "the request's safety_identifier/user, or Guard(default_tenant=...)"
+            )
+        return TenantBinding.of(self.default_tenant)
+
+    def scopes_for(self, binding: TenantBinding, policy: Policy) -> tuple[ScopeLimits, ...]:
+        scopes = [_limits(binding.tenant, policy)]
+        for parent in binding.parents:
+            # A parent without its own policy is charged (its usage is recorded) but unlimited.
+            scopes.append(_limits(parent, self._override(parent)))
+        if self.global_policy is not None:
+            scopes.append(_limits(GLOBAL_SCOPE, self.global_policy))
+        return tuple(scopes)
+
+    # -- planning
+
+    def prepare(
+        self,
+        adapter: ProviderAdapter,
+        kwargs: Mapping[str, Any],
+        explicit: TenantBinding | None = None,
+    ) -> Plan:
+        view = adapter.read(kwargs)
+        binding = self.binding_for(explicit, view.tenant_hint)
+        policy = self.policy_for(binding.tenant)
+        scopes = self.scopes_for(binding, policy)
+        plan = self._plan_for_model(adapter, kwargs, view, view.model, binding, policy, scopes)
+        self.loops.check(binding.tenant, plan.fingerprint, policy)
+        return plan
+
+    def _reserved_output(
+        self, view: RequestView, info: ModelInfo, policy: Policy
+    ) -> tuple[int, int | None]:
+        """(tokens to reserve, max output to send or None to leave the request alone)."""
+        cap = info.max_output_tokens
+        if policy.max_output_tokens is not None:
+            cap = min(cap, policy.max_output_tokens)
+        asked = view.requested_output
+        if asked is None:
+            if policy.default_output_tokens is None:
+                return cap, None
+            chosen = min(policy.default_output_tokens, cap)
+            return chosen, chosen
+        if asked <= cap:
+            return asked, None
+        if policy.output_over_cap == "reject":
+            raise ContextWindowExceeded(
+                model=info.name,
+                prompt_tokens=0,
+                reserved_output_tokens=asked,
+                limit=cap,
+                limit_name="the output cap",
+                detail="asked for more output than the policy or "
+                "model allows (output_over_cap='reject'); nothing was sent",
+            )
+        return cap, cap
+
+    def _plan_for_model(
+        self,
+        adapter: ProviderAdapter,
+        kwargs: Mapping[str, Any],
+        view: RequestView,
+        model: str,
+        binding: TenantBinding,
+        policy: Policy,
+        scopes: tuple[ScopeLimits, ...],
+        *,
+        fallback_reason: str | None = None,
+        allow_model_fallback: bool = True,
+    ) -> Plan:
+        info = model_info(model)
+        counter = counter_for(info.name)
+        reserved, send_output = self._reserved_output(view, info, policy)
+        budget = info.context_window - reserved
+        limit_name = f"the context window of {info.name}"
+        if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
+            budget, limit_name = policy.max_input_tokens, "the policy's max_input_tokens"
+        messages = view.messages
+        prompt = adapter.count(counter, view, messages)
+        trim: TrimResult | None = None
+        over_history = (
+            policy.max_history_messages is not None
+            and sum(1 for m in messages if m.get("role") not in ("system", "developer"))
+            > policy.max_history_messages
+        )
+        if prompt > budget or over_history:
+            if prompt > budget and allow_model_fallback and policy.fallback_before_trim:
+                bigger = self._larger_model_plan(
+                    adapter, kwargs, view, binding, policy, scopes, info
+                )
+                if bigger is not None:
+                    return bigger
+            if policy.trim or over_history:
+                try:
+                    trim = fit_messages(
+                        messages,
+                        counter,
+                        budget if policy.trim else 1 << 62,
+                        tools=view.tools,
+                        max_history_messages=policy.max_history_messages,
+                        summarizer=self.summarizer if policy.trim else None,
+                        model_name=info.name,
+                    )
+                except ContextWindowExceeded:
+                    trim = None
+                if trim is not None:
+                    messages, prompt = trim.messages, adapter.count(counter, view, trim.messages)
+            if prompt > budget:
+                if allow_model_fallback:
+                    bigger = self._larger_model_plan(
+                        adapter, kwargs, view, binding, policy, scopes, info
+                    )
+                    if bigger is not None:
+                        return bigger
+                raise ContextWindowExceeded(
+                    model=info.name,
+                    prompt_tokens=prompt,
+                    reserved_output_tokens=reserved,
+                    limit=budget + (reserved if limit_name.startswith("the context") else 0),
+                    limit_name=limit_name,
+                    tenant=binding.tenant,
+                    detail=(
+                        "trimming could not make it fit"
+                        if policy.trim
+                        else "set Policy(trim=True) to drop the oldest history"
+                    )
+                    + "; nothing was sent",
+                )
+        new_kwargs, hide_usage = adapter.rewrite(
+            kwargs,
+            model=model,
+            messages=list(messages) if trim else view.messages,
+            max_output=send_output,
+        )
+        cost = estimate_cost(info, prompt, reserved)
+        last = messages[-1] if messages else {}
+        fingerprint = (info.name, len(messages), prompt, reserved, repr(last.get("content"))[:512])
+        return Plan(
+            binding=binding,
+            scopes=scopes,
+            policy=policy,
+            model=info,
+            requested_model=view.model,
+            kwargs=new_kwargs,
+            prompt_tokens=prompt,
+            reserved_output=reserved,
+            cost_usd=cost,
+            trim=trim if trim is not None and trim.dropped_count else None,
+            stream=view.stream,
+            hide_usage_chunk=hide_usage,
+            fingerprint=fingerprint,
+            fallback_reason=fallback_reason,
+        )
+
+    def _larger_model_plan(
+        self,
+        adapter: ProviderAdapter,
+        kwargs: Mapping[str, Any],
+        view: RequestView,
+        binding: TenantBinding,
+        policy: Policy,
+        scopes: tuple[ScopeLimits, ...],
+        current: ModelInfo,
+    ) -> Plan | None:
+        for name in policy.fallback_models:
+            if model_info(name).context_window <= current.context_window:
+                continue
+            try:
+                return self._plan_for_model(
+                    adapter,
+                    kwargs,
+                    view,
+                    name,
+                    binding,
+                    policy,
+                    scopes,
+                    fallback_reason=f"prompt did not fit {current.name}'s context window",
+                    allow_model_fallback=False,
+                )
+            except ContextWindowExceeded:
+                continue
+        return None
+
+    def cheaper_plans(
+        self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+    ) -> Generator[Plan, None, None]:
+        """Fallback plans on cheaper models, for a reservation the budget refused."""
+        view = adapter.read(kwargs)
+        for name in plan.policy.fallback_models:
+            try:
+                candidate = self._plan_for_model(
+                    adapter,
+                    kwargs,
+                    view,
+                    name,
+                    plan.binding,
+                    plan.policy,
+                    plan.scopes,
+                    fallback_reason=f"{plan.model.name} did not fit the budget",
+                    allow_model_fallback=False,
+                )
+            except ContextWindowExceeded:
+                continue
+            if candidate.cost_usd < plan.cost_usd:
+                yield candidate
+
+    # -- the call
+
+    def flow(
+        self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+    ) -> Generator[Op, Any, Any]:
+        """Reserve, send with retries, settle. Yields operations; returns the response."""
+        started = time.monotonic()
+        reservation: Reservation | None = None
+        try:
+            plan, reservation = yield from self._reserve_first(adapter, kwargs, plan)
+        except BudgetExceeded as exc:
+            self._record(plan, "rejected", started, attempts=0, error=exc)
+            raise
+        retrying = retrying_for(plan.policy.max_attempts, plan.policy.max_retry_seconds)
+        retrying.begin()
+        state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+        attempts = 0
+        while True:
+            try:  # tenacity decides: attempt, sleep, or give up (re-raising the SDK's error)
+                action = retrying.iter(state)
+            except Exception as exc:
+                self._record(plan, "error", started, attempts, error=exc)
+                raise
+            if isinstance(action, DoSleep):
+                last = _last_error(state)
+                state.prepare_for_next_attempt()
+                yield Sleep(float(action))
+                try:  # every retry re-checks the budget
+                    reservation = yield from self._reserve(plan.reservation_request())
+                except BudgetExceeded as exc:
+                    _add_note(last, f"guardrail stopped retrying: {exc}")
+                    self._record(plan, "error", started, attempts, error=last)
+                    raise last from exc
+                continue
+            if not isinstance(action, DoAttempt):  # pragma: no cover - reraise=True raises
+                return action
+            attempts += 1
+            try:
+                response = yield Send(plan.kwargs)
+            except BaseException as exc:
+                # Failed without usage: the reservation goes back whole.
+                yield from self._release(reservation)
+                reservation = None
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, CancelledError
+                    self._record(plan, "cancelled", started, attempts, error=exc)
+                    raise
+                state.set_exception((type(exc), exc, exc.__traceback__))
+                continue
+            break
+        if not plan.stream:
+            yield from self._settle(
+                plan,
+                reservation,
+                adapter.usage(response),
+                started,
+                attempts,
+                "ok",
+                adapter.request_id(response),
+            )
+            return response
+        tally = StreamTally(
+            counter_for(plan.model.name), plan.reserved_output, plan.hide_usage_chunk
+        )
+        end: StreamEnd = yield OpenStream(response, tally)
+        usage = tally.usage or TokenUsage(
+            input_tokens=plan.prompt_tokens, output_tokens=tally.output_tokens
+        )
+        yield from self._settle(
+            plan,
+            reservation,
+            usage,
+            started,
+            attempts,
+            end.outcome,
+            tally.request_id,
+            source="provider" if tally.usage else "local_count",
+            error=end.error,
+        )
+        return None
+
+    def _reserve_first(
+        self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+    ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
+        try:
+            return plan, (yield from self._reserve(plan.reservation_request()))
+        except BudgetExceeded as refused:
+            for cheaper in self.cheaper_plans(adapter, kwargs, plan):
+                try:
+                    return cheaper, (yield from self._reserve(cheaper.reservation_request()))
+                except BudgetExceeded:
+                    continue
+            raise refused from None
+
+    def _reserve(self, request: ReservationRequest) -> Generator[Op, Any, Reservation | None]:
+        try:
+            reservation: Reservation = yield Reserve(request)
+        except GuardrailError:
+            raise
+        except Exception as exc:
+            scope = request.scopes[0].scope if request.scopes else None
+            if self.on_store_error == "fail_closed":
+                raise StoreUnavailable(
+                    f"budget store failed on reserve: {exc!r}", tenant=scope
+                ) from exc
+            _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
+            return None
+        return reservation
+
+    def _release(self, reservation: Reservation | None) -> Generator[Op, Any, None]:
+        if reservation is None:
+            return
+        try:
+            yield Release(reservation)
+        except Exception as exc:  # the TTL will return it; never mask the call's own error
+            _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
+
+    def _settle(
+        self,
+        plan: Plan,
+        reservation: Reservation | None,
+        usage: TokenUsage | None,
+        started: float,
+        attempts: int,
+        outcome: Outcome,
+        request_id: str | None,
+        *,
+        source: Literal["provider", "local_count", "none"] = "provider",
+        error: BaseException | None = None,
+    ) -> Generator[Op, Any, None]:
+        if usage is None:  # a provider answer without usage: bill the prompt we counted
+            usage, source = TokenUsage(input_tokens=plan.prompt_tokens), "local_count"
+        cost = usage_cost(plan.model, usage)
+        if reservation is not None:
+            settlement = Settlement(
+                cost_nanos=usd_to_nanos(cost),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                model=plan.model.name,
+            )
+            try:
+                yield Settle(reservation, settlement)
+            except Exception as exc:
+                _log.error("guardrail: could not settle reservation %s: %r", reservation.id, exc)
+        self._record(
+            plan,
+            outcome,
+            started,
+            attempts,
+            usage=usage,
+            cost=cost,
+            request_id=request_id,
+            source=source,
+            error=error,
+            reservation_id=reservation.id if reservation else None,
+        )
+
+    def _record(
+        self,
+        plan: Plan,
+        outcome: Outcome,
+        started: float,
+        attempts: int,
+        *,
+        usage: TokenUsage | None = None,
+        cost: Decimal = Decimal(0),
+        request_id: str | None = None,
+        source: Literal["provider", "local_count", "none"] = "none",
+        error: BaseException | None = None,
+        reservation_id: str | None = None,
+    ) -> None:
+        if not self.sinks:
+            return
+        usage = usage or TokenUsage()
+        emit(
+            self.sinks,
+            UsageRecord(
+                tenant=plan.tenant,
+                scopes=plan.scope_ids,
+                model=plan.model.name,
+                requested_model=plan.requested_model,
+                outcome=outcome,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost,
+                reserved_usd=plan.cost_usd,
+                latency_seconds=time.monotonic() - started,
+                attempts=attempts,
+                trimmed_messages=plan.trim.dropped_count if plan.trim else 0,
+                request_id=request_id,
+                reservation_id=reservation_id,
+                usage_source=source,
+                fallback_reason=plan.fallback_reason,
+                error=None if error is None else f"{type(error).__name__}: {error}",
+                timestamp=self.clock(),
+            ),
+        )
+
+
+def _limits(scope: str, policy: Policy | None) -> ScopeLimits:
+    if policy is None:
+        return ScopeLimits(scope)
+    return ScopeLimits(
+        scope,
+        daily_nanos=None
+        if policy.daily_spend_usd is None
+        else usd_to_nanos(policy.daily_spend_usd),
+        monthly_nanos=(
+            None if policy.monthly_spend_usd is None else usd_to_nanos(policy.monthly_spend_usd)
+        ),
+        tokens_per_minute=policy.tokens_per_minute,
+        tokens_per_day=policy.tokens_per_day,
+    )
+
+
+def _last_error(state: RetryCallState) -> BaseException:
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    return exc if exc is not None else RuntimeError("retry stopped without an error")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # pragma: no cover - 3.10 has no add_note; keep the same attribute
+        setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010

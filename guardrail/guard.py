@@ -1,0 +1,119 @@
+"""``Guard``: the policies, the store and the sinks; wraps clients.
+
+>>> guard = Guard(policy=Policy(daily_spend_usd=5, trim=True))
+>>> client = guard.wrap(OpenAI())                      # or AsyncOpenAI()
+>>> client.for_tenant("user-42").chat.completions.create(model="gpt-4o", messages=[...])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+
+from guardrail._clock import Clock, system_clock
+from guardrail._engine import Engine, StoreErrorMode
+from guardrail.errors import ConfigurationError
+from guardrail.policy import Policy, PolicySource
+from guardrail.sinks import JsonLinesSink, Sink
+from guardrail.stores.base import Store, UsageSummary
+from guardrail.stores.memory import MemoryStore
+from guardrail.tenancy import TenantBinding, bound_tenant, validate_scope_id
+from guardrail.trimming import Summarizer
+
+__all__ = ["Guard", "wrap"]
+
+
+class Guard:
+    """Hard limits for every chat completion made through the clients it wraps.
+
+    * ``policy``: the default policy of every tenant.
+    * ``tenant_policies``: per-tenant (or per-organisation) overrides, a mapping or a
+      callable ``scope_id -> Policy | None``. A parent scope is limited only by its own
+      entry here (or it is just accounted).
+    * ``global_policy``: limits charged to every call, across all tenants.
+    * ``store``: where budgets live; :class:`MemoryStore` by default (one process).
+    * ``default_tenant``: charged when nothing else names a tenant; None makes a tenant
+      mandatory.
+    * ``sinks``: callables receiving each :class:`~guardrail.UsageRecord`; the JSON-lines
+      logger ``guardrail.usage`` is always among them.
+    * ``on_store_error``: ``"fail_closed"`` (raise StoreUnavailable, send nothing) or
+      ``"fail_open"`` (send the call unmetered and log an error).
+    * ``summarizer``: turns trimmed history into one summary message.
+    * ``clock``, ``sleep``, ``async_sleep``: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        store: Store | None = None,
+        tenant_policies: PolicySource | None = None,
+        global_policy: Policy | None = None,
+        default_tenant: str | None = "default",
+        sinks: Iterable[Sink] = (),
+        on_store_error: StoreErrorMode = "fail_closed",
+        summarizer: Summarizer | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise ConfigurationError(f"policy must be a guardrail.Policy, got {policy!r}")
+        if on_store_error not in ("fail_closed", "fail_open"):
+            raise ConfigurationError("on_store_error must be 'fail_closed' or 'fail_open'")
+        if default_tenant is not None:
+            validate_scope_id(default_tenant, what="default_tenant")
+        self.store: Store = store if store is not None else MemoryStore(clock=clock or system_clock)
+        self.sleep = sleep
+        self.async_sleep = async_sleep
+        self.engine = Engine(
+            policy=policy or Policy(),
+            tenant_policies=tenant_policies,
+            global_policy=global_policy,
+            default_tenant=default_tenant,
+            sinks=[JsonLinesSink(), *sinks],
+            clock=clock or self.store.now,
+            on_store_error=on_store_error,
+            summarizer=summarizer,
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    def policy_for(self, tenant: str) -> Policy:
+        return self.engine.policy_for(validate_scope_id(tenant))
+
+    def wrap(self, client: Any) -> Any:
+        """Guard an ``OpenAI`` or ``AsyncOpenAI`` client (the one line to add)."""
+        module = type(client).__module__.split(".")[0]
+        if module == "openai" or hasattr(client, "chat"):
+            from guardrail.openai import GuardedOpenAI
+
+            return GuardedOpenAI(client, self)
+        raise ConfigurationError(
+            f"cannot guard a {type(client).__name__}: expected an openai.OpenAI or AsyncOpenAI"
+        )
+
+    @contextmanager
+    def tenant(self, tenant: str, parents: Sequence[str] = ()) -> Iterator[TenantBinding]:
+        """Charge guarded calls in this block (this thread or asyncio task) to ``tenant``."""
+        with bound_tenant(tenant, parents) as binding:
+            yield binding
+
+    def usage(self, tenant: str, day: date | None = None) -> UsageSummary:
+        """A tenant's usage today (or on ``day``): spent_usd, tokens, requests."""
+        return self.store.usage(validate_scope_id(tenant), day)
+
+    async def ausage(self, tenant: str, day: date | None = None) -> UsageSummary:
+        return await self.store.ausage(validate_scope_id(tenant), day)
+
+
+def wrap(client: Any, policy: Policy | None = None, **guard_options: Any) -> Any:
+    """``guardrail.wrap(OpenAI(), Policy(...))``: a Guard and a guarded client in one go.
+    The guard is reachable as ``client._guard``."""
+    return Guard(policy, **guard_options).wrap(client)

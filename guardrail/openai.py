@@ -1,0 +1,237 @@
+"""Guarded ``OpenAI`` / ``AsyncOpenAI`` clients.
+
+``guard.wrap(client)`` returns a proxy: ``chat.completions.create`` (and ``parse``, and
+their ``with_raw_response`` forms) go through the guard; everything else (other
+resources, attributes, ``with_options``) passes straight to the client. The SDK's own
+retries are turned off for guarded calls, so exactly one layer retries; passthrough
+resources keep the client's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from guardrail._drivers import AsyncDriver, SyncDriver
+from guardrail._engine import RequestView, StreamTally
+from guardrail.errors import InvalidRequestError
+from guardrail.pricing import TokenUsage
+from guardrail.tenancy import TenantBinding
+from guardrail.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+__all__ = ["GuardedOpenAI", "OpenAIAdapter"]
+
+
+def _given(value: Any) -> bool:
+    """False for None and the SDK's NOT_GIVEN / omit sentinels."""
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
+    value = kwargs.get(name)
+    if not _given(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequestError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class OpenAIAdapter:
+    """Reads and rewrites Chat Completions requests and responses."""
+
+    provider = "openai"
+
+    def read(self, kwargs: Mapping[str, Any]) -> RequestView:
+        model = kwargs.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
+        messages = kwargs.get("messages")
+        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+            raise InvalidRequestError(
+                f"messages must be a list of message dicts, got {type(messages).__name__}"
+            )
+        tools: Any = kwargs.get("tools")
+        requested = _int_param(kwargs, "max_completion_tokens")
+        if requested is None:
+            requested = _int_param(kwargs, "max_tokens")
+        hint = None
+        for name in ("safety_identifier", "user"):
+            if _given(kwargs.get(name)):
+                hint = kwargs[name]
+                break
+        return RequestView(
+            model=model,
+            messages=list(messages),
+            tools=list(tools) if _given(tools) else None,
+            requested_output=requested,
+            stream=kwargs.get("stream") is True,
+            tenant_hint=hint,
+        )
+
+    def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
+        return counter.messages(messages, view.tools)
+
+    def rewrite(
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        model: str,
+        messages: list[Mapping[str, Any]],
+        max_output: int | None,
+    ) -> tuple[dict[str, Any], bool]:
+        new = dict(kwargs)
+        new["model"] = model
+        new["messages"] = messages
+        if max_output is not None:
+            key = "max_tokens" if _given(kwargs.get("max_tokens")) else "max_completion_tokens"
+            new[key] = max_output
+        hide_usage_chunk = False
+        if new.get("stream") is True:
+            given: Any = kwargs.get("stream_options")
+            options = dict(given) if _given(given) else {}
+            if not options.get("include_usage"):
+                # We need the usage chunk to settle; the caller did not ask for it, so it
+                # will not see it (its empty ``choices`` breaks ``chunk.choices[0]``).
+                options["include_usage"] = True
+                new["stream_options"] = options
+                hide_usage_chunk = True
+        return new, hide_usage_chunk
+
+    @staticmethod
+    def _token_usage(usage: Any) -> TokenUsage | None:
+        if usage is None:
+            return None
+        prompt_details = getattr(usage, "prompt_tokens_details", None)
+        output_details = getattr(usage, "completion_tokens_details", None)
+        return TokenUsage(
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cached_input_tokens=int(getattr(prompt_details, "cached_tokens", 0) or 0),
+            reasoning_tokens=int(getattr(output_details, "reasoning_tokens", 0) or 0),
+        )
+
+    def usage(self, response: Any) -> TokenUsage | None:
+        if hasattr(response, "parse") and not hasattr(response, "choices"):
+            response = response.parse()  # with_raw_response: the SDK caches the parse
+        return self._token_usage(getattr(response, "usage", None))
+
+    def request_id(self, response: Any) -> str | None:
+        rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
+        if rid is None and hasattr(response, "headers"):
+            rid = response.headers.get("x-request-id")
+        return str(rid) if rid else getattr(response, "id", None)
+
+    def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
+        if tally.request_id is None:
+            tally.request_id = getattr(chunk, "_request_id", None) or getattr(chunk, "id", None)
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            tally.usage = self._token_usage(usage)
+        choices = getattr(chunk, "choices", None)
+        if not choices:
+            return not (usage is not None and tally.hide_usage_chunk)
+        for choice in choices:
+            delta = getattr(choice, "delta", None)
+            if delta is None:
+                continue
+            for text in (getattr(delta, "content", None), getattr(delta, "refusal", None)):
+                if text:
+                    tally.add_text(text)
+            for call in getattr(delta, "tool_calls", None) or ():
+                function = getattr(call, "function", None)
+                if function is not None:
+                    tally.add_text((function.name or "") + (function.arguments or ""))
+        return True
+
+
+_ADAPTER = OpenAIAdapter()
+
+
+class _GuardedCall:
+    """One guarded SDK method (``create`` or ``parse``), plain or ``with_raw_response``."""
+
+    def __init__(self, owner: GuardedOpenAI, method: str, raw: bool) -> None:
+        self._owner, self._method, self._raw = owner, method, raw
+
+    def _target(self) -> Any:
+        completions = self._owner._unretried.chat.completions
+        if self._raw:
+            completions = completions.with_raw_response
+        return getattr(completions, self._method)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self._owner._is_async:
+            return self._acall(kwargs)
+        guard, target = self._owner._guard, self._target()
+        plan = guard.engine.prepare(_ADAPTER, kwargs, self._owner._binding)
+        driver = SyncDriver(guard.store, _ADAPTER, lambda kw: target(**kw), guard.sleep)
+        return driver.run(guard.engine.flow(_ADAPTER, kwargs, plan), plan)
+
+    async def _acall(self, kwargs: dict[str, Any]) -> Any:
+        guard, target = self._owner._guard, self._target()
+        plan = guard.engine.prepare(_ADAPTER, kwargs, self._owner._binding)
+        driver = AsyncDriver(guard.store, _ADAPTER, lambda kw: target(**kw), guard.async_sleep)
+        return await driver.run(guard.engine.flow(_ADAPTER, kwargs, plan), plan)
+
+
+class _RawResponseView:
+    def __init__(self, owner: GuardedOpenAI) -> None:
+        self.create = _GuardedCall(owner, "create", raw=True)
+        self.parse = _GuardedCall(owner, "parse", raw=True)
+
+
+class GuardedCompletions:
+    def __init__(self, owner: GuardedOpenAI) -> None:
+        self._owner = owner
+        self.create = _GuardedCall(owner, "create", raw=False)
+        self.parse = _GuardedCall(owner, "parse", raw=False)
+        self.with_raw_response = _RawResponseView(owner)
+
+    def __getattr__(self, name: str) -> Any:  # list, retrieve, messages, ...
+        return getattr(self._owner._client.chat.completions, name)
+
+
+class GuardedChat:
+    def __init__(self, owner: GuardedOpenAI) -> None:
+        self._owner = owner
+        self.completions = GuardedCompletions(owner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.chat, name)
+
+
+class GuardedOpenAI:
+    """A guarded ``OpenAI`` or ``AsyncOpenAI`` client; use it exactly like the client."""
+
+    def __init__(self, client: Any, guard: Guard, binding: TenantBinding | None = None) -> None:
+        self._client = client
+        self._guard = guard
+        self._binding = binding
+        self._unretried = client.with_options(max_retries=0)
+        self._is_async = type(client).__name__.startswith("Async")
+        self.chat = GuardedChat(self)
+
+    @property
+    def unwrapped(self) -> Any:
+        """The client as it was given (its own retries, no guard)."""
+        return self._client
+
+    def for_tenant(self, tenant: str, parents: Sequence[str] = ()) -> GuardedOpenAI:
+        """A view of this client whose calls are charged to ``tenant`` (and ``parents``)."""
+        return GuardedOpenAI(self._client, self._guard, TenantBinding.of(tenant, parents))
+
+    def with_options(self, **options: Any) -> GuardedOpenAI:
+        """Like the SDK's ``with_options``/``copy``, and still guarded."""
+        return GuardedOpenAI(self._client.with_options(**options), self._guard, self._binding)
+
+    copy = with_options
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def __repr__(self) -> str:
+        who = f" tenant={self._binding.tenant!r}" if self._binding else ""
+        return f"<guardrail guarded {type(self._client).__name__}{who}>"

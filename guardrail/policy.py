@@ -1,0 +1,162 @@
+"""Policies: the limits and request rules that apply to a tenant.
+
+A :class:`Policy` is immutable and validated when built, so a typo fails at start-up,
+not on the first request. Money is held as ``Decimal`` (ints, strings and Decimals are
+taken as they are; a float is taken by its shortest repr, so ``0.1`` means 0.1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from guardrail.errors import ConfigurationError
+
+__all__ = ["Policy", "PolicySource", "to_decimal_usd"]
+
+NANOS_PER_USD = 1_000_000_000
+
+
+def to_decimal_usd(label: str, value: object) -> Decimal:
+    """Read a USD amount without ever going through binary floating point arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ConfigurationError(f"{label} must be a number of USD, got {value!r}")
+    try:
+        amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation as exc:
+        raise ConfigurationError(f"{label} is not a number: {value!r}") from exc
+    if not amount.is_finite() or amount < 0:
+        raise ConfigurationError(f"{label} must be a finite, non-negative amount, got {value!r}")
+    return amount
+
+
+def _positive_int(label: str, value: object, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{label} must be an int, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits and request rules for a tenant (or an organisation, or the whole app).
+
+    Request shaping (trimming, output caps, retries, fallbacks, loop detection) comes from
+    the policy of the tenant that makes the call; spend and token limits apply to every
+    scope the call is charged to.
+    """
+
+    # -- fitting the prompt
+    max_input_tokens: int | None = None
+    """Largest prompt (in tokens, after trimming) the tenant may send."""
+    max_output_tokens: int | None = None
+    """Cap on the output a call may ask for (``max_tokens``/``max_completion_tokens``)."""
+    output_over_cap: Literal["clamp", "reject"] = "clamp"
+    """What to do with a request that asks for more output than the cap."""
+    default_output_tokens: int | None = None
+    """Output reserved (and sent as ``max_completion_tokens``) when the caller sets none.
+    None reserves the model's whole ``max_output_tokens``: the true worst case."""
+    trim: bool = False
+    """Trim the oldest history to fit, instead of raising ContextWindowExceeded."""
+    max_history_messages: int | None = None
+    """Keep at most this many non-system messages (oldest go first), before token fitting."""
+
+    # -- budgets (charged to every scope of a call)
+    daily_spend_usd: Decimal | None = None
+    monthly_spend_usd: Decimal | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    # -- retries
+    max_attempts: int = 3
+    max_retry_seconds: float = 60.0
+
+    # -- fallbacks, loops, streams
+    fallback_models: tuple[str, ...] = ()
+    """Tried in order when the requested model does not fit the budget (a cheaper model)
+    or the prompt does not fit its window (a larger model)."""
+    fallback_before_trim: bool = False
+    """On a window overflow, try a larger fallback model before trimming history."""
+    loop_limit: int | None = 20
+    """Refuse a request whose fingerprint this tenant sent more than this many times..."""
+    loop_window_seconds: float = 60.0
+    """...within this many seconds. ``loop_limit=None`` turns loop detection off."""
+    stream_overrun: Literal["raise", "end"] = "raise"
+    """A stream producing more output than was reserved: raise BudgetExceeded or end it."""
+    reservation_ttl_seconds: float = 900.0
+    """A reservation nobody settles (a crashed worker) returns to the budget after this."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_input_tokens",
+            "max_output_tokens",
+            "default_output_tokens",
+            "max_history_messages",
+            "tokens_per_minute",
+            "tokens_per_day",
+            "loop_limit",
+        ):
+            _positive_int(name, getattr(self, name))
+        _positive_int("max_attempts", self.max_attempts)
+        for name in ("daily_spend_usd", "monthly_spend_usd"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, to_decimal_usd(name, value))
+        for name in ("max_retry_seconds", "loop_window_seconds", "reservation_ttl_seconds"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if self.output_over_cap not in ("clamp", "reject"):
+            raise ConfigurationError("output_over_cap must be 'clamp' or 'reject'")
+        if self.stream_overrun not in ("raise", "end"):
+            raise ConfigurationError("stream_overrun must be 'raise' or 'end'")
+        if isinstance(self.fallback_models, str):
+            raise ConfigurationError("fallback_models must be a list of model names, not a str")
+        object.__setattr__(self, "fallback_models", tuple(self.fallback_models))
+        if not all(isinstance(m, str) and m for m in self.fallback_models):
+            raise ConfigurationError("fallback_models must hold non-empty model names")
+        if (
+            self.default_output_tokens is not None
+            and self.max_output_tokens is not None
+            and self.default_output_tokens > self.max_output_tokens
+        ):
+            raise ConfigurationError(
+                f"default_output_tokens ({self.default_output_tokens}) exceeds "
+                f"max_output_tokens ({self.max_output_tokens})"
+            )
+
+    @property
+    def has_limits(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.daily_spend_usd,
+                self.monthly_spend_usd,
+                self.tokens_per_minute,
+                self.tokens_per_day,
+            )
+        )
+
+    def describe(self) -> dict[str, object]:
+        """The fields that differ from the defaults (for logs and error messages)."""
+        default = Policy()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+PolicySource = Mapping[str, Policy] | Callable[[str], Policy | None]
+"""Per-tenant overrides: a mapping from scope id to Policy, or a callable returning one
+(or None for "use the default")."""

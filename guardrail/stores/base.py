@@ -1,0 +1,233 @@
+"""The store interface: atomic reserve, settle and release against per-scope limits.
+
+A store keeps, per scope (a tenant, an organisation, the whole application):
+
+* spend per calendar day and calendar month (in the store's time zone), split into
+  *settled* spend and *held* reservations; money is integer nano-dollars, never floats;
+* token buckets (tokens per minute, tokens per day) that refill continuously;
+* usage aggregates (requests, input/output tokens, cost) per day and per model.
+
+``reserve`` checks every limit of every scope of a call and takes all of them or none
+(atomically: no two concurrent reservations can both see the same headroom).
+``settle`` swaps a reservation for the actual cost; ``release`` returns it whole.
+Reservations expire by themselves after their TTL, so a crashed worker cannot hold
+budget forever, and settling is idempotent per reservation id (a replayed settlement
+is applied once).
+
+Every store has a sync and an async face with the same semantics; the logic lives in
+one place per store (Python for memory, Lua for Redis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import ROUND_CEILING, Decimal
+from typing import Protocol, runtime_checkable
+from zoneinfo import ZoneInfo
+
+from guardrail.errors import BudgetExceeded, ConfigurationError
+
+__all__ = [
+    "NANOS_PER_USD",
+    "Reservation",
+    "ReservationRequest",
+    "ScopeLimits",
+    "Settlement",
+    "Store",
+    "UsageSummary",
+    "Windows",
+    "nanos_to_usd",
+    "usd_to_nanos",
+]
+
+NANOS_PER_USD = 1_000_000_000
+SECONDS_PER_MINUTE = 60.0
+SECONDS_PER_DAY = 86_400.0
+
+
+def usd_to_nanos(amount: Decimal) -> int:
+    """USD to integer nano-dollars, rounded up: a reservation never under-holds."""
+    return int((amount * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_USD
+
+
+@dataclass(frozen=True)
+class ScopeLimits:
+    """The limits of one scope; None means "no limit" (usage is still recorded)."""
+
+    scope: str
+    daily_nanos: int | None = None
+    monthly_nanos: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    id: str
+    scopes: tuple[ScopeLimits, ...]
+    cost_nanos: int
+    tokens: int
+    ttl_seconds: float
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A granted reservation: what was held, in which windows, until when."""
+
+    id: str
+    scopes: tuple[str, ...]
+    cost_nanos: int
+    tokens: int
+    day: str
+    month: str
+    created_at: float
+    expires_at: float
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a call actually cost."""
+
+    cost_nanos: int
+    input_tokens: int
+    output_tokens: int
+    model: str
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """One scope's usage in one calendar day (and its month)."""
+
+    scope: str
+    day: str
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    month_spent_usd: Decimal
+    input_tokens: int
+    output_tokens: int
+    requests: int
+
+
+class Windows:
+    """Calendar windows (day, month) in one time zone, and when they reset."""
+
+    def __init__(self, timezone: str | tzinfo = "UTC") -> None:
+        try:
+            self.tz = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+        except (KeyError, ValueError) as exc:
+            raise ConfigurationError(f"unknown time zone {timezone!r}") from exc
+
+    def local(self, now: float) -> datetime:
+        return datetime.fromtimestamp(now, tz=self.tz)
+
+    def keys(self, now: float) -> tuple[str, str]:
+        local = self.local(now)
+        return local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+
+    def day_key(self, day: date) -> str:
+        return day.strftime("%Y-%m-%d")
+
+    def next_day(self, now: float) -> datetime:
+        tomorrow = self.local(now).date() + timedelta(days=1)
+        return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=self.tz)
+
+    def next_month(self, now: float) -> datetime:
+        local = self.local(now)
+        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        return datetime(year, month, 1, tzinfo=self.tz)
+
+    def seconds_until(self, now: float, when: datetime) -> float:
+        return max(0.0, when.timestamp() - now)
+
+
+def bucket_level(
+    level: float, updated_at: float, now: float, capacity: int, period: float
+) -> float:
+    """A token bucket's level after refilling at ``capacity`` per ``period`` seconds.
+
+    The Redis scripts compute the same expression in the same order, so both stores
+    make bit-identical decisions.
+    """
+    elapsed = max(0.0, now - updated_at)
+    return min(float(capacity), level + elapsed * capacity / period)
+
+
+def budget_error(
+    *,
+    scope: str,
+    limit: str,
+    windows: Windows,
+    now: float,
+    requested: int,
+    used: int,
+    cap: int,
+    rate_period: float | None = None,
+) -> BudgetExceeded:
+    """The BudgetExceeded for one failed check; ``used`` is spent+held or bucket deficit."""
+    if rate_period is None:
+        resets = windows.next_day(now) if limit == "daily_spend_usd" else windows.next_month(now)
+        return BudgetExceeded(
+            tenant=scope,
+            limit=limit,
+            requested=nanos_to_usd(requested),
+            remaining=nanos_to_usd(max(0, cap - used)),
+            cap=nanos_to_usd(cap),
+            resets_at=resets,
+            retry_after=windows.seconds_until(now, resets),
+        )
+    available = max(0, cap - used)
+    retry_after: float | None = None
+    detail = ""
+    if requested > cap:
+        detail = "larger than the whole bucket: this call can never fit"
+    else:
+        retry_after = math.ceil((requested - available) * rate_period / cap * 1000) / 1000
+    return BudgetExceeded(
+        tenant=scope,
+        limit=limit,
+        requested=requested,
+        remaining=available,
+        cap=cap,
+        retry_after=retry_after,
+        detail=detail,
+    )
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the guarded clients need from a store; memory and Redis implement it."""
+
+    windows: Windows
+
+    def now(self) -> float: ...
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        """Hold ``request.cost_nanos`` and ``request.tokens`` on every scope, or raise
+        :class:`~guardrail.BudgetExceeded` naming the first limit that has no room."""
+        ...
+
+    def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
+
+    def release(self, reservation: Reservation) -> None: ...
+
+    def usage(self, scope: str, day: date | None = None) -> UsageSummary: ...
+
+    async def areserve(self, request: ReservationRequest) -> Reservation: ...
+
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None: ...
+
+    async def arelease(self, reservation: Reservation) -> None: ...
+
+    async def ausage(self, scope: str, day: date | None = None) -> UsageSummary: ...

@@ -1,0 +1,262 @@
+"""In-process store: one lock, plain dicts, an injectable clock.
+
+Right for one process. Several processes or hosts sharing limits need the Redis store:
+each process's memory store only knows its own spend.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, tzinfo
+
+from guardrail._clock import Clock, system_clock
+from guardrail.stores.base import (
+    SECONDS_PER_DAY,
+    SECONDS_PER_MINUTE,
+    Reservation,
+    ReservationRequest,
+    Settlement,
+    UsageSummary,
+    Windows,
+    bucket_level,
+    budget_error,
+    nanos_to_usd,
+)
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Aggregate:
+    cost_nanos: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+
+
+@dataclass
+class _Hold:
+    reservation: Reservation
+    released: bool = False
+
+
+@dataclass
+class _State:
+    spent: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    held: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    usage: dict[tuple[str, str], _Aggregate] = field(
+        default_factory=lambda: defaultdict(_Aggregate)
+    )
+    by_model: dict[tuple[str, str, str], _Aggregate] = field(
+        default_factory=lambda: defaultdict(_Aggregate)
+    )
+    holds: dict[str, _Hold] = field(default_factory=dict)
+    expiry: list[tuple[float, str]] = field(default_factory=list)
+    settled: dict[str, float] = field(default_factory=dict)
+
+
+_BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
+
+
+class MemoryStore:
+    """Thread-safe in-memory budgets. ``clock`` returns POSIX seconds (inject one in tests)."""
+
+    def __init__(self, *, clock: Clock = system_clock, timezone: str | tzinfo = "UTC") -> None:
+        self._clock = clock
+        self.windows = Windows(timezone)
+        self._lock = threading.Lock()
+        self._s = _State()
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- internals (called with the lock held)
+
+    def _expire(self, now: float) -> None:
+        s = self._s
+        while s.expiry and s.expiry[0][0] <= now:
+            _, rid = heapq.heappop(s.expiry)
+            hold = s.holds.pop(rid, None)
+            if hold is not None and not hold.released:
+                self._unhold(hold.reservation)
+        # Settled ids only need to outlive any replay of their settlement.
+        if len(s.settled) > 100_000:
+            horizon = now - 2 * SECONDS_PER_DAY
+            s.settled = {k: v for k, v in s.settled.items() if v > horizon}
+
+    def _unhold(self, r: Reservation) -> None:
+        s = self._s
+        for scope in r.scopes:
+            s.held[(scope, r.day)] -= r.cost_nanos
+            s.held[(scope, r.month)] -= r.cost_nanos
+
+    def _bucket(self, scope: str, name: str, capacity: int, period: float, now: float) -> float:
+        level, updated = self._s.buckets.get((scope, name), (float(capacity), now))
+        return bucket_level(level, updated, now, capacity, period)
+
+    def _refund_tokens(self, r: Reservation, tokens: int, now: float) -> None:
+        """Give ``tokens`` back to (or, if negative, take them from) every bucket."""
+        for scope in r.scopes:
+            for name, _period in _BUCKETS:
+                key = (scope, name)
+                if key in self._s.buckets:
+                    level, updated = self._s.buckets[key]
+                    self._s.buckets[key] = (level + tokens, updated)
+
+    # -- the Store interface
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            s, w = self._s, self.windows
+            day, month = w.keys(now)
+            cost, tokens = request.cost_nanos, request.tokens
+            levels: list[tuple[tuple[str, str], float]] = []
+            for lim in request.scopes:
+                sc = lim.scope
+                for name, cap, window in (
+                    ("daily_spend_usd", lim.daily_nanos, day),
+                    ("monthly_spend_usd", lim.monthly_nanos, month),
+                ):
+                    if cap is not None:
+                        used = s.spent[(sc, window)] + s.held[(sc, window)]
+                        if used + cost > cap:
+                            raise budget_error(
+                                scope=sc,
+                                limit=name,
+                                windows=w,
+                                now=now,
+                                requested=cost,
+                                used=used,
+                                cap=cap,
+                            )
+                for (name, period), capacity in zip(
+                    _BUCKETS, (lim.tokens_per_minute, lim.tokens_per_day), strict=True
+                ):
+                    if capacity is not None:
+                        level = self._bucket(sc, name, capacity, period, now)
+                        if tokens > level:
+                            raise budget_error(
+                                scope=sc,
+                                limit=name,
+                                windows=w,
+                                now=now,
+                                requested=tokens,
+                                used=capacity - int(level),
+                                cap=capacity,
+                                rate_period=period,
+                            )
+                        levels.append(((sc, name), level))
+            # Every check passed: take everything.
+            for key, level in levels:
+                s.buckets[key] = (level - tokens, now)
+            scopes = tuple(lim.scope for lim in request.scopes)
+            reservation = Reservation(
+                id=request.id,
+                scopes=scopes,
+                cost_nanos=cost,
+                tokens=tokens,
+                day=day,
+                month=month,
+                created_at=now,
+                expires_at=now + request.ttl_seconds,
+                model=request.model,
+            )
+            for sc in scopes:
+                s.held[(sc, day)] += cost
+                s.held[(sc, month)] += cost
+            s.holds[request.id] = _Hold(reservation)
+            heapq.heappush(s.expiry, (reservation.expires_at, request.id))
+            return reservation
+
+    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+        with self._lock:
+            now = self._clock()
+            s, r = self._s, reservation
+            if r.id in s.settled:
+                return  # a replay: applied once already
+            s.settled[r.id] = now
+            self._drop_hold(r)
+            for sc in r.scopes:
+                s.spent[(sc, r.day)] += settlement.cost_nanos
+                s.spent[(sc, r.month)] += settlement.cost_nanos
+                for agg in (s.usage[(sc, r.day)], s.by_model[(sc, r.day, settlement.model)]):
+                    agg.cost_nanos += settlement.cost_nanos
+                    agg.input_tokens += settlement.input_tokens
+                    agg.output_tokens += settlement.output_tokens
+                    agg.requests += 1
+            self._refund_tokens(r, r.tokens - settlement.tokens, now)
+            self._expire(now)
+
+    def release(self, reservation: Reservation) -> None:
+        with self._lock:
+            s, r = self._s, reservation
+            if r.id in s.settled or r.id not in s.holds:
+                return
+            self._drop_hold(r)
+            self._refund_tokens(r, r.tokens, self._clock())
+
+    def _drop_hold(self, r: Reservation) -> None:
+        hold = self._s.holds.pop(r.id, None)
+        if hold is not None and not hold.released:
+            hold.released = True
+            self._unhold(r)
+
+    def usage(self, scope: str, day: date | None = None) -> UsageSummary:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            if day is None:
+                day_key, month_key = self.windows.keys(now)
+            else:
+                day_key, month_key = self.windows.day_key(day), day.strftime("%Y-%m")
+            agg = self._s.usage.get((scope, day_key), _Aggregate())
+            return UsageSummary(
+                scope=scope,
+                day=day_key,
+                spent_usd=nanos_to_usd(self._s.spent.get((scope, day_key), 0)),
+                reserved_usd=nanos_to_usd(self._s.held.get((scope, day_key), 0)),
+                month_spent_usd=nanos_to_usd(self._s.spent.get((scope, month_key), 0)),
+                input_tokens=agg.input_tokens,
+                output_tokens=agg.output_tokens,
+                requests=agg.requests,
+            )
+
+    def usage_by_model(self, scope: str, day: date | None = None) -> dict[str, UsageSummary]:
+        """Per-model usage of one scope in one day."""
+        with self._lock:
+            now = self._clock()
+            day_key = self.windows.keys(now)[0] if day is None else self.windows.day_key(day)
+            return {
+                model: UsageSummary(
+                    scope=scope,
+                    day=day_key,
+                    spent_usd=nanos_to_usd(agg.cost_nanos),
+                    reserved_usd=nanos_to_usd(0),
+                    month_spent_usd=nanos_to_usd(0),
+                    input_tokens=agg.input_tokens,
+                    output_tokens=agg.output_tokens,
+                    requests=agg.requests,
+                )
+                for (sc, d, model), agg in sorted(self._s.by_model.items())
+                if sc == scope and d == day_key
+            }
+
+    # The memory store does no I/O: its async face runs the same code inline.
+
+    async def areserve(self, request: ReservationRequest) -> Reservation:
+        return self.reserve(request)
+
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
+        self.settle(reservation, settlement)
+
+    async def arelease(self, reservation: Reservation) -> None:
+        self.release(reservation)
+
+    async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
+        return self.usage(scope, day)
