@@ -43,11 +43,12 @@ from guardrail.stores.base import (
     ReservationRequest,
     ScopeLimits,
     Settlement,
+    Windows,
     usd_to_nanos,
 )
 from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding
 from guardrail.tokens import TokenCounter, counter_for
-from guardrail.trimming import Summarizer, TrimResult, fit_messages
+from guardrail.trimming import Summarizer, TrimResult, field_of, fit_messages
 
 __all__ = ["Engine", "Plan"]
 
@@ -112,6 +113,8 @@ class RequestView:
     requested_output: int | None
     stream: bool
     tenant_hint: str | None
+    choices: int = 1
+    """``n``: every choice may produce the whole output, so the worst case multiplies."""
 
 
 class ProviderAdapter(Protocol):
@@ -162,6 +165,12 @@ class Plan:
     hide_usage_chunk: bool
     fingerprint: tuple[Any, ...]
     fallback_reason: str | None = None
+    choices: int = 1
+
+    @property
+    def reserved_output_total(self) -> int:
+        """Output reserved across all ``n`` choices."""
+        return self.reserved_output * self.choices
 
     @property
     def tenant(self) -> str:
@@ -176,7 +185,7 @@ class Plan:
             id=uuid.uuid4().hex,
             scopes=self.scopes,
             cost_nanos=usd_to_nanos(self.cost_usd),
-            tokens=self.prompt_tokens + self.reserved_output,
+            tokens=self.prompt_tokens + self.reserved_output_total,
             ttl_seconds=self.policy.reservation_ttl_seconds,
             model=self.model.name,
         )
@@ -250,6 +259,7 @@ class Engine:
         clock: Clock = system_clock,
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
+        windows: Windows | None = None,
     ) -> None:
         self.policy = policy
         self.tenant_policies = tenant_policies
@@ -259,6 +269,7 @@ class Engine:
         self.clock = clock
         self.on_store_error = on_store_error
         self.summarizer = summarizer
+        self.windows = windows or Windows()
         self.loops = _LoopDetector(clock)
 
     # -- who pays, under which rules
@@ -367,7 +378,7 @@ class Engine:
         trim: TrimResult | None = None
         over_history = (
             policy.max_history_messages is not None
-            and sum(1 for m in messages if m.get("role") not in ("system", "developer"))
+            and sum(1 for m in messages if field_of(m, "role") not in ("system", "developer"))
             > policy.max_history_messages
         )
         if prompt > budget or over_history:
@@ -419,9 +430,9 @@ class Engine:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
-        cost = estimate_cost(info, prompt, reserved)
-        last = messages[-1] if messages else {}
-        fingerprint = (info.name, len(messages), prompt, reserved, repr(last.get("content"))[:512])
+        cost = estimate_cost(info, prompt, reserved * view.choices)
+        last = field_of(messages[-1], "content") if messages else None
+        fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
             binding=binding,
             scopes=scopes,
@@ -552,7 +563,7 @@ class Engine:
             )
             return response
         tally = StreamTally(
-            counter_for(plan.model.name), plan.reserved_output, plan.hide_usage_chunk
+            counter_for(plan.model.name), plan.reserved_output_total, plan.hide_usage_chunk
         )
         end: StreamEnd = yield OpenStream(response, tally)
         usage = tally.usage or TokenUsage(
@@ -584,7 +595,7 @@ class Engine:
                     continue
             raise refused from None
 
-    def _reserve(self, request: ReservationRequest) -> Generator[Op, Any, Reservation | None]:
+    def _reserve(self, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
         try:
             reservation: Reservation = yield Reserve(request)
         except GuardrailError:
@@ -596,8 +607,25 @@ class Engine:
                     f"budget store failed on reserve: {exc!r}", tenant=scope
                 ) from exc
             _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
-            return None
+            return self._unheld(request)
         return reservation
+
+    def _unheld(self, request: ReservationRequest) -> Reservation:
+        """A reservation the store never granted (fail-open): nothing to release, but the
+        call's actual usage is still settled (or spooled by the store) afterwards."""
+        now = self.clock()
+        day, month = self.windows.keys(now)
+        return Reservation(
+            id=request.id,
+            scopes=tuple(s.scope for s in request.scopes),
+            cost_nanos=0,
+            tokens=0,
+            day=day,
+            month=month,
+            created_at=now,
+            expires_at=now,
+            model=request.model,
+        )
 
     def _release(self, reservation: Reservation | None) -> Generator[Op, Any, None]:
         if reservation is None:

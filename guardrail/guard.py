@@ -79,6 +79,7 @@ class Guard:
             clock=clock or self.store.now,
             on_store_error=on_store_error,
             summarizer=summarizer,
+            windows=self.store.windows,
         )
 
     @property

@@ -57,6 +57,7 @@ class OpenAIAdapter:
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
             requested = _int_param(kwargs, "max_tokens")
+        choices = _int_param(kwargs, "n") or 1
         hint = None
         for name in ("safety_identifier", "user"):
             if _given(kwargs.get(name)):
@@ -69,6 +70,7 @@ class OpenAIAdapter:
             requested_output=requested,
             stream=kwargs.get("stream") is True,
             tenant_hint=hint,
+            choices=choices,
         )
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:

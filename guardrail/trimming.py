@@ -46,24 +46,32 @@ class TrimResult:
         return len(self.dropped)
 
 
+def field_of(message: Any, name: str) -> Any:
+    """A message field, whether the message is a dict or an SDK object (a
+    ``ChatCompletionMessage`` appended to the history straight from a response)."""
+    if isinstance(message, Mapping):
+        return message.get(name)
+    return getattr(message, name, None)
+
+
 def _units(messages: Sequence[Message], start: int, stop: int) -> list[tuple[int, int]]:
     """Split ``messages[start:stop]`` into [begin, end) units; tool calls keep their results."""
     units: list[tuple[int, int]] = []
     i = start
     while i < stop:
         msg = messages[i]
-        role = msg.get("role")
+        role = field_of(msg, "role")
         if role in _PINNED_ROLES:
             i += 1
             continue
         end = i + 1
-        if role == "assistant" and msg.get("tool_calls"):
-            while end < stop and messages[end].get("role") in ("tool", "function"):
+        if role == "assistant" and field_of(msg, "tool_calls"):
+            while end < stop and field_of(messages[end], "role") in ("tool", "function"):
                 end += 1
         elif role in ("tool", "function"):
             # A result whose call is not right before it: it goes or stays with its
             # neighbours, never alone at the front of the window.
-            while end < stop and messages[end].get("role") in ("tool", "function"):
+            while end < stop and field_of(messages[end], "role") in ("tool", "function"):
                 end += 1
         units.append((i, end))
         i = end
@@ -72,11 +80,11 @@ def _units(messages: Sequence[Message], start: int, stop: int) -> list[tuple[int
 
 def _latest_turn_start(messages: Sequence[Message]) -> int:
     for i in range(len(messages) - 1, -1, -1):
-        if messages[i].get("role") == "user":
+        if field_of(messages[i], "role") == "user":
             return i
     # No user message: keep the last non-pinned unit as "the turn".
     for i in range(len(messages) - 1, -1, -1):
-        if messages[i].get("role") not in _PINNED_ROLES:
+        if field_of(messages[i], "role") not in _PINNED_ROLES:
             return i
     return len(messages)
 
@@ -103,12 +111,12 @@ def fit_messages(
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise InvalidRequestError("messages must be a list of message dicts")
     for index, msg in enumerate(messages):
-        if not isinstance(msg, Mapping):
+        if not isinstance(msg, Mapping) and not hasattr(msg, "role"):
             raise InvalidRequestError(f"messages[{index}] must be a dict, got {type(msg).__name__}")
     sizes = [counter.message(m) for m in messages]
     fixed = counter.reply_priming + (counter.tools(tools) if tools else 0)
     turn = _latest_turn_start(messages)
-    keep = [m.get("role") in _PINNED_ROLES or i >= turn for i, m in enumerate(messages)]
+    keep = [field_of(m, "role") in _PINNED_ROLES or i >= turn for i, m in enumerate(messages)]
     required = fixed + sum(s for s, k in zip(sizes, keep, strict=True) if k)
     if required > max_tokens:
         raise ContextWindowExceeded(
@@ -156,7 +164,7 @@ def _with_summary(
     summary = _summary_message(summarizer(list(dropped)))
     summary_tokens = counter.message(summary)
     keep = list(keep)
-    pinned_or_turn = [m.get("role") in _PINNED_ROLES for m in messages]
+    pinned_or_turn = [field_of(m, "role") in _PINNED_ROLES for m in messages]
     turn = _latest_turn_start(messages)
     units = [u for u in _units(messages, 0, turn) if keep[u[0]]]
     for begin, end in units:  # oldest kept first

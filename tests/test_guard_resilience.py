@@ -270,3 +270,50 @@ def test_expired_reservation_returns_budget(clock) -> None:
     clock.advance(61)
     store.reserve(ReservationRequest("r3", limits, 800, 10, ttl_seconds=60))
     assert store.usage("w").reserved_usd == Decimal(800) / 10**9
+
+
+# -- store faults ------------------------------------------------------------------------
+
+
+class FlakyStore(guardrail.MemoryStore):
+    """A memory store whose reserve fails like a store that lost its connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def reserve(self, request):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise ConnectionError("store unreachable")
+        return super().reserve(request)
+
+
+def test_store_failure_fails_closed_by_default(server) -> None:
+    guard, client = make(server, store=FlakyStore())
+    with pytest.raises(guardrail.StoreUnavailable, match="unreachable") as info:
+        client.for_tenant("x").chat.completions.create(model=MODEL, messages=HELLO)
+    assert info.value.tenant == "x"
+    assert server.chat_requests == []
+
+
+def test_store_failure_fails_open_when_configured_and_still_records(server, caplog) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(
+        server, store=FlakyStore(), on_store_error="fail_open", sinks=[records.append]
+    )
+    out = client.for_tenant("x").chat.completions.create(model=MODEL, messages=HELLO)
+    assert out.choices and len(server.chat_requests) == 1
+    assert any("failing OPEN" in r.getMessage() for r in caplog.records)
+    assert guard.usage("x").requests == 1  # the actual usage still reached the store
+    assert records[-1].cost_usd == guard.usage("x").spent_usd
+
+
+def test_n_choices_multiply_the_reserved_output(server) -> None:
+    prompt = guardrail.count_messages(HELLO, MODEL)
+    one = guardrail.estimate_cost(MODEL, prompt, 100)
+    three = guardrail.estimate_cost(MODEL, prompt, 300)
+    guard, client = make(server, Policy(daily_spend_usd=(one + three) / 2, loop_limit=None))
+    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100)
+    with pytest.raises(BudgetExceeded) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100, n=3)
+    assert info.value.requested == three

@@ -212,3 +212,14 @@ def test_property_window_rules_hold(shape: list[tuple[str, int]], data: st.DataO
         if j not in history
     )
     assert not kept or kept[0]["role"] != "tool"
+
+
+def test_sdk_message_objects_in_the_history_are_understood() -> None:
+    from openai.types.chat import ChatCompletionMessage
+
+    old = ChatCompletionMessage(role="assistant", content="an old answer " * 50)
+    messages = [msg("system", "s"), msg("user", "q1 " * 50), old, msg("user", "now")]
+    need = guardrail.count_messages([messages[0], messages[3]], MODEL)
+    assert trim_messages(messages, MODEL, need) == [messages[0], messages[3]]
+    everything = guardrail.count_messages(messages, MODEL)
+    assert trim_messages(messages, MODEL, everything)[2] is old
