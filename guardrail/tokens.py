@@ -10,7 +10,7 @@ against the API's ``usage.prompt_tokens``:
   ``prop_key``, ``enum_init``, ``enum_item``, ``func_end`` from the model catalog) plus the
   tokens of ``"name:description"`` and of ``"property:type:description"`` per property.
 
-Where OpenAI publishes nothing, guardrail picks a rule that errs high, never low:
+Where OpenAI publishes nothing, guardrail picks these rules (they err high unless noted):
 
 * **tool definitions beyond the cookbook**: properties of nested objects (``properties``,
   ``items.properties``, ``anyOf``/``oneOf``/``allOf`` variants, ``$defs``) are counted like
@@ -29,9 +29,11 @@ Where OpenAI publishes nothing, guardrail picks a rule that errs high, never low
   count the worst case). ``input_audio`` parts cost :data:`AUDIO_TOKENS_PER_SECOND` per
   second of audio (duration read from a WAV header, from the first MP3 frame's bitrate, or
   assumed at 16 kbit/s for other formats). ``file`` parts cost their ``filename`` only:
-  OpenAI extracts PDF text and page images server-side, which cannot be counted locally.
-  An assistant's ``audio`` reference (``{"id": ...}``) is not counted either.
-* any other key or part type: the tokens of every string in it (keys included).
+  OpenAI extracts PDF text and page images server-side, which cannot be counted locally,
+  so **documents are under-counted**. An assistant's ``audio`` reference (``{"id": ...}``)
+  is not counted either.
+* any other key: a string value is counted like the cookbook counts every value; a nested
+  value (and any unknown part type) costs the tokens of every string and key in it.
 
 Anthropic models (encoding ``"claude"``) have no local tokenizer: their counts are an
 **estimate**, the ``o200k_base`` count of each string times :data:`CLAUDE_SAFETY_MARGIN`,
@@ -113,7 +115,7 @@ _ROLE = itemgetter("role")
 _CONTENT = itemgetter("content")
 # What the fast path's C-level map/sum can raise when a message is not a plain
 # {"role": str, "content": str} dict; the checked path then says what is wrong.
-_NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError, ValueError)
+_NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError)
 _SCHEMA_SKIP = frozenset(
     (
         *("type", "description", "enum", "properties", "items", "required", "title"),
@@ -313,19 +315,20 @@ class TokenCounter:
             raise InvalidRequestError(f"messages must be a list of dicts, got {_type(messages)}")
         n = len(messages)
         text = self._text
-        total = 0
+        total = -1
         try:
             # Fast path, all in C: every message is exactly {"role": str, "content": str}.
-            # A message that is not raises (KeyError/TypeError) and the loop below redoes it.
+            # Any other message makes it raise (KeyError/TypeError): the loop then redoes
+            # the list, checking each message and saying what is wrong.
             if sum(map(len, messages)) == n + n:
                 total = (
                     TOKENS_PER_MESSAGE * n
                     + sum(map(text, map(_ROLE, messages)))
                     + sum(map(text, map(_CONTENT, messages)))
                 )
-            else:
-                total = self._messages_loop(messages)
         except _NOT_SIMPLE:
+            pass
+        if total < 0:
             total = self._messages_loop(messages)
         if tools:
             total += self.tools(tools)
