@@ -185,12 +185,38 @@ class _RawResponseView:
         self.parse = _GuardedCall(owner, "parse", raw=True)
 
 
+class _StreamingResponseView:
+    """``with_streaming_response``: the SDK's own wrapper around our guarded methods, so
+    the response context manager works as usual and the call is still guarded."""
+
+    def __init__(self, completions: GuardedCompletions) -> None:
+        from openai import _response
+
+        wrap = (
+            _response.async_to_streamed_response_wrapper
+            if completions._owner._is_async
+            else _response.to_streamed_response_wrapper
+        )
+        self.create = wrap(completions.create)
+        self.parse = wrap(completions.parse)
+
+
 class GuardedCompletions:
     def __init__(self, owner: GuardedOpenAI) -> None:
         self._owner = owner
         self.create = _GuardedCall(owner, "create", raw=False)
         self.parse = _GuardedCall(owner, "parse", raw=False)
         self.with_raw_response = _RawResponseView(owner)
+
+    @property
+    def with_streaming_response(self) -> _StreamingResponseView:
+        return _StreamingResponseView(self)
+
+    def stream(self, **kwargs: Any) -> Any:
+        """The SDK's ``chat.completions.stream(...)`` helper, on top of the guarded ``create``:
+        the SDK's method only calls ``self.create(stream=True, ...)``, so we lend it ours."""
+        sdk_completions = self._owner._client.chat.completions
+        return type(sdk_completions).stream(self, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # list, retrieve, messages, ...
         return getattr(self._owner._client.chat.completions, name)

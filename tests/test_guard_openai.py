@@ -376,3 +376,25 @@ def test_loop_detection(server, clock) -> None:
     client.for_tenant("other").chat.completions.create(model=MODEL, messages=HELLO)
     clock.advance(61)
     user.chat.completions.create(model=MODEL, messages=HELLO)
+
+
+def test_stream_helper_and_streaming_response_are_guarded(server) -> None:
+    guard, client = make(server)
+    user = client.for_tenant("helper")
+    with user.chat.completions.stream(model=MODEL, messages=HELLO) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == server.reply
+    with user.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=HELLO
+    ) as response:
+        assert response.parse().choices[0].message.content == server.reply
+    assert guard.usage("helper").requests == 2
+    assert guard.usage("helper").reserved_usd == 0
+
+
+async def test_async_stream_helper_is_guarded(server) -> None:
+    guard, client = make(server, async_=True)
+    async with client.chat.completions.stream(model=MODEL, messages=HELLO) as stream:
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.content == server.reply
+    assert guard.usage("default").requests == 1
