@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol
@@ -213,6 +213,19 @@ class StreamTally:
                 self.overrun = True
 
 
+@dataclass(frozen=True)
+class TrimEvent:
+    """Told to ``Guard(on_trim=...)`` when a guarded call's history was trimmed."""
+
+    tenant: str
+    model: str
+    result: TrimResult
+
+    @property
+    def dropped(self) -> list[Mapping[str, Any]]:
+        return self.result.dropped
+
+
 # -- the engine -----------------------------------------------------------------------
 
 
@@ -260,6 +273,7 @@ class Engine:
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
         windows: Windows | None = None,
+        on_trim: Callable[[TrimEvent], object] | None = None,
     ) -> None:
         self.policy = policy
         self.tenant_policies = tenant_policies
@@ -270,6 +284,7 @@ class Engine:
         self.on_store_error = on_store_error
         self.summarizer = summarizer
         self.windows = windows or Windows()
+        self.on_trim = on_trim
         self.loops = _LoopDetector(clock)
 
     # -- who pays, under which rules
@@ -320,11 +335,31 @@ class Engine:
     ) -> Plan:
         view = adapter.read(kwargs)
         binding = self.binding_for(explicit, view.tenant_hint)
-        policy = self.policy_for(binding.tenant)
-        scopes = self.scopes_for(binding, policy)
-        plan = self._plan_for_model(adapter, kwargs, view, view.model, binding, policy, scopes)
-        self.loops.check(binding.tenant, plan.fingerprint, policy)
+        try:
+            policy = self.policy_for(binding.tenant)
+            scopes = self.scopes_for(binding, policy)
+            plan = self._plan_for_model(adapter, kwargs, view, view.model, binding, policy, scopes)
+            self.loops.check(binding.tenant, plan.fingerprint, policy)
+        except (ContextWindowExceeded, LoopDetected) as exc:
+            self._record_refusal(binding, view.model, exc)
+            raise
+        if plan.trim is not None and self.on_trim is not None:
+            self.on_trim(TrimEvent(plan.tenant, plan.model.name, plan.trim))
         return plan
+
+    def _record_refusal(self, binding: TenantBinding, model: str, exc: BaseException) -> None:
+        emit(
+            self.sinks,
+            UsageRecord(
+                tenant=binding.tenant,
+                scopes=(binding.tenant, *binding.parents),
+                model=model,
+                requested_model=model,
+                outcome="rejected",
+                error=f"{type(exc).__name__}: {exc}",
+                timestamp=self.clock(),
+            ),
+        )
 
     def _reserved_output(
         self, view: RequestView, info: ModelInfo, policy: Policy

@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any
 
 from guardrail._clock import Clock, system_clock
-from guardrail._engine import Engine, StoreErrorMode
+from guardrail._engine import Engine, StoreErrorMode, TrimEvent
 from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy, PolicySource
 from guardrail.sinks import JsonLinesSink, Sink
@@ -43,6 +43,8 @@ class Guard:
     * ``on_store_error``: ``"fail_closed"`` (raise StoreUnavailable, send nothing) or
       ``"fail_open"`` (send the call unmetered and log an error).
     * ``summarizer``: turns trimmed history into one summary message.
+    * ``on_trim``: called with a :class:`TrimEvent` (what was dropped) when a call's
+      history is trimmed; usage records also carry ``trimmed_messages``.
     * ``clock``, ``sleep``, ``async_sleep``: injectable for tests.
     """
 
@@ -57,6 +59,7 @@ class Guard:
         sinks: Iterable[Sink] = (),
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
+        on_trim: Callable[[TrimEvent], object] | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -80,6 +83,7 @@ class Guard:
             on_store_error=on_store_error,
             summarizer=summarizer,
             windows=self.store.windows,
+            on_trim=on_trim,
         )
 
     @property

@@ -398,3 +398,22 @@ async def test_async_stream_helper_is_guarded(server) -> None:
         final = await stream.get_final_completion()
     assert final.choices[0].message.content == server.reply
     assert guard.usage("default").requests == 1
+
+
+def test_trim_event_tells_what_was_dropped_and_refusals_are_recorded(server) -> None:
+    events: list[Any] = []
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(
+        server,
+        Policy(max_input_tokens=1000, trim=True),
+        on_trim=events.append,
+        sinks=[records.append],
+    )
+    history = long_history(20)
+    client.for_tenant("tt").chat.completions.create(model=MODEL, messages=history)
+    (event,) = events
+    assert event.tenant == "tt" and event.dropped == history[1 : 1 + len(event.dropped)]
+    guard, client = make(server, Policy(max_input_tokens=10), sinks=[records.append])
+    with pytest.raises(ContextWindowExceeded):
+        client.for_tenant("tt").chat.completions.create(model=MODEL, messages=history)
+    assert records[-1].outcome == "rejected" and "ContextWindowExceeded" in records[-1].error
