@@ -5,8 +5,9 @@ Rules, in order:
 1. System and developer messages always stay, where they are.
 2. The latest turn stays: the last ``user`` message and everything after it (an agent
    loop's assistant tool calls and their results).
-3. Older history goes oldest-first. An assistant message with ``tool_calls`` and the
-   ``tool`` messages answering it form one unit: kept or dropped together.
+3. Older history goes oldest-first. An assistant message with ``tool_calls`` (or a legacy
+   ``function_call``) and the ``tool`` (``function``) messages answering it form one unit:
+   kept or dropped together.
 4. What is kept is a contiguous, most-recent window: once a unit does not fit, nothing
    older is kept either (no gaps that change the conversation's meaning).
 5. If even rules 1 and 2 cannot fit, :class:`ContextWindowExceeded` is raised: we never
@@ -54,25 +55,40 @@ def field_of(message: Any, name: str) -> Any:
     return getattr(message, name, None)
 
 
-def _units(messages: Sequence[Message], start: int, stop: int) -> list[tuple[int, int]]:
-    """Split ``messages[start:stop]`` into [begin, end) units; tool calls keep their results."""
+_RESULT_ROLES = ("tool", "function")
+
+
+def continues_unit(head: Any, message: Any) -> bool:
+    """Whether ``message`` belongs to the unit that ``head`` opened: tool (and legacy
+    function) results stay with the assistant call right before them, and a run of results
+    whose call is gone stays together. Shared with :mod:`guardrail.memory`."""
+    if field_of(message, "role") not in _RESULT_ROLES:
+        return False
+    role = field_of(head, "role")
+    return role in _RESULT_ROLES or (
+        role == "assistant"
+        and bool(field_of(head, "tool_calls") or field_of(head, "function_call"))
+    )
+
+
+def _units(
+    messages: Sequence[Message], start: int, stop: int, *, skip_pinned: bool = True
+) -> list[tuple[int, int]]:
+    """Split ``messages[start:stop]`` into [begin, end) units; tool calls keep their results.
+
+    System and developer messages are not part of any unit (rule 1 keeps them) unless
+    ``skip_pinned`` is False, when they are units of their own like any other message.
+    """
     units: list[tuple[int, int]] = []
     i = start
     while i < stop:
         msg = messages[i]
-        role = field_of(msg, "role")
-        if role in _PINNED_ROLES:
+        if skip_pinned and field_of(msg, "role") in _PINNED_ROLES:
             i += 1
             continue
         end = i + 1
-        if role == "assistant" and field_of(msg, "tool_calls"):
-            while end < stop and field_of(messages[end], "role") in ("tool", "function"):
-                end += 1
-        elif role in ("tool", "function"):
-            # A result whose call is not right before it: it goes or stays with its
-            # neighbours, never alone at the front of the window.
-            while end < stop and field_of(messages[end], "role") in ("tool", "function"):
-                end += 1
+        while end < stop and continues_unit(msg, messages[end]):
+            end += 1
         units.append((i, end))
         i = end
     return units
