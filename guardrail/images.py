@@ -23,10 +23,12 @@ that a prompt is never under-counted:
 * ``data:`` URLs whose bytes are not a PNG, JPEG, GIF or WebP header guardrail can read.
 
 A ``data:`` URL whose payload is not base64 at all raises
-:class:`~guardrail.errors.InvalidRequestError`: the API would reject it with a 400, and it
-is better to say so before anything is sent. Only the bytes the header needs are decoded
-(a few dozen for PNG/GIF/WebP; JPEG jumps from segment to segment), never a whole 20 MB
-image.
+:class:`~guardrail.errors.InvalidRequestError` when its size matters (not for a ``"low"``
+tile image, whose header is never read): the API would reject it with a 400, and it is
+better to say so before anything is sent. Only the bytes the header needs are decoded (a
+few dozen for PNG/GIF/WebP; JPEG jumps from segment to segment), never a whole 20 MB image.
+Sizes are not cached: reading a header costs a few microseconds, less than hashing a
+multi-megabyte URL would.
 """
 
 from __future__ import annotations
