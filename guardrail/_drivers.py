@@ -22,6 +22,7 @@ from collections.abc import (
 from typing import Any
 
 from guardrail._engine import (
+    CountTokens,
     OpenStream,
     Plan,
     ProviderAdapter,
@@ -49,8 +50,10 @@ class SyncDriver:
         adapter: ProviderAdapter,
         send: Callable[[dict[str, Any]], Any],
         sleep: Callable[[float], None] = time.sleep,
+        count: Callable[[dict[str, Any]], int] | None = None,
     ) -> None:
         self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
+        self.count = count
 
     def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
@@ -72,6 +75,8 @@ class SyncDriver:
                     self.store.release(op.reservation)
                 elif isinstance(op, Sleep):
                     self.sleep(op.seconds)
+                elif isinstance(op, CountTokens):
+                    value = _counter(self.count)(op.kwargs)
                 elif isinstance(op, OpenStream):
                     return _hand_over(op, GuardedStream(op, flow, self, plan))
             except BaseException as error:  # sent into the flow, which decides
@@ -85,8 +90,10 @@ class AsyncDriver:
         adapter: ProviderAdapter,
         send: Callable[[dict[str, Any]], Awaitable[Any]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        count: Callable[[dict[str, Any]], Awaitable[int]] | None = None,
     ) -> None:
         self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
+        self.count = count
 
     async def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
@@ -108,10 +115,18 @@ class AsyncDriver:
                     await self.store.arelease(op.reservation)
                 elif isinstance(op, Sleep):
                     await self.sleep(op.seconds)
+                elif isinstance(op, CountTokens):
+                    value = await _counter(self.count)(op.kwargs)
                 elif isinstance(op, OpenStream):
                     return _hand_over(op, AsyncGuardedStream(op, flow, self, plan))
             except BaseException as error:
                 exc = error
+
+
+def _counter(count: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any]:
+    if count is None:  # the flow treats this like a failed count: it keeps its estimate
+        raise RuntimeError("this driver was given no way to count tokens")
+    return count
 
 
 def _hand_over(op: OpenStream, guarded: Any) -> Any:

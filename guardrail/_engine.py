@@ -4,7 +4,8 @@
 fitted prompt, reserved output, worst-case cost). ``Engine.flow`` is a generator that
 walks one call through reserve -> send (with retries) -> settle, *yielding* each piece of
 I/O as an operation (:class:`Reserve`, :class:`Send`, :class:`Sleep`, :class:`Settle`,
-:class:`Release`, :class:`OpenStream`) and receiving its result, the way httpx's
+:class:`Release`, :class:`OpenStream`, :class:`CountTokens`) and receiving its result, the
+way httpx's
 ``Auth.auth_flow`` works. The sync and async clients are short drivers that perform those
 operations (see ``_drivers``), so no decision is written twice.
 """
@@ -12,15 +13,16 @@ operations (see ``_drivers``), so no decision is written twice.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
@@ -33,7 +35,7 @@ from guardrail.errors import (
     LoopDetected,
     StoreUnavailable,
 )
-from guardrail.models import ModelInfo, model_info
+from guardrail.models import FALLBACK_ENCODING, ModelInfo, model_info
 from guardrail.policy import Policy, PolicySource
 from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.retry import retrying_for
@@ -47,7 +49,7 @@ from guardrail.stores.base import (
     usd_to_nanos,
 )
 from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding
-from guardrail.tokens import TokenCounter, counter_for
+from guardrail.tokens import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
 from guardrail.trimming import Summarizer, TrimResult, field_of, fit_messages
 
 __all__ = ["Engine", "Plan"]
@@ -99,7 +101,15 @@ class StreamEnd:
     error: BaseException | None = None
 
 
-Op = Reserve | Release | Settle | Send | Sleep | OpenStream
+@dataclass(frozen=True)
+class CountTokens:
+    """Ask the provider for its own count of the prompt about to be sent (Anthropic's
+    ``messages.count_tokens``); the flow resumes with an int, or with the error."""
+
+    kwargs: dict[str, Any]
+
+
+Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens
 
 
 # -- what differs between providers --------------------------------------------------
@@ -115,10 +125,21 @@ class RequestView:
     tenant_hint: str | None
     choices: int = 1
     """``n``: every choice may produce the whole output, so the worst case multiplies."""
+    output_required: bool = False
+    """The API requires an output bound (Anthropic's ``max_tokens``): when the caller sets
+    none, the reserved output is sent as the bound."""
+    default_output_cap: int | None = None
+    """When the caller sets no output bound, choose at most this many tokens (the
+    Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
 
 
 class ProviderAdapter(Protocol):
-    """Reads and rewrites one provider's requests and responses. Pure functions only."""
+    """Reads and rewrites one provider's requests and responses. Pure functions only.
+
+    Optional: an adapter with ``exact_count = True`` has the flow ask the provider for its
+    own count of the prompt (a :class:`CountTokens` operation) before sending; one with a
+    ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself.
+    """
 
     provider: str
 
@@ -146,6 +167,25 @@ class ProviderAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class FitsMessages(Protocol):
+    """An adapter whose provider shapes a conversation differently from Chat Completions
+    (Anthropic: the system prompt outside ``messages``, tool results inside user messages)
+    trims it itself; the others get :func:`guardrail.trimming.fit_messages`."""
+
+    def fit(
+        self,
+        view: RequestView,
+        messages: Sequence[Any],
+        counter: TokenCounter,
+        max_tokens: int,
+        *,
+        max_history_messages: int | None,
+        summarizer: Summarizer | None,
+        model_name: str,
+    ) -> TrimResult: ...
+
+
 # -- the plan -------------------------------------------------------------------------
 
 
@@ -166,6 +206,8 @@ class Plan:
     fingerprint: tuple[Any, ...]
     fallback_reason: str | None = None
     choices: int = 1
+    exact_prompt_tokens: int | None = None
+    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
 
     @property
     def reserved_output_total(self) -> int:
@@ -199,17 +241,32 @@ class StreamTally:
     counter: TokenCounter
     reserved_output: int
     hide_usage_chunk: bool
+    margin: float = 1.0
+    """For a model without a local tokenizer, ``counter`` is a stand-in encoding and the
+    stream's count is multiplied by this once (not per chunk, where rounding up would
+    double a one-token delta)."""
     texts: list[str] = field(default_factory=list)
+    raw_tokens: int = 0
     output_tokens: int = 0
     usage: TokenUsage | None = None
+    """The provider's final usage, once it arrived."""
+    input_usage: TokenUsage | None = None
+    """The provider's usage from the start of the stream (Anthropic's ``message_start``:
+    the prompt, cache reads and writes), for a stream that ends before its final usage."""
     request_id: str | None = None
     overrun: bool = False
 
     def add_text(self, text: str) -> None:
         if text:
             self.texts.append(text)
-            self.output_tokens += self.counter.text(text)
-            if self.output_tokens > self.reserved_output:
+            self.raw_tokens += self.counter.text(text)
+            if self.margin == 1.0:
+                self.output_tokens = self.raw_tokens
+            else:
+                self.output_tokens = math.ceil(self.raw_tokens * self.margin)
+            # An estimate may run past the reservation by its margin without the provider
+            # having ignored the bound: only a count past that is an overrun.
+            if self.raw_tokens > self.reserved_output * self.margin:
                 self.overrun = True
 
 
@@ -370,8 +427,10 @@ class Engine:
             cap = min(cap, policy.max_output_tokens)
         asked = view.requested_output
         if asked is None:
+            if view.default_output_cap is not None:
+                cap = min(cap, view.default_output_cap)
             if policy.default_output_tokens is None:
-                return cap, None
+                return cap, (cap if view.output_required else None)
             chosen = min(policy.default_output_tokens, cap)
             return chosen, chosen
         if asked <= cap:
@@ -404,10 +463,7 @@ class Engine:
         info = model_info(model)
         counter = counter_for(info.name)
         reserved, send_output = self._reserved_output(view, info, policy)
-        budget = info.context_window - reserved
-        limit_name = f"the context window of {info.name}"
-        if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
-            budget, limit_name = policy.max_input_tokens, "the policy's max_input_tokens"
+        budget, limit_name = _input_budget(info, policy, reserved)
         messages = view.messages
         prompt = adapter.count(counter, view, messages)
         trim: TrimResult | None = None
@@ -425,11 +481,12 @@ class Engine:
                     return bigger
             if policy.trim or over_history:
                 try:
-                    trim = fit_messages(
+                    trim = _fit(
+                        adapter,
+                        view,
                         messages,
                         counter,
                         budget if policy.trim else 1 << 62,
-                        tools=view.tools,
                         max_history_messages=policy.max_history_messages,
                         summarizer=self.summarizer if policy.trim else None,
                         model_name=info.name,
@@ -550,6 +607,8 @@ class Engine:
         except BudgetExceeded as exc:
             self._record(plan, "rejected", started, attempts=0, error=exc)
             raise
+        if getattr(adapter, "exact_count", False) is True:
+            plan, reservation = yield from self._count_exactly(plan, reservation, started)
         retrying = retrying_for(plan.policy.max_attempts, plan.policy.max_retry_seconds)
         retrying.begin()
         state = RetryCallState(retrying, fn=None, args=(), kwargs={})
@@ -597,13 +656,15 @@ class Engine:
                 adapter.request_id(response),
             )
             return response
-        tally = StreamTally(
-            counter_for(plan.model.name), plan.reserved_output_total, plan.hide_usage_chunk
-        )
+        tally = _stream_tally(plan)
         end: StreamEnd = yield OpenStream(response, tally)
-        usage = tally.usage or TokenUsage(
-            input_tokens=plan.prompt_tokens, output_tokens=tally.output_tokens
-        )
+        source: Literal["provider", "local_count"] = "provider"
+        if tally.usage is not None:
+            usage = tally.usage
+        else:  # ended early: the provider's prompt-side usage if it came, our output count
+            start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_tokens)
+            usage = replace(start, output_tokens=max(start.output_tokens, tally.output_tokens))
+            source = "local_count"
         yield from self._settle(
             plan,
             reservation,
@@ -612,10 +673,67 @@ class Engine:
             attempts,
             end.outcome,
             tally.request_id,
-            source="provider" if tally.usage else "local_count",
+            source=source,
             error=end.error,
         )
         return None
+
+    def _count_exactly(
+        self, plan: Plan, reservation: Reservation | None, started: float
+    ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
+        """Ask the provider to count the prompt, once the estimate's reservation is held.
+
+        The reservation becomes ``max(estimate, exact)``: an estimate that was high stays
+        held (and is refunded at settlement); one that was low is corrected before anything
+        is sent, and the window is checked again. A failed count keeps the estimate. The
+        estimate is reserved first so that a budget refusal sends nothing at all.
+        """
+        try:
+            exact = yield CountTokens(plan.kwargs)
+        except Exception as exc:
+            _log.warning(
+                "guardrail: the provider's token count failed (%r); reserving the local "
+                "estimate of %d prompt tokens",
+                exc,
+                plan.prompt_tokens,
+            )
+            return plan, reservation
+        except BaseException as exc:  # cancelled while counting: nothing was sent
+            yield from self._release(reservation)
+            self._record(plan, "cancelled", started, 0, error=exc)
+            raise
+        if isinstance(exact, bool) or not isinstance(exact, int) or exact < 0:
+            _log.warning("guardrail: ignoring a token count of %r", exact)
+            return plan, reservation
+        plan = replace(plan, exact_prompt_tokens=exact)
+        if exact <= plan.prompt_tokens:
+            return plan, reservation
+        budget, limit_name = _input_budget(plan.model, plan.policy, plan.reserved_output)
+        if exact > budget:
+            yield from self._release(reservation)
+            refused = ContextWindowExceeded(
+                model=plan.model.name,
+                prompt_tokens=exact,
+                reserved_output_tokens=plan.reserved_output,
+                limit=budget + (plan.reserved_output if limit_name.startswith("the c") else 0),
+                limit_name=limit_name,
+                tenant=plan.tenant,
+                detail=f"by the provider's own count (the local estimate was "
+                f"{plan.prompt_tokens}); nothing was sent",
+            )
+            self._record(plan, "rejected", started, 0, error=refused)
+            raise refused
+        bigger = replace(
+            plan,
+            prompt_tokens=exact,
+            cost_usd=estimate_cost(plan.model, exact, plan.reserved_output_total),
+        )
+        yield from self._release(reservation)
+        try:
+            return bigger, (yield from self._reserve(bigger.reservation_request()))
+        except BudgetExceeded as exc:
+            self._record(bigger, "rejected", started, 0, error=exc)
+            raise
 
     def _reserve_first(
         self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
@@ -727,6 +845,12 @@ class Engine:
         if not self.sinks:
             return
         usage = usage or TokenUsage()
+        extra: dict[str, Any] = {}
+        if plan.exact_prompt_tokens is not None:
+            extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if usage.cache_write_tokens:
+            extra["cache_write_tokens"] = usage.cache_write_tokens
+            extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         emit(
             self.sinks,
             UsageRecord(
@@ -750,8 +874,62 @@ class Engine:
                 fallback_reason=plan.fallback_reason,
                 error=None if error is None else f"{type(error).__name__}: {error}",
                 timestamp=self.clock(),
+                extra=extra,
             ),
         )
+
+
+def _input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
+    """The most prompt tokens a call may send, and the name of the limit that sets it."""
+    budget = info.context_window - reserved_output
+    if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
+        return policy.max_input_tokens, "the policy's max_input_tokens"
+    return budget, f"the context window of {info.name}"
+
+
+def _fit(
+    adapter: ProviderAdapter,
+    view: RequestView,
+    messages: Sequence[Any],
+    counter: TokenCounter,
+    max_tokens: int,
+    *,
+    max_history_messages: int | None,
+    summarizer: Summarizer | None,
+    model_name: str,
+) -> TrimResult:
+    if isinstance(adapter, FitsMessages):
+        return adapter.fit(
+            view,
+            messages,
+            counter,
+            max_tokens,
+            max_history_messages=max_history_messages,
+            summarizer=summarizer,
+            model_name=model_name,
+        )
+    return fit_messages(
+        messages,
+        counter,
+        max_tokens,
+        tools=view.tools,
+        max_history_messages=max_history_messages,
+        summarizer=summarizer,
+        model_name=model_name,
+    )
+
+
+def _stream_tally(plan: Plan) -> StreamTally:
+    info = plan.model
+    if info.exact_tokenizer:
+        return StreamTally(counter_for(info), plan.reserved_output_total, plan.hide_usage_chunk)
+    # No local tokenizer (Claude): count with the stand-in encoding, apply the margin once.
+    return StreamTally(
+        counter_for(replace(info, encoding=FALLBACK_ENCODING)),
+        plan.reserved_output_total,
+        plan.hide_usage_chunk,
+        margin=CLAUDE_SAFETY_MARGIN,
+    )
 
 
 def _limits(scope: str, policy: Policy | None) -> ScopeLimits:
