@@ -19,9 +19,9 @@ from guardrail._engine import Engine, StoreErrorMode, TrimEvent
 from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy, PolicySource
 from guardrail.sinks import JsonLinesSink, Sink
-from guardrail.stores.base import Store, UsageSummary
+from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
-from guardrail.tenancy import TenantBinding, bound_tenant, validate_scope_id
+from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, bound_tenant, validate_scope_id
 from guardrail.trimming import Summarizer
 
 __all__ = ["Guard", "wrap"]
@@ -116,6 +116,33 @@ class Guard:
 
     async def ausage(self, tenant: str, day: date | None = None) -> UsageSummary:
         return await self.store.ausage(validate_scope_id(tenant), day)
+
+    def usage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]:
+        """Usage per tenant (or parent scope), per model, per day from ``start`` to ``end``
+        inclusive (``end`` defaults to today, ``start`` to ``end``); ``scopes=None`` reports
+        every scope with usage in the range."""
+        return self.store.usage_report(_scope_ids(scopes), start, end)
+
+    async def ausage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]:
+        return await self.store.ausage_report(_scope_ids(scopes), start, end)
+
+
+def _scope_ids(scopes: Sequence[str] | None) -> list[str] | None:
+    if scopes is None:
+        return None
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    return [s if s == GLOBAL_SCOPE else validate_scope_id(s, what="scope id") for s in scopes]
 
 
 def wrap(client: Any, policy: Policy | None = None, **guard_options: Any) -> Any:

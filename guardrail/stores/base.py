@@ -21,6 +21,7 @@ one place per store (Python for memory, Lua for Redis).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_CEILING, Decimal
@@ -36,6 +37,7 @@ __all__ = [
     "ScopeLimits",
     "Settlement",
     "Store",
+    "UsageRow",
     "UsageSummary",
     "Windows",
     "nanos_to_usd",
@@ -120,6 +122,19 @@ class UsageSummary:
     requests: int
 
 
+@dataclass(frozen=True, order=True)
+class UsageRow:
+    """One line of a usage report: one scope's usage of one model in one calendar day."""
+
+    scope: str
+    day: date
+    model: str
+    cost_usd: Decimal
+    input_tokens: int
+    output_tokens: int
+    requests: int
+
+
 class Windows:
     """Calendar windows (day, month) in one time zone, and when they reset."""
 
@@ -150,6 +165,20 @@ class Windows:
 
     def seconds_until(self, now: float, when: datetime) -> float:
         return max(0.0, when.timestamp() - now)
+
+
+def report_range(windows: Windows, now: float, start: date | None, end: date | None) -> list[date]:
+    """The days of a report, ``start`` to ``end`` inclusive; ``end`` defaults to today and
+    ``start`` to ``end``."""
+    last = end or windows.local(now).date()
+    first = start or last
+    if last < first:
+        raise ConfigurationError(
+            f"usage report from {first} to {last}: the end is before the start"
+        )
+    if (last - first).days > 366:
+        raise ConfigurationError("a usage report covers at most 367 days")
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 def bucket_level(
@@ -231,3 +260,20 @@ class Store(Protocol):
     async def arelease(self, reservation: Reservation) -> None: ...
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary: ...
+
+    def usage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]:
+        """Usage per scope, per model, per day from ``start`` to ``end`` inclusive (default:
+        today), sorted; ``scopes=None`` reports every scope with usage in the range."""
+        ...
+
+    async def ausage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]: ...

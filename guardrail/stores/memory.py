@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
 
@@ -19,11 +20,13 @@ from guardrail.stores.base import (
     Reservation,
     ReservationRequest,
     Settlement,
+    UsageRow,
     UsageSummary,
     Windows,
     bucket_level,
     budget_error,
     nanos_to_usd,
+    report_range,
 )
 
 __all__ = ["MemoryStore"]
@@ -195,11 +198,13 @@ class MemoryStore:
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:
+            now = self._clock()
+            self._expire(now)  # an expired reservation is gone: its tokens are not given back
             s, r = self._s, reservation
             if r.id in s.settled or r.id not in s.holds:
                 return
             self._drop_hold(r)
-            self._refund_tokens(r, r.tokens, self._clock())
+            self._refund_tokens(r, r.tokens, now)
 
     def _drop_hold(self, r: Reservation) -> None:
         hold = self._s.holds.pop(r.id, None)
@@ -247,6 +252,33 @@ class MemoryStore:
                 if sc == scope and d == day_key
             }
 
+    def usage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]:
+        """Usage per scope, per model, per day from ``start`` to ``end`` inclusive."""
+        with self._lock:
+            days = {
+                self.windows.day_key(d): d
+                for d in report_range(self.windows, self._clock(), start, end)
+            }
+            wanted = None if scopes is None else set(scopes)
+            return sorted(
+                UsageRow(
+                    scope=sc,
+                    day=days[d],
+                    model=model,
+                    cost_usd=nanos_to_usd(agg.cost_nanos),
+                    input_tokens=agg.input_tokens,
+                    output_tokens=agg.output_tokens,
+                    requests=agg.requests,
+                )
+                for (sc, d, model), agg in self._s.by_model.items()
+                if d in days and (wanted is None or sc in wanted)
+            )
+
     # The memory store does no I/O: its async face runs the same code inline.
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
@@ -260,3 +292,11 @@ class MemoryStore:
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         return self.usage(scope, day)
+
+    async def ausage_report(
+        self,
+        scopes: Sequence[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[UsageRow]:
+        return self.usage_report(scopes, start, end)

@@ -1,0 +1,117 @@
+"""A local spool of store writes that could not be made (the store was down).
+
+Records are JSON lines, appended with one ``write`` and ``fsync``'d before ``append``
+returns, so a record survives the process dying right after. ``replay`` applies the
+records in order and appends a ``{"done": id}`` line after each one it applied; when every
+record is done the file is emptied. A crash in the middle of a replay therefore re-applies
+at most the records whose ``done`` line was not written yet: the store's writes are
+idempotent per reservation id, so nothing is applied twice and nothing is lost.
+
+Several processes may share one spool file: appends and replays take an exclusive
+``flock`` on it (POSIX; elsewhere only the threads of one process are serialised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Spool"]
+
+_log = logging.getLogger("guardrail")
+_RECHECK_SECONDS = 2.0  # how often to look for records spooled by other processes
+
+
+class Spool:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._next_check = 0.0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[IO[str]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path, "a+", encoding="utf-8") as f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield f
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record durably (flushed and fsync'd)."""
+        line = json.dumps({"sid": uuid.uuid4().hex, **record}, separators=(",", ":"))
+        with self._locked() as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            self._dirty = True
+
+    def pending(self) -> bool:
+        """Whether there may be records to replay: cheap enough for every store call."""
+        if self._dirty:
+            return True
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + _RECHECK_SECONDS
+        try:
+            return self.path.stat().st_size > 0
+        except OSError:
+            return False
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records not replayed yet, oldest first."""
+        with self._locked() as f:
+            return self._unapplied(f)
+
+    def _unapplied(self, f: IO[str]) -> list[dict[str, Any]]:
+        f.seek(0)
+        records: dict[str, dict[str, Any]] = {}
+        for number, line in enumerate(f, 1):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                _log.error("guardrail: unreadable line %d in spool %s skipped", number, self.path)
+                continue
+            if "done" in item:
+                records.pop(item["done"], None)
+            else:
+                records[item["sid"]] = item
+        return list(records.values())
+
+    def replay(self, apply: Callable[[dict[str, Any]], None]) -> int:
+        """Apply every record in order; stop at the first that fails (and re-raise).
+
+        Returns how many records were applied."""
+        applied = 0
+        with self._locked() as f:
+            records = self._unapplied(f)
+            f.seek(0, os.SEEK_END)
+            try:
+                for record in records:
+                    apply(record)
+                    applied += 1
+                    f.write(json.dumps({"done": record["sid"]}) + "\n")
+                    f.flush()
+                f.truncate(0)
+                self._dirty = False
+            finally:
+                os.fsync(f.fileno())
+        return applied

@@ -1,0 +1,157 @@
+"""Helpers for the Redis store tests: stores of every kind, a twin that runs every call on
+the store under test and on a MemoryStore and compares the outcomes, and a private
+redis-server that a test may stop and restart."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardrail import BudgetExceeded, MemoryStore
+from tests.conftest import REDIS_HOST, REDIS_PORT
+
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+KINDS = [
+    "memory",
+    "fakeredis",
+    pytest.param("redis", marks=pytest.mark.redis),
+]
+
+
+def unique_prefix() -> str:
+    return f"gt-{uuid.uuid4().hex[:12]}"
+
+
+def delete_prefix(client: Any, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def make_store(kind: str, clock: Any, tmp_path: Path, **options: Any) -> Any:
+    """A store of ``kind`` with the given clock; Redis stores get a unique prefix and a
+    spool under ``tmp_path``. Call ``cleanup(store)`` when done."""
+    if kind == "memory":
+        return MemoryStore(clock=clock, **options)
+    from guardrail.stores.redis import RedisStore
+
+    spool = tmp_path / f"spool-{uuid.uuid4().hex[:6]}.jsonl"
+    if kind == "fakeredis":
+        pytest.importorskip("lupa", reason="fakeredis runs Lua with lupa (fakeredis[lua])")
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+        return RedisStore(
+            fakeredis.FakeRedis(server=server),
+            async_client=fakeredis.FakeAsyncRedis(server=server),
+            prefix=unique_prefix(),
+            clock=clock,
+            spool_path=spool,
+            **options,
+        )
+    assert kind == "redis"
+    return RedisStore.from_url(
+        REDIS_URL, prefix=unique_prefix(), clock=clock, spool_path=spool, **options
+    )
+
+
+def cleanup(store: Any) -> None:
+    client = getattr(store, "client", None)
+    if client is not None:
+        try:
+            delete_prefix(client, store.prefix)
+        finally:
+            store.close()
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    """``("ok", result)`` or ``("refused", the BudgetExceeded's fields)``."""
+    try:
+        return "ok", fn()
+    except BudgetExceeded as exc:
+        return "refused", dict(vars(exc))
+
+
+@dataclass
+class Twin:
+    """Runs each call on ``store`` and on a MemoryStore reference; asserts equal outcomes."""
+
+    store: Any
+    ref: MemoryStore
+
+    def __call__(self, method: str, *args: Any) -> tuple[str, Any]:
+        got = outcome(lambda: getattr(self.store, method)(*args))
+        want = outcome(lambda: getattr(self.ref, method)(*args))
+        assert got == want, f"{method}{args}: store gave {got}, memory gave {want}"
+        return got
+
+
+# -- a private redis-server ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port; ``stop`` and ``start`` it at will.
+    With ``durable=True`` it keeps an append-only file, so data survives a restart."""
+
+    def __init__(self, workdir: Path, *, durable: bool = True) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed")
+        self.port = free_port()
+        self.workdir = workdir
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning"]
+        if self.durable:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _pings(self.port):  # a ping loop, not a sleep
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # SIGTERM: a clean shutdown that flushes the append-only file
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
