@@ -216,6 +216,14 @@ def test_abandoned_reservations_expire(twin: Twin, clock: ManualClock) -> None:
     assert ok(twin("usage", "jay")).spent_usd == Decimal(100) / USD
 
 
+def test_release_after_expiry_gives_no_tokens_back(twin: Twin, clock: ManualClock) -> None:
+    lim = ScopeLimits("late", tokens_per_minute=100)
+    r = ok(twin("reserve", req("r1", lim, tokens=100, ttl=30)))
+    clock.advance(30)  # expired, and nothing has looked at the store since
+    twin("release", r)
+    refused(twin("reserve", req("r2", lim, tokens=51)), "tokens_per_minute")  # refilled 50
+
+
 def test_expired_reservation_of_yesterday_returns_to_yesterday(
     twin: Twin, clock: ManualClock
 ) -> None:

@@ -14,8 +14,8 @@ Day and month windows are computed here from the injected clock (not Redis ``TIM
 passed to the scripts as key names, so tests move time without sleeping.
 
 Settlements and releases that cannot be written (Redis down) go to a local spool file and
-are replayed on the next successful call, or by :meth:`RedisStore.replay_spool`; settling
-is idempotent per reservation id, so a replay is applied once.
+are replayed before the next call once Redis answers, or by :meth:`RedisStore.replay_spool`;
+settling is idempotent per reservation id, so a replay is applied once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import date, datetime, timedelta, tzinfo
@@ -73,6 +74,7 @@ _LIMITS = (
     ("tokens_per_day", 86_400.0),
 )
 _DAY = 86_400
+_REPLAY_BACKOFF = 1.0  # seconds between replay attempts while Redis keeps failing
 
 
 @functools.cache
@@ -237,6 +239,11 @@ class RedisStore:
         self._hash_tag = hash_tag
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+        self._down: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
         self._async_fixed: tuple[Any, dict[str, Any]] | None = None
         if async_client is not None:
@@ -249,6 +256,7 @@ class RedisStore:
         self._today: _DayInfo | None = None
         self.spool = Spool(spool_path or _default_spool_path(prefix, _location(client)))
         self._replay_lock = threading.Lock()
+        self._replay_after = 0.0
 
     @classmethod
     def from_url(
@@ -538,9 +546,25 @@ class RedisStore:
 
     # -- running scripts
 
+    # Spooled writes are replayed before a call (so it sees them) unless the last replay
+    # failed: after a connection failure, right after the next call that succeeds; after
+    # any other failure, at most once per _REPLAY_BACKOFF seconds.
+
+    def _replay_due(self) -> bool:
+        return self.spool.pending() and time.monotonic() >= self._replay_after
+
+    def _answered(self) -> bool:
+        """Redis just answered: whether a replay waits for that."""
+        if self._replay_after == math.inf:
+            self._replay_after = 0.0
+            return True
+        return False
+
     def _run(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self._replay_due():
+            self._auto_replay()
         result = self._scripts[name](keys=keys, args=args)
-        if self.spool.pending():
+        if self._answered():
             self._auto_replay()
         return result
 
@@ -562,8 +586,10 @@ class RedisStore:
         return entry
 
     async def _arun(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self._replay_due():
+            await asyncio.to_thread(self._auto_replay)
         result = await self._async()[1][name](keys=keys, args=args)
-        if self.spool.pending():
+        if self._answered():
             await asyncio.to_thread(self._auto_replay)
         return result
 
@@ -710,7 +736,9 @@ class RedisStore:
             return  # another thread is replaying
         try:
             applied = self.spool.replay(self._apply)
-        except self._errors as exc:
+        except Exception as exc:  # never fail the call that happened to trigger a replay
+            down = isinstance(exc, self._down)
+            self._replay_after = math.inf if down else time.monotonic() + _REPLAY_BACKOFF
             _log.error("guardrail: spool replay stopped (%r); will retry", exc)
         else:
             if applied:
