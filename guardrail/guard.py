@@ -93,15 +93,24 @@ class Guard:
     def policy_for(self, tenant: str) -> Policy:
         return self.engine.policy_for(validate_scope_id(tenant))
 
-    def wrap(self, client: Any) -> Any:
-        """Guard an ``OpenAI`` or ``AsyncOpenAI`` client (the one line to add)."""
+    def wrap(self, client: Any, **options: Any) -> Any:
+        """Guard an ``OpenAI``/``AsyncOpenAI`` or ``Anthropic``/``AsyncAnthropic`` client
+        (the one line to add). Anthropic clients take ``exact_count=False`` to count
+        prompts locally only (see :mod:`guardrail.anthropic`)."""
         module = type(client).__module__.split(".")[0]
+        if module == "anthropic":
+            from guardrail.anthropic import GuardedAnthropic
+
+            return GuardedAnthropic(client, self, **options)
+        if options:
+            raise ConfigurationError(f"unexpected options for {type(client).__name__}: {options}")
         if module == "openai" or hasattr(client, "chat"):
             from guardrail.openai import GuardedOpenAI
 
             return GuardedOpenAI(client, self)
         raise ConfigurationError(
-            f"cannot guard a {type(client).__name__}: expected an openai.OpenAI or AsyncOpenAI"
+            f"cannot guard a {type(client).__name__}: expected an openai.OpenAI or "
+            "AsyncOpenAI, or an anthropic.Anthropic or AsyncAnthropic"
         )
 
     @contextmanager

@@ -1033,3 +1033,8 @@ class FakeOpenAIServer:
             finish_reason=finish_reason,
             usage=usage,
         )
+
+
+from guardrail._fake_anthropic import FakeAnthropicServer  # noqa: E402
+
+__all__ += ["FakeAnthropicServer"]
