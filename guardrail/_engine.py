@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +39,7 @@ from guardrail.models import FALLBACK_ENCODING, ModelInfo, model_info
 from guardrail.policy import Policy, PolicySource
 from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.retry import retrying_for
-from guardrail.sinks import Outcome, Sink, UsageRecord, emit
+from guardrail.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
 from guardrail.stores.base import (
     Reservation,
     ReservationRequest,
@@ -224,7 +224,8 @@ class Plan:
 
     def reservation_request(self) -> ReservationRequest:
         return ReservationRequest(
-            id=uuid.uuid4().hex,
+            # 128 bits from the OS's CSPRNG, like uuid4() without the UUID object.
+            id=os.urandom(16).hex(),
             scopes=self.scopes,
             cost_nanos=usd_to_nanos(self.cost_usd),
             tokens=self.prompt_tokens + self.reserved_output_total,
@@ -343,6 +344,10 @@ class Engine:
         self.windows = windows or Windows()
         self.on_trim = on_trim
         self.loops = _LoopDetector(clock)
+        # (scope, id(policy)) -> (policy, limits): a Policy is frozen, and holding it here
+        # keeps its id from being reused while the entry lives.
+        self._limits_cache: dict[tuple[str, int], tuple[Policy | None, ScopeLimits]] = {}
+        self._default_binding: TenantBinding | None = None  # TenantBinding.of(default_tenant)
 
     # -- who pays, under which rules
 
@@ -371,16 +376,31 @@ class Engine:
                 "no tenant for this call: use client.for_tenant(...), guard.tenant(...), "
                 "the request's safety_identifier/user, or Guard(default_tenant=...)"
             )
-        return TenantBinding.of(self.default_tenant)
+        cached = self._default_binding
+        if cached is None or cached.tenant != self.default_tenant:
+            cached = self._default_binding = TenantBinding.of(self.default_tenant)
+        return cached
 
     def scopes_for(self, binding: TenantBinding, policy: Policy) -> tuple[ScopeLimits, ...]:
-        scopes = [_limits(binding.tenant, policy)]
+        scopes = [self._limits_of(binding.tenant, policy)]
         for parent in binding.parents:
             # A parent without its own policy is charged (its usage is recorded) but unlimited.
-            scopes.append(_limits(parent, self._override(parent)))
+            scopes.append(self._limits_of(parent, self._override(parent)))
         if self.global_policy is not None:
-            scopes.append(_limits(GLOBAL_SCOPE, self.global_policy))
+            scopes.append(self._limits_of(GLOBAL_SCOPE, self.global_policy))
         return tuple(scopes)
+
+    def _limits_of(self, scope: str, policy: Policy | None) -> ScopeLimits:
+        """``_limits(scope, policy)``, without redoing its Decimal conversions every call."""
+        key = (scope, id(policy))
+        hit = self._limits_cache.get(key)
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        limits = _limits(scope, policy)
+        if len(self._limits_cache) >= 4096:
+            self._limits_cache = {}
+        self._limits_cache[key] = (policy, limits)
+        return limits
 
     # -- planning
 
@@ -461,7 +481,7 @@ class Engine:
         allow_model_fallback: bool = True,
     ) -> Plan:
         info = model_info(model)
-        counter = counter_for(info.name)
+        counter = counter_for(info)
         reserved, send_output = self._reserved_output(view, info, policy)
         budget, limit_name = _input_budget(info, policy, reserved)
         messages = view.messages
@@ -609,27 +629,31 @@ class Engine:
             raise
         if getattr(adapter, "exact_count", False) is True:
             plan, reservation = yield from self._count_exactly(plan, reservation, started)
-        retrying = retrying_for(plan.policy.max_attempts, plan.policy.max_retry_seconds)
-        retrying.begin()
-        state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+        # tenacity's first answer is always "attempt" (no ``before`` hook), so its state is
+        # built only once an attempt has failed, with its clock started at the first one.
+        state: RetryCallState | None = None
+        first_attempt_at = time.monotonic()
         attempts = 0
         while True:
-            try:  # tenacity decides: attempt, sleep, or give up (re-raising the SDK's error)
-                action = retrying.iter(state)
-            except Exception as exc:
-                self._record(plan, "error", started, attempts, error=exc)
-                raise
-            if isinstance(action, DoSleep):
-                last = _last_error(state)
-                state.prepare_for_next_attempt()
-                yield Sleep(float(action))
-                try:  # every retry re-checks the budget
-                    reservation = yield from self._reserve(plan.reservation_request())
-                except BudgetExceeded as exc:
-                    _add_note(last, f"guardrail stopped retrying: {exc}")
-                    self._record(plan, "error", started, attempts, error=last)
-                    raise last from exc
-                continue
+            if state is None:
+                action: Any = DoAttempt()
+            else:
+                try:  # tenacity decides: attempt, sleep, or give up (re-raising the SDK's error)
+                    action = state.retry_object.iter(state)
+                except Exception as exc:
+                    self._record(plan, "error", started, attempts, error=exc)
+                    raise
+                if isinstance(action, DoSleep):
+                    last = _last_error(state)
+                    state.prepare_for_next_attempt()
+                    yield Sleep(float(action))
+                    try:  # every retry re-checks the budget
+                        reservation = yield from self._reserve(plan.reservation_request())
+                    except BudgetExceeded as exc:
+                        _add_note(last, f"guardrail stopped retrying: {exc}")
+                        self._record(plan, "error", started, attempts, error=last)
+                        raise last from exc
+                    continue
             if not isinstance(action, DoAttempt):  # pragma: no cover - reraise=True raises
                 return action
             attempts += 1
@@ -642,6 +666,8 @@ class Engine:
                 if not isinstance(exc, Exception):  # KeyboardInterrupt, CancelledError
                     self._record(plan, "cancelled", started, attempts, error=exc)
                     raise
+                if state is None:
+                    state = _retry_state(plan.policy, first_attempt_at)
                 state.set_exception((type(exc), exc, exc.__traceback__))
                 continue
             break
@@ -828,6 +854,11 @@ class Engine:
             reservation_id=reservation.id if reservation else None,
         )
 
+    def _records_wanted(self) -> bool:
+        """Whether any sink would use a usage record (the logging check is a cached lookup,
+        so turning the ``guardrail.usage`` logger on later takes effect at once)."""
+        return not all(map(_sink_ignores_records, self.sinks))
+
     def _record(
         self,
         plan: Plan,
@@ -842,7 +873,7 @@ class Engine:
         error: BaseException | None = None,
         reservation_id: str | None = None,
     ) -> None:
-        if not self.sinks:
+        if not self._records_wanted():
             return
         usage = usage or TokenUsage()
         extra: dict[str, Any] = {}
@@ -877,6 +908,12 @@ class Engine:
                 extra=extra,
             ),
         )
+
+
+def _sink_ignores_records(sink: Sink) -> bool:
+    """True for the built-in JSON-lines sink while its logger drops INFO, the default: it
+    would build the record only to throw it away."""
+    return type(sink) is JsonLinesSink and not sink.logger.isEnabledFor(logging.INFO)
 
 
 def _input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
@@ -946,6 +983,15 @@ def _limits(scope: str, policy: Policy | None) -> ScopeLimits:
         tokens_per_minute=policy.tokens_per_minute,
         tokens_per_day=policy.tokens_per_day,
     )
+
+
+def _retry_state(policy: Policy, first_attempt_at: float) -> RetryCallState:
+    """tenacity's state for a call whose first attempt started at ``first_attempt_at``."""
+    retrying = retrying_for(policy.max_attempts, policy.max_retry_seconds)
+    retrying.begin()
+    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.start_time = first_attempt_at  # as if built right before the first attempt
+    return state
 
 
 def _last_error(state: RetryCallState) -> BaseException:

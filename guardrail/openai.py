@@ -116,7 +116,9 @@ class OpenAIAdapter:
         )
 
     def usage(self, response: Any) -> TokenUsage | None:
-        if hasattr(response, "parse") and not hasattr(response, "choices"):
+        # ``choices`` first: on a ChatCompletion it is a plain field, while a missing
+        # attribute (``parse``) costs pydantic a raised and caught AttributeError.
+        if not hasattr(response, "choices") and hasattr(response, "parse"):
             response = response.parse()  # with_raw_response: the SDK caches the parse
         return self._token_usage(getattr(response, "usage", None))
 

@@ -165,7 +165,10 @@ def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
     cached = usage.cached_input_tokens
     if usage.cache_write_tokens or cached > usage.input_tokens:
         return None
-    input_price, output_price, cached_price = (_rate(p, usage.input_tokens) for p in flat)
+    input_rate, output_rate, cached_rate = flat
+    input_price = _rate(input_rate, usage.input_tokens)
+    output_price = _rate(output_rate, usage.input_tokens)
+    cached_price = _rate(cached_rate, usage.input_tokens)
     total = Decimal(0)
     if input_price is not None:
         # Without a cache-read price, cached tokens are billed as plain input.

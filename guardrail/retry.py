@@ -16,6 +16,7 @@ same ``Retrying`` object serves the sync and the async client.
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from typing import Any
 
@@ -100,6 +101,22 @@ class _stop_when_wait_exceeds_budget(tenacity.stop.stop_base):
         return retry_state.idle_for + retry_state.upcoming_sleep > self.max_seconds
 
 
+@functools.lru_cache(maxsize=256)
+def _strategies(
+    max_attempts: int, max_retry_seconds: float, backoff_multiplier: float, backoff_max: float
+) -> tuple[tenacity.stop.stop_base, tenacity.wait.wait_base, tenacity.retry_base]:
+    """The stop, wait and retry strategies: stateless, so built once per configuration."""
+    return (
+        tenacity.stop_after_attempt(max_attempts)
+        | tenacity.stop_after_delay(max_retry_seconds)
+        | _stop_when_wait_exceeds_budget(max_retry_seconds),
+        _wait_retry_after_or_backoff(
+            tenacity.wait_random_exponential(multiplier=backoff_multiplier, max=backoff_max)
+        ),
+        tenacity.retry_if_exception(is_retryable),
+    )
+
+
 def retrying_for(
     max_attempts: int,
     max_retry_seconds: float,
@@ -107,16 +124,9 @@ def retrying_for(
     backoff_multiplier: float = 0.5,
     backoff_max: float = 20.0,
 ) -> tenacity.Retrying:
-    """A fresh tenacity ``Retrying`` for one call (tenacity objects keep per-call state)."""
-    return tenacity.Retrying(
-        stop=(
-            tenacity.stop_after_attempt(max_attempts)
-            | tenacity.stop_after_delay(max_retry_seconds)
-            | _stop_when_wait_exceeds_budget(max_retry_seconds)
-        ),
-        wait=_wait_retry_after_or_backoff(
-            tenacity.wait_random_exponential(multiplier=backoff_multiplier, max=backoff_max)
-        ),
-        retry=tenacity.retry_if_exception(is_retryable),
-        reraise=True,
+    """A fresh tenacity ``Retrying`` for one call (tenacity objects keep per-call state;
+    the strategies they are built from do not, and are shared)."""
+    stop, wait, retry = _strategies(
+        max_attempts, max_retry_seconds, backoff_multiplier, backoff_max
     )
+    return tenacity.Retrying(stop=stop, wait=wait, retry=retry, reraise=True)
