@@ -4,13 +4,18 @@ redis-server that a test may stop and restart."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +160,61 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- child processes (started with the 'spawn' context: these must be importable) ------------
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+START_TS = 1795435200.0  # 2026-11-23 12:00 UTC: every process's ManualClock starts here
+
+
+def guarded_client(url: str, base_url: str, prefix: str, cap: str, records: list[Any]) -> Any:
+    import openai
+
+    from guardrail import Guard, ManualClock, Policy
+    from guardrail.stores.redis import RedisStore
+
+    store = RedisStore.from_url(
+        url,
+        prefix=prefix,
+        clock=ManualClock(START_TS),
+        spool_path=Path(tempfile.gettempdir()) / f"{prefix}-{os.getpid()}.jsonl",
+    )
+    guard = Guard(
+        Policy(daily_spend_usd=Decimal(cap), loop_limit=None), store=store, sinks=[records.append]
+    )
+    return guard.wrap(openai.OpenAI(base_url=base_url, api_key="test", max_retries=0))
+
+
+def crowd_worker(
+    url: str, base_url: str, prefix: str, cap: str, threads: int, calls: int
+) -> list[tuple[str, str, str | None]]:
+    """``threads`` threads, ``calls`` guarded calls each, all against one tenant's cap;
+    returns every usage record as (outcome, cost in USD, reservation id)."""
+    from guardrail import BudgetExceeded
+
+    records: list[Any] = []
+    client = guarded_client(url, base_url, prefix, cap, records).for_tenant("crowd")
+    barrier = threading.Barrier(threads)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(calls):
+            with contextlib.suppress(BudgetExceeded):
+                client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=100)
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return [(r.outcome, str(r.cost_usd), r.reservation_id) for r in records]
+
+
+def doomed_worker(url: str, base_url: str, prefix: str, cap: str) -> None:
+    """Makes one guarded call; the test kills this process while the call is in flight."""
+    client = guarded_client(url, base_url, prefix, cap, [])
+    client.for_tenant("doomed").chat.completions.create(
+        model="gpt-4o", messages=HELLO, max_tokens=100
+    )
+    os._exit(3)  # not reached: the process is killed between reserve and settle
