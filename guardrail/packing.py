@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeAlias, Union
 from guardrail.errors import InvalidRequestError
 from guardrail.models import ModelInfo
 from guardrail.tokens import TokenCounter, counter_for
-from guardrail.truncation import Strategy, _truncate, check_truncation_args
+from guardrail.truncation import Strategy, _Encoder, _truncate, check_truncation_args
 
 __all__ = ["Document", "PackResult", "pack_documents"]
 
@@ -159,7 +159,15 @@ def _pack(
         if not isinstance(text, str):
             raise InvalidRequestError(f"render() must return a str, got {type(text).__name__}")
     ranked = sorted(range(len(documents)), key=lambda i: -documents[i].score)
-    sep_tokens = counter.text(separator)
+    # Sizes add up in the encoder's own tokens. For an estimate (Claude: o200k tokens
+    # times a margin, rounded up) the margin is applied to the sum, not to each piece,
+    # or the rounding of every document and separator would waste room.
+    size: Callable[[str], int] = counter.text
+    total: Callable[[int], int] = int
+    if not counter.exact:
+        enc = _Encoder(counter)
+        size, total = (lambda text: len(enc.encode(text))), enc.from_length
+    sep_size = size(separator)
     budget = max_tokens
     while True:
         # Best-first by the sum of the parts; then the joined text is counted whole.
@@ -167,13 +175,13 @@ def _pack(
         partial: int | None = None
         used = 0
         for i in ranked:
-            join = sep_tokens if pieces else 0
-            cost = counter.text(texts[i]) + join
-            if used + cost <= budget:
+            join = sep_size if pieces else 0
+            cost = size(texts[i]) + join
+            if total(used + cost) <= budget:
                 pieces[i] = texts[i]
                 used += cost
                 continue
-            room = budget - used - join
+            room = budget - total(used + join)
             if room >= min_partial:
                 cut, cut_tokens = _truncate(texts[i], room, counter, truncation, marker)
                 if cut_tokens >= min_partial:
