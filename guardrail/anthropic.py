@@ -1,12 +1,12 @@
 """Guarded ``Anthropic`` / ``AsyncAnthropic`` clients.
 
 ``guard.wrap(Anthropic())`` returns a proxy: ``messages.create`` (``stream=True`` too),
-``messages.stream(...)``, ``messages.parse`` and ``messages.with_raw_response.create`` go
-through the guard: counted, fitted, reserved against the same tenants and limits as the
-OpenAI calls of the same :class:`~guardrail.Guard`, sent with the one bounded retry policy
-(the SDK's own retries are off), and settled with the provider's usage. Everything else
-(``messages.count_tokens``, ``messages.batches``, ``models``, ``beta``, ...) passes straight
-to the client.
+``messages.stream(...)``, ``messages.parse`` and the ``with_raw_response`` and
+``with_streaming_response`` forms of ``create`` go through the guard: counted, fitted,
+reserved against the same tenants and limits as the OpenAI calls of the same
+:class:`~guardrail.Guard`, sent with the one bounded retry policy (the SDK's own retries
+are off), and settled with the provider's usage. Everything else (``messages.count_tokens``,
+``messages.batches``, ``models``, ``beta``, ...) passes straight to the client.
 
 Counting. Anthropic publishes no tokenizer for its current models, so guardrail has two
 counts of a prompt:
@@ -412,8 +412,11 @@ class AnthropicAdapter:
         """The ``messages.count_tokens`` arguments for a ``messages.create`` call."""
         params = {k: kwargs[k] for k in _COUNT_KEYS if k in kwargs and _given(kwargs[k])}
         headers = kwargs.get("extra_headers")
-        if _given(headers) and headers:  # betas change what is counted
-            params["extra_headers"] = headers
+        if isinstance(headers, Mapping):  # betas change what is counted
+            # Not the SDK's own: a raw-response marker would make the count a raw response.
+            kept = {k: v for k, v in headers.items() if "stainless" not in str(k).lower()}
+            if kept:
+                params["extra_headers"] = kept
         return params
 
     @staticmethod
@@ -563,14 +566,55 @@ class _GuardedCall:
     def __call__(self, **kwargs: Any) -> Any:
         target = self._target()
         if self._owner._is_async:
-            return self._owner._run_async(kwargs, lambda kw: target(**kw))
+            return self._acall(kwargs, target)
         return self._owner._run_sync(kwargs, lambda kw: target(**kw))
+
+    async def _acall(self, kwargs: dict[str, Any], target: Callable[..., Any]) -> Any:
+        raw: list[Any] = []
+
+        async def send(kw: dict[str, Any]) -> Any:
+            response = await target(**kw)
+            if _is_raw(response):
+                # with_raw_response / with_streaming_response: the async SDK parses with an
+                # await, which the engine's (sync) adapter cannot do; parse here instead.
+                raw[:] = [response]
+                return await response.parse()
+            return response
+
+        result = await self._owner._run_async(kwargs, send)
+        return _AsyncRawResponse(raw[0], result) if raw else result
+
+
+def _is_raw(response: Any) -> bool:
+    return (
+        hasattr(response, "parse")
+        and not hasattr(response, "usage")
+        and not hasattr(response, "__aiter__")
+    )
+
+
+class _AsyncRawResponse:
+    """An ``AsyncAPIResponse`` the guard already parsed (to settle the call, or to guard its
+    stream): ``await parse()`` returns that message or guarded stream; everything else
+    (``headers``, ``status_code``, ``close()``...) is the SDK's response."""
+
+    def __init__(self, response: Any, parsed: Any) -> None:
+        self._response, self._parsed = response, parsed
+
+    async def parse(self, **_: Any) -> Any:
+        return self._parsed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
 
 
 class _RawResponseView:
     def __init__(self, owner: GuardedAnthropic) -> None:
+        self._owner = owner
         self.create = _GuardedCall(owner, "create", raw=True)
-        self.parse = _GuardedCall(owner, "parse", raw=True)
+
+    def __getattr__(self, name: str) -> Any:  # count_tokens, batches
+        return getattr(self._owner._client.messages.with_raw_response, name)
 
 
 def _output_format(kwargs: Mapping[str, Any]) -> Any:
@@ -634,12 +678,35 @@ class AsyncMessageStreamManager:
             await self._stream.close()
 
 
+class _StreamingResponseView:
+    """``with_streaming_response``: the SDK's own wrapper around the guarded methods, so
+    the response context manager works as usual and the call is still guarded."""
+
+    def __init__(self, messages: GuardedMessages) -> None:
+        from anthropic import _response
+
+        wrap: Any = (
+            _response.async_to_streamed_response_wrapper
+            if messages._owner._is_async
+            else _response.to_streamed_response_wrapper
+        )
+        self._owner = messages._owner
+        self.create = wrap(messages.create)
+
+    def __getattr__(self, name: str) -> Any:  # count_tokens, batches
+        return getattr(self._owner._client.messages.with_streaming_response, name)
+
+
 class GuardedMessages:
     def __init__(self, owner: GuardedAnthropic) -> None:
         self._owner = owner
         self.create = _GuardedCall(owner, "create", raw=False)
         self.parse = _GuardedCall(owner, "parse", raw=False)
         self.with_raw_response = _RawResponseView(owner)
+
+    @property
+    def with_streaming_response(self) -> _StreamingResponseView:
+        return _StreamingResponseView(self)
 
     def stream(self, **kwargs: Any) -> MessageStreamManager | AsyncMessageStreamManager:
         if self._owner._is_async:

@@ -729,3 +729,39 @@ def test_tenant_from_metadata_user_id(fake) -> None:
 def test_wrap_rejects_unknown_options_for_openai(server) -> None:
     with pytest.raises(guardrail.ConfigurationError):
         Guard().wrap(openai.OpenAI(base_url=server.base_url, api_key="t"), exact_count=False)
+
+
+def test_streaming_response_form_is_guarded(fake) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sinks=[records.append])
+    view = client.messages.with_streaming_response
+    with view.create(model=MODEL, max_tokens=50, messages=HI) as response:
+        assert response.headers["request-id"] and response.parse().content[0].text == fake.reply
+    with view.create(model=MODEL, max_tokens=50, messages=HI, stream=True) as response:
+        assert list(response.parse())[-1].type == "message_stop"
+    assert [r.outcome for r in records] == ["ok", "stream_completed"]
+    assert {r.usage_source for r in records} == {"provider"}
+    assert len(fake.count_requests) == 1  # the SDK's raw-response marker is not counted
+    assert guard.usage("default").requests == 2
+    no_leak(guard)
+
+
+async def test_async_raw_and_streaming_responses_are_guarded(fake) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, async_=True, sinks=[records.append])
+    raw = await client.messages.with_raw_response.create(model=MODEL, max_tokens=50, messages=HI)
+    message = await raw.parse()
+    assert raw.headers["request-id"] and message.content[0].text == fake.reply
+    assert records[-1].output_tokens == message.usage.output_tokens
+    raw = await client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=50, messages=HI, stream=True
+    )
+    events = [e async for e in await raw.parse()]
+    assert events[-1].type == "message_stop" and records[-1].outcome == "stream_completed"
+    async with client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=50, messages=HI
+    ) as response:
+        assert response.status_code == 200 and (await response.parse()).content
+    assert [r.usage_source for r in records] == ["provider"] * 3
+    assert guard.usage("default").requests == 3
+    no_leak(guard)
