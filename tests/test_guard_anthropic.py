@@ -6,9 +6,11 @@ import asyncio
 import base64
 import logging
 import math
+import runpy
 import struct
 import zlib
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -765,3 +767,13 @@ async def test_async_raw_and_streaming_responses_are_guarded(fake) -> None:
     assert [r.usage_source for r in records] == ["provider"] * 3
     assert guard.usage("default").requests == 3
     no_leak(guard)
+
+
+def test_both_providers_example_runs_offline(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    example = Path(__file__).resolve().parents[1] / "examples" / "both_providers.py"
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "stopped after" in out and "would exceed daily_spend_usd" in out
+    assert "claude-haiku-4-5" in out and "gpt-4o" in out
