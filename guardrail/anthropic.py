@@ -31,6 +31,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -87,6 +88,7 @@ NONSTREAMING_MAX_TOKENS = 21_333
 timeout (it refuses a request it expects to take over 10 minutes: 60 min * n / 128,000).
 Used as the bound guardrail chooses when the caller set none on a non-streaming call."""
 
+_log = logging.getLogger("guardrail")
 _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 
@@ -585,6 +587,15 @@ class _GuardedCall:
         return _AsyncRawResponse(raw[0], result) if raw else result
 
 
+def _no_count_endpoint(exc: Exception) -> bool:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in (404, 405, 501)
+    # The SDK's refusal without a request (AnthropicBedrock: "Token counting is not
+    # supported"), or an SDK without the method.
+    return type(exc).__name__ == "AnthropicError" or isinstance(exc, AttributeError)
+
+
 def _is_raw(response: Any) -> bool:
     return (
         hasattr(response, "parse")
@@ -722,7 +733,9 @@ class GuardedAnthropic:
 
     ``exact_count`` (default True): ask ``messages.count_tokens`` for each new prompt
     (cached per content) and reserve ``max(estimate, exact)``; False uses the local
-    estimate alone and makes no extra request.
+    estimate alone and makes no extra request. A client that turns out to have no count
+    endpoint (``AnthropicBedrock``, a gateway answering 404) switches to False by itself,
+    with one warning.
     """
 
     def __init__(
@@ -733,13 +746,16 @@ class GuardedAnthropic:
         *,
         exact_count: bool = True,
         count_cache: TokenCountCache | None = None,
+        adapter: AnthropicAdapter | None = None,
     ) -> None:
         self._client = client
         self._guard = guard
         self._binding = binding
         self._unretried = client.with_options(max_retries=0)
         self._is_async = type(client).__name__.startswith("Async")
-        self._adapter = AnthropicAdapter(exact_count=exact_count)
+        # Shared with this client's for_tenant / with_options views (``adapter``), so that
+        # a client found to have no count endpoint stops asking, in every view.
+        self._adapter = adapter or AnthropicAdapter(exact_count=exact_count)
         self.count_cache = count_cache if count_cache is not None else TokenCountCache()
         self.messages = GuardedMessages(self)
 
@@ -754,11 +770,7 @@ class GuardedAnthropic:
 
     def _view(self, client: Any, binding: TenantBinding | None) -> GuardedAnthropic:
         return GuardedAnthropic(
-            client,
-            self._guard,
-            binding,
-            exact_count=self.exact_count,
-            count_cache=self.count_cache,
+            client, self._guard, binding, count_cache=self.count_cache, adapter=self._adapter
         )
 
     def for_tenant(self, tenant: str, parents: Sequence[str] = ()) -> GuardedAnthropic:
@@ -778,7 +790,11 @@ class GuardedAnthropic:
         key = self._adapter.count_key(params)
         found = self.count_cache.get(key)
         if found is None:
-            found = int(self._unretried.messages.count_tokens(**params).input_tokens)
+            try:
+                found = int(self._unretried.messages.count_tokens(**params).input_tokens)
+            except Exception as exc:
+                self._count_failed(exc)
+                raise
             self.count_cache.put(key, found)
         return found
 
@@ -787,9 +803,26 @@ class GuardedAnthropic:
         key = self._adapter.count_key(params)
         found = self.count_cache.get(key)
         if found is None:
-            found = int((await self._unretried.messages.count_tokens(**params)).input_tokens)
+            try:
+                counted = await self._unretried.messages.count_tokens(**params)
+            except Exception as exc:
+                self._count_failed(exc)
+                raise
+            found = int(counted.input_tokens)
             self.count_cache.put(key, found)
         return found
+
+    def _count_failed(self, exc: Exception) -> None:
+        """A client without the endpoint (Bedrock, a gateway answering 404) stops asking;
+        a passing failure (a timeout, a 429, a 5xx) only costs this call its exact count."""
+        if self._adapter.exact_count and _no_count_endpoint(exc):
+            self._adapter.exact_count = False
+            _log.warning(
+                "guardrail: %s cannot count tokens (%r); its prompts are counted locally "
+                "from now on (guard.wrap(client, exact_count=False) says so up front)",
+                type(self._client).__name__,
+                exc,
+            )
 
     def _run_sync(self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
         guard, adapter = self._guard, self._adapter

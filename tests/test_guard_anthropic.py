@@ -370,6 +370,19 @@ def test_count_failure_falls_back_to_the_estimate(fake, caplog) -> None:
     no_leak(guard)
 
 
+def test_a_client_without_a_count_endpoint_stops_asking(fake, caplog) -> None:
+    fake.enqueue_error(404, endpoint="count_tokens")  # e.g. a gateway without the route
+    guard, client = make(fake)
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI)
+        client.for_tenant("bob").messages.create(
+            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "Other"}]
+        )
+    assert len(fake.count_requests) == 1 and len(fake.message_requests) == 2
+    assert client.exact_count is False
+    assert caplog.text.count("counted locally from now on") == 1
+
+
 def test_exact_count_off_makes_no_count_request(fake) -> None:
     guard, client = make(fake, exact_count=False)
     client.messages.create(model=MODEL, max_tokens=100, messages=HI)
