@@ -477,6 +477,17 @@ def test_sdk_retries_are_off_so_one_layer_retries(fake, sleeps) -> None:
 # -- streaming --------------------------------------------------------------------------
 
 
+def test_message_stream_helper_is_retried_before_it_opens(fake, sleeps) -> None:
+    fake.enqueue_error(529)
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sleep=sleeps.append, sinks=[records.append])
+    with client.messages.stream(model=MODEL, max_tokens=100, messages=HI) as stream:
+        assert stream.get_final_text() == fake.reply
+    assert len(fake.message_requests) == 2 and len(sleeps) == 1
+    assert records[-1].attempts == 2 and records[-1].outcome == "stream_completed"
+    no_leak(guard)
+
+
 def test_stream_true_settles_from_the_events_usage(fake) -> None:
     records: list[guardrail.UsageRecord] = []
     guard, client = make(fake, sinks=[records.append])
@@ -730,6 +741,23 @@ def test_passthrough_options_and_raw_responses(fake) -> None:
     assert raw.headers["request-id"] and raw.parse().content[0].text == fake.reply
     assert guard.usage("carol").output_tokens == raw.parse().usage.output_tokens
     assert "carol" not in repr(client) and "bob" in repr(copy.for_tenant("bob"))
+
+
+def test_a_response_appended_to_the_history_is_counted_and_sent(fake) -> None:
+    fake.thinking = "Considering."
+    guard, client = make(fake, exact_count=False)
+    first = client.messages.create(model=MODEL, max_tokens=100, messages=HI)
+    history = [
+        *HI,
+        {"role": "assistant", "content": first.content},  # SDK blocks, as the docs show
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    assert counted(fake, messages=history) > counted(fake, messages=HI) + guardrail.count_text(
+        fake.reply, MODEL
+    )
+    client.messages.create(model=MODEL, max_tokens=100, messages=history)
+    sent = fake.message_requests[-1].json["messages"][1]["content"]
+    assert [b["type"] for b in sent] == ["thinking", "text"]
 
 
 def test_tenant_from_metadata_user_id(fake) -> None:
