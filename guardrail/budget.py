@@ -349,7 +349,6 @@ DEFAULT_SHARES: Mapping[str, float] = MappingProxyType(
 )
 DEFAULT_PRIORITIES: Mapping[str, int] = MappingProxyType({"user": 1})
 _PARTS = ("context", "history", "user")
-_UNLIMITED = 1 << 62
 
 
 class PromptBuilder:
@@ -571,11 +570,16 @@ class _Parts:
         self.out: dict[str, _Rendered] = {name: _Rendered() for name in _PARTS}
         # context: one message with every document in it
         self.context_overhead = counter.message(self._context_message(""))
+        # Asked for by the sum of its parts (not by counting every document joined, which
+        # would encode the whole corpus on each build): joins merge as often as not, and
+        # packing counts what it keeps exactly.
+        self.demand["context"] = 0
         if docs:
-            everything = self._pack(_UNLIMITED)
-            self.demand["context"] = counter.message(self._context_message(everything.text))
-        else:
-            self.demand["context"] = 0
+            self.demand["context"] = (
+                self.context_overhead
+                + sum(counter.text(d.text) for d in docs)
+                + counter.text(builder.separator) * (len(docs) - 1)
+            )
         # history: whole units, the most recent ones
         self.sizes = [counter.message(m) for m in history]
         self.units = _units(history, 0, len(history), skip_pinned=False)

@@ -13,8 +13,10 @@ joins as many as fit ``max_tokens`` with a separator:
 5. ``order="score"`` emits the kept documents best first; ``order="original"`` in their
    input order (for documents that read in sequence, such as chunks of one file).
 
-The packed text is counted once more as a whole (tokens are not additive across a
-separator) and is guaranteed to count at most ``max_tokens``.
+The packed text is counted as a whole (tokens are not additive across a separator: a
+join can merge into fewer tokens, rarely more) and is guaranteed to count at most
+``max_tokens``; room that merged joins free is used, so a set that fits joined is kept
+whole. Sizes for Claude models add up in raw tokens and take the estimate's margin once.
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ from typing import Any, Literal, TypeAlias, Union
 from guardrail.errors import InvalidRequestError
 from guardrail.models import ModelInfo
 from guardrail.tokens import TokenCounter, counter_for
-from guardrail.truncation import Strategy, _Encoder, _truncate, check_truncation_args
+from guardrail.truncation import (
+    Strategy,
+    _Encoder,
+    _largest,
+    _truncate,
+    check_truncation_args,
+)
 
 __all__ = ["Document", "PackResult", "pack_documents"]
 
 Order = Literal["score", "original"]
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MIN_TOKENS_FOR_PARTIAL = 64
+_UNLIMITED = 1 << 62
+_Packed: TypeAlias = "tuple[int, dict[int, str], int | None, str, int]"
+"""A packing: its tokens, the pieces kept by index, the one cut, text, estimated size."""
 
 
 @dataclass(frozen=True)
@@ -162,21 +173,28 @@ def _pack(
     # Sizes add up in the encoder's own tokens. For an estimate (Claude: o200k tokens
     # times a margin, rounded up) the margin is applied to the sum, not to each piece,
     # or the rounding of every document and separator would waste room.
-    size: Callable[[str], int] = counter.text
+    measure: Callable[[str], int] = counter.text
     total: Callable[[int], int] = int
     if not counter.exact:
         enc = _Encoder(counter)
-        size, total = (lambda text: len(enc.encode(text))), enc.from_length
-    sep_size = size(separator)
-    budget = max_tokens
-    while True:
-        # Best-first by the sum of the parts; then the joined text is counted whole.
+        measure, total = (lambda text: len(enc.encode(text))), enc.from_length
+    sizes: dict[int, int] = {}
+
+    def size(i: int) -> int:
+        if i not in sizes:
+            sizes[i] = measure(texts[i])
+        return sizes[i]
+
+    sep_size = measure(separator)
+
+    def greedy(budget: int) -> tuple[dict[int, str], int | None, int]:
+        """Best-first by the sum of the parts: pieces kept, the cut one, estimated size."""
         pieces: dict[int, str] = {}
         partial: int | None = None
         used = 0
         for i in ranked:
             join = sep_size if pieces else 0
-            cost = size(texts[i]) + join
+            cost = size(i) + join
             if total(used + cost) <= budget:
                 pieces[i] = texts[i]
                 used += cost
@@ -187,13 +205,51 @@ def _pack(
                 if cut_tokens >= min_partial:
                     pieces[i] = cut
                     partial = i
+                    used += join + measure(cut)
             break
+        return pieces, partial, total(used)
+
+    def pack(budget: int) -> _Packed:
+        pieces, partial, estimate = greedy(budget)
         keys = sorted(pieces) if order == "original" else list(pieces)
         text = separator.join(pieces[i] for i in keys)
-        tokens = counter.text(text)
-        if tokens <= max_tokens:
-            break
-        budget -= tokens - max_tokens  # rare: the joins cost more than their parts
+        return counter.text(text), pieces, partial, text, estimate
+
+    # The joined text is counted whole: tokens are not additive across a separator.
+    everything = sum(map(size, ranked)) + sep_size * max(0, len(texts) - 1)
+    if total(everything) <= max_tokens + 2 * len(texts):  # joins save a token or two each
+        best = pack(_UNLIMITED)
+        if best[0] <= max_tokens:
+            return _result(documents, ranked, order, best)
+    # Rarely the joins cost more than the parts: shrink the budget by the excess.
+    low = max_tokens
+    best = pack(low)
+    while best[0] > max_tokens:
+        low -= best[0] - max_tokens
+        best = pack(low)
+    # Usually they cost less (".\n\n" is one token): the largest budget whose packing
+    # still fits, searched from the first packing's saving (a few packings in all).
+    saved = best[4] - best[0]
+    if saved > 0:
+        packings = {low: best}
+
+        def fits(budget: int) -> bool:
+            if budget not in packings:
+                packings[budget] = pack(budget)
+            return packings[budget][0] <= max_tokens
+
+        best = packings[_largest(fits, low + saved, low, low + 2 * saved + 4)]
+    return _result(documents, ranked, order, best)
+
+
+def _result(
+    documents: list[Document],
+    ranked: list[int],
+    order: str,
+    best: _Packed,
+) -> PackResult:
+    tokens, pieces, partial, text, _ = best
+    keys = sorted(pieces) if order == "original" else list(pieces)
     included = [documents[i] for i in keys]
     dropped = [documents[i] for i in ranked if i not in pieces]
     truncated = None if partial is None else documents[partial]

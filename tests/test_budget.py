@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -465,3 +469,13 @@ def test_built_prompts_always_fit(
         assert count_text(last, model) <= count_text(user, model)
     for name, part in prompt.parts.items():
         assert part.used <= part.granted <= part.requested or part.requested == 0, name
+
+
+def test_rag_example_runs_offline() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "rag_prompt.py"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tokens of 2400 allowed" in done.stdout and "dropped:" in done.stdout

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -514,3 +517,13 @@ def test_redis_concurrent_workers_never_exceed_the_budget(real_redis_prefix: str
     for i in range(0, len(messages), 2):
         assert messages[i]["role"] == "user" and messages[i + 1]["role"] == "assistant"
     pool.disconnect()
+
+
+def test_chat_example_stays_in_budget_over_500_turns() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "chat_memory.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr  # it asserts the budget on every turn
+    assert "500 turns, budget 3000 tokens" in done.stdout
+    assert "expired after the pause" in done.stdout and "summary: Summary" in done.stdout

@@ -70,6 +70,27 @@ def test_original_order_among_the_kept() -> None:
     assert ids(original.dropped) == ids(by_score.dropped) == ["d"]
 
 
+def test_joins_that_merge_leave_room_for_more() -> None:
+    # ".\n\n" can be one token: the joined text is shorter than its parts' sum, and
+    # that room is used rather than cutting the last document.
+    docs = [Document(f"Sentence number {i} ends here.", 1 - i / 100) for i in range(40)]
+    joined = "\n\n".join(d.text for d in docs)
+    parts = sum(count_text(d.text, MODEL) for d in docs) + 39 * count_text("\n\n", MODEL)
+    assert count_text(joined, MODEL) < parts  # the premise
+    result = pack_documents(docs, count_text(joined, MODEL), MODEL)
+    assert result.text == joined and result.truncated is None and result.dropped == []
+    for less in (1, 2, 3):  # the last document is cut, not dropped, and no room is wasted
+        almost = pack_documents(
+            docs,
+            count_text(joined, MODEL) - less,
+            MODEL,
+            min_tokens_for_partial=3,
+            truncation="end",
+        )
+        assert len(almost.included) == 40 and almost.truncated is docs[-1]
+        assert almost.tokens >= count_text(joined, MODEL) - less - 2
+
+
 def test_equal_scores_keep_input_order() -> None:
     docs = [doc(5, 1.0, str(i)) for i in range(6)]
     result = pack_documents(docs, 10_000, MODEL)
@@ -171,6 +192,10 @@ def test_packing_properties(
     # Never a less relevant document kept while a more relevant one is dropped.
     if result.included and result.dropped:
         assert min(d.score for d in result.included) >= max(d.score for d in result.dropped)
+    # When everything fits joined, everything is kept whole.
+    ranked = sorted(docs, key=lambda d: -d.score)
+    if count_text(separator.join(d.text for d in ranked), model) <= budget:
+        assert result.dropped == [] and result.truncated is None
     whole = [d for d in result.included if d is not result.truncated]
     for d in whole:
         assert d.text in result.text
