@@ -373,8 +373,11 @@ def _count_text_report(
             cost = "-" if m.input_cost is None else "$" + usd(m.input_cost)
             row += [f"{tilde}{m.tokens:,}", f"{m.window_share:.2%}", cost]
             if i:
+                # A difference involving an estimate is an estimate too.
+                approx = "" if info.exact_tokenizer and infos[0].exact_tokenizer else "~"
                 d_tokens, d_cost = _delta(m, measures[0])
-                row += [f"{d_tokens:+,}", _signed_usd(d_cost)]
+                d_usd = _signed_usd(d_cost)
+                row += [f"{approx}{d_tokens:+,}", d_usd if d_cost is None else approx + d_usd]
         return [*row, label]
 
     rows = [header]

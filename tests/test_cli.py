@@ -377,3 +377,18 @@ def test_python_dash_m_guardrail(tmp_path: Path) -> None:
     missing = cli("count", str(tmp_path / "missing.txt"))
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.startswith("guardrail: error: ") and "Traceback" not in missing.stderr
+
+
+def test_count_differences_from_an_estimate_are_marked(
+    capsys: pytest.CaptureFixture[str], files: list[Path]
+) -> None:
+    argv = ["count", str(files[1]), "-m", "gpt-4", "-m", "gpt-4o", "-m", "claude-sonnet-4-5"]
+    status, out, _ = run(capsys, *argv)
+    assert status == 0
+    header, row = out.splitlines()[:2]
+    cells = row.split()
+    gpt4o = count_text(TEXT_B, "gpt-4o") - count_text(TEXT_B, "gpt-4")
+    claude = count_text(TEXT_B, "claude-sonnet-4-5") - count_text(TEXT_B, "gpt-4")
+    assert f"{gpt4o:+,}" in cells  # exact against exact: a plain difference
+    assert f"~{claude:+,}" in cells and f"{claude:+,}" not in cells
+    assert any(c.startswith(("~+$", "~-$")) for c in cells)
