@@ -141,6 +141,20 @@ def test_explicit_replay_after_restart_without_persistence(server: Any, tmp_path
         store.close()
 
 
+def wait_until_dead(pid: int) -> None:
+    """Until the process is a zombie or gone: a poll of /proc, not a sleep for a race."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not die")
+
+
 @pytest.mark.redis
 def test_worker_killed_between_reserve_and_settle(server: Any, tmp_path: Path) -> None:
     prefix = unique_prefix()
@@ -155,7 +169,7 @@ def test_worker_killed_between_reserve_and_settle(server: Any, tmp_path: Path) -
             assert store.usage("doomed").reserved_usd > 0  # it has reserved...
             assert worker.pid is not None
             os.kill(worker.pid, signal.SIGKILL)  # ...and dies before it can settle
-            worker.join(30)
+            wait_until_dead(worker.pid)  # (the main thread reaps it)
             return DEFAULT_REPLY
 
         server.reply = kill_the_caller

@@ -94,18 +94,17 @@ def test_key_layout_and_ttls(store: RedisStore, clock: ManualClock) -> None:
         f"{base}d:2026-11-23",
         f"{base}m:2026-11",
         f"{base}hz",
-        f"{base}hh",
         f"{base}tb",
     }
     ttl = {k[len(base) :]: store.client.ttl(k) for k in keys}
     day = 35 * 86400
     assert 12 * 3600 + day - 5 <= ttl["d:2026-11-23"] <= 12 * 3600 + day  # rest of the day
     assert 7.5 * 86400 + day - 5 <= ttl["m:2026-11"] <= 7.5 * 86400 + day  # rest of the month
-    assert ttl["hz"] == ttl["hh"] >= ttl["m:2026-11"] - 5  # holds outlive the windows they hold
+    assert ttl["hz"] >= ttl["m:2026-11"] - 5  # holds outlive the windows they hold
     assert 30 + 60 - 5 <= ttl["tb"] <= 30 + 60  # 300 of 600 tokens refill in 30 s, + margin
     store.settle(r, Settlement(5, 1, 1, "m"))
     keys = {k.decode()[len(base) :] for k in store.client.scan_iter(match=f"{store.prefix}:*")}
-    assert "hz" not in keys and "hh" not in keys  # no holds left: no hold keys
+    assert "hz" not in keys  # no holds left: no hold key
     done = store.client.ttl(f"{base}done:2026-11-23")
     assert 12 * 3600 + 86400 - 5 <= done <= 12 * 3600 + 86400
 

@@ -66,7 +66,6 @@ SCRIPTS = ("reserve", "settle", "release", "usage")
 _INCLUDE = re.compile(r"^--! include (\S+)[ \t]*$", re.MULTILINE)
 _PREFIX = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MAX_EXACT = 2**53  # Lua numbers are doubles: integers are exact below this
-_BUCKET_MARGIN = 60  # seconds a token bucket key outlives its refill
 _LIMITS = (
     ("daily_spend_usd", None),
     ("monthly_spend_usd", None),
@@ -356,13 +355,7 @@ class RedisStore:
 
     def _scope_keys(self, scope: str, info: _DayInfo) -> list[str]:
         base = self._base(scope)
-        return [
-            f"{base}d:{info.day}",
-            f"{base}m:{info.month}",
-            f"{base}hz",
-            f"{base}hh",
-            f"{base}tb",
-        ]
+        return [f"{base}d:{info.day}", f"{base}m:{info.month}", f"{base}hz", f"{base}tb"]
 
     def _done_key(self, r: Reservation) -> str:
         return f"{self._base(r.scopes[0])}done:{r.day}"
@@ -375,7 +368,7 @@ class RedisStore:
         self._check_slots([lim.scope for lim in request.scopes])
         info = self._today_info(now)
         day_ttl, month_ttl = self._ttls(info, now)
-        hold_ttl = max(month_ttl, math.ceil(request.ttl_seconds) + 3600)
+        month_ttl = max(month_ttl, math.ceil(request.ttl_seconds) + 3600)  # holds live as long
         args = [
             repr(float(now)),
             request.id,
@@ -385,8 +378,6 @@ class RedisStore:
             info.day,
             str(day_ttl),
             str(month_ttl),
-            str(hold_ttl),
-            str(_BUCKET_MARGIN),
         ]
         keys: list[str] = []
         for lim in request.scopes:
@@ -455,9 +446,10 @@ class RedisStore:
             keys += self._scope_keys(scope, info)
         keys.append(self._done_key(r))
         args = [
-            repr(float(now)),
             r.id,
-            str(s.cost_nanos),
+            str(r.cost_nanos),
+            r.day,
+            _limit(s.cost_nanos, "cost"),
             str(s.input_tokens),
             str(s.output_tokens),
             s.model,
@@ -465,7 +457,6 @@ class RedisStore:
             str(day_ttl),
             str(month_ttl),
             str(done_ttl),
-            str(_BUCKET_MARGIN),
         ]
         return keys, args
 
@@ -475,12 +466,11 @@ class RedisStore:
         keys: list[str] = []
         for scope in r.scopes:
             keys += self._scope_keys(scope, info)
-        keys.append(self._done_key(r))
-        return keys, [repr(float(now)), r.id, str(r.tokens), str(_BUCKET_MARGIN)]
+        return keys, [repr(float(now)), r.id, str(r.cost_nanos), r.day, str(r.tokens)]
 
     def _usage_call(self, scope: str, day: date | None, now: float) -> tuple[list[str], str]:
         info = self._today_info(now) if day is None else self._day(self.windows.day_key(day))
-        return self._scope_keys(scope, info)[:4], info.day
+        return self._scope_keys(scope, info)[:3], info.day
 
     @staticmethod
     def _usage_result(scope: str, day: str, result: Any) -> UsageSummary:
