@@ -166,29 +166,28 @@ class _Source:
     """A text to cut, with the tokens of its first and last stretches encoded on demand.
 
     Cutting to a budget of ``b`` tokens only ever looks at the first or last ``b`` tokens,
-    so a 10 MB text is not encoded whole: a window of characters is encoded, four times
-    larger each time, until it holds more than twice the tokens the cut needs (or is the
-    whole text). A window's tokens decode to a prefix (suffix) of the text's bytes, which
-    is all a cut needs; every candidate is re-counted anyway.
+    so a 10 MB text is not encoded whole: a window of characters is encoded, twice as
+    large each time, until it holds more than twice the tokens the cut needs; past half
+    the text, the whole text is encoded instead (so head and tail windows never overlap).
+    A window's tokens decode to a prefix (suffix) of the text's bytes, which is all a cut
+    needs; every candidate is re-counted anyway.
     """
 
-    __slots__ = ("_head", "_tail", "complete", "enc", "need", "text", "window_chars")
+    __slots__ = ("_head", "_tail", "complete", "enc", "need", "text")
 
     def __init__(self, text: str, enc: _Encoder, need: int) -> None:
         self.text, self.enc, self.need = text, enc, need
         self._head: list[int] | None = None
         self._tail: list[int] | None = None
         self.complete = False
-        self.window_chars = 0  # characters encoded in windows so far
 
     def _window(self, from_end: bool) -> list[int]:
-        text, size = self.text, max(4096, 8 * self.need)
-        while size < len(text):
+        text, size = self.text, max(4096, 12 * self.need)
+        while 2 * size < len(text):  # windows stay under half the text: never overlap
             tokens = self.enc.encode(text[-size:] if from_end else text[:size])
             if len(tokens) > 2 * self.need:
-                self.window_chars += size
                 return tokens
-            size *= 4
+            size *= 2
         self.complete = True
         self._head = self._tail = self.enc.encode(text)
         return self._head
@@ -202,13 +201,6 @@ class _Source:
         if self._tail is None:
             self._tail = self._window(from_end=True)
         return self._tail
-
-    def whole_tokens(self) -> list[int]:
-        if not self.complete:
-            self._head = self._tail = self.enc.encode(self.text)
-            self.complete = True
-        assert self._head is not None
-        return self._head
 
     def fits_whole(self, max_tokens: int) -> bool:
         """Whether the whole text fits, from its first window: a window of more than twice
@@ -232,8 +224,6 @@ def _cut(src: _Source, budget: int, strategy: str, marker: str) -> str:
 
     if strategy == "middle":
         head_tokens, tail_tokens = src.head_tokens(), src.tail_tokens()
-        if not src.complete and src.window_chars >= len(text):
-            head_tokens = tail_tokens = src.whole_tokens()  # the windows overlap
     elif strategy == "start":
         head_tokens = tail_tokens = src.tail_tokens()
     else:

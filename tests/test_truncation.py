@@ -294,3 +294,15 @@ def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"text": "hello", "max_tokens": 1, "model": "gpt-4o", **kwargs}
     with pytest.raises(InvalidRequestError, match=message):
         truncate_text(args.pop("text"), args.pop("max_tokens"), args.pop("model"), **args)
+
+
+@pytest.mark.parametrize("budget", [300, 9_000, 25_000])
+def test_middle_of_a_long_text_never_overlaps(budget: int) -> None:
+    # Small budgets cut from two windows; large ones encode the whole text.
+    text = " ".join(f"w{i}" for i in range(20_000))
+    marker = " <cut> "
+    result = truncate_text(text, budget, "gpt-4o", strategy="middle", marker=marker)
+    head, tail = result.split(marker)
+    assert text.startswith(head) and text.endswith(tail)
+    assert len(head) + len(tail) < len(text)
+    assert budget - 4 <= count_text(result, "gpt-4o") <= budget
