@@ -414,7 +414,9 @@ class PromptBuilder:
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise ConfigurationError(f"priorities[{name!r}] must be an int")
             self.priorities[name] = priority
-        if "{context}" not in context_template:
+        if not isinstance(separator, str):
+            raise ConfigurationError("separator must be a str")
+        if not isinstance(context_template, str) or "{context}" not in context_template:
             raise ConfigurationError("context_template must contain '{context}'")
         if context_order not in ("score", "original"):
             raise ConfigurationError("context_order must be 'score' or 'original'")

@@ -405,6 +405,7 @@ def test_fixed_parts_that_do_not_fit_are_refused() -> None:
         {"shares": {"context": 0}},
         {"priorities": {"user": "high"}},
         {"context_template": "no placeholder"},
+        {"separator": None},
         {"context_order": "random"},
         {"user_truncation": "words"},
         {"min_tokens_for_partial": 0},
