@@ -312,14 +312,11 @@ start_st = st.sampled_from(
 
 def bucket_state(store: RedisStore, scope: str) -> dict[str, tuple[float, float]]:
     """The raw token buckets of a scope: bit-identical floats in both stores."""
-    raw = {
-        k.decode(): v.decode()
-        for k, v in store.client.hgetall(f"{store.key_prefix(scope)}tb").items()
-    }
+    raw = store.client.hgetall(f"{store.key_prefix(scope)}tb")
+    names = {b"m": "tokens_per_minute", b"d": "tokens_per_day"}
     return {
-        name: (float(raw[f"{p}l"]), float(raw[f"{p}t"]))
-        for name, p in (("tokens_per_minute", "m"), ("tokens_per_day", "d"))
-        if f"{p}l" in raw
+        names[field]: (float(value.split()[0]), float(value.split()[1]))
+        for field, value in raw.items()
     }
 
 

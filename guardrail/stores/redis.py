@@ -106,7 +106,7 @@ def _text(value: Any) -> str:
 
 def _limit(value: int | None, what: str) -> str:
     if value is None:
-        return ""
+        return "-"
     if not 0 <= value < _MAX_EXACT:
         raise ConfigurationError(f"{what} {value} is out of the Redis store's range [0, 2**53)")
     return str(value)
@@ -238,6 +238,7 @@ class RedisStore:
         self._hash_tag = hash_tag
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+        self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._down: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -370,24 +371,20 @@ class RedisStore:
         day_ttl, month_ttl = self._ttls(info, now)
         month_ttl = max(month_ttl, math.ceil(request.ttl_seconds) + 3600)  # holds live as long
         args = [
-            repr(float(now)),
             request.id,
-            _limit(request.cost_nanos, "cost"),
-            _limit(request.tokens, "tokens"),
-            repr(float(now + request.ttl_seconds)),
-            info.day,
-            str(day_ttl),
-            str(month_ttl),
+            f"{float(now)!r} {_limit(request.cost_nanos, 'cost')} "
+            f"{_limit(request.tokens, 'tokens')} {float(now + request.ttl_seconds)!r} "
+            f"{day_ttl} {month_ttl}",
         ]
         keys: list[str] = []
         for lim in request.scopes:
             keys += self._scope_keys(lim.scope, info)
-            args += [
-                _limit(lim.daily_nanos, "daily cap"),
-                _limit(lim.monthly_nanos, "monthly cap"),
-                _limit(lim.tokens_per_minute, "tokens_per_minute"),
-                _limit(lim.tokens_per_day, "tokens_per_day"),
-            ]
+            args.append(
+                f"{_limit(lim.daily_nanos, 'daily cap')} "
+                f"{_limit(lim.monthly_nanos, 'monthly cap')} "
+                f"{_limit(lim.tokens_per_minute, 'tokens_per_minute')} "
+                f"{_limit(lim.tokens_per_day, 'tokens_per_day')}"
+            )
         return keys, args, info
 
     def _reserve_result(
@@ -445,20 +442,11 @@ class RedisStore:
         for scope in r.scopes:
             keys += self._scope_keys(scope, info)
         keys.append(self._done_key(r))
-        args = [
-            r.id,
-            str(r.cost_nanos),
-            r.day,
-            _limit(s.cost_nanos, "cost"),
-            str(s.input_tokens),
-            str(s.output_tokens),
-            s.model,
-            str(r.tokens - s.tokens),
-            str(day_ttl),
-            str(month_ttl),
-            str(done_ttl),
-        ]
-        return keys, args
+        numbers = (
+            f"{r.cost_nanos} {r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} "
+            f"{s.output_tokens} {r.tokens - s.tokens} {day_ttl} {month_ttl} {done_ttl}"
+        )
+        return keys, [r.id, s.model, numbers]
 
     def _release_call(self, r: Reservation, now: float) -> tuple[list[str], list[str]]:
         self._check_slots(r.scopes)
@@ -550,10 +538,19 @@ class RedisStore:
             return True
         return False
 
+    def _call(self, name: str, keys: list[str], args: list[str]) -> Any:
+        """EVALSHA straight through the client; on NOSCRIPT (after SCRIPT FLUSH or a
+        restart) the registered Script loads the script again and runs it."""
+        script = self._scripts[name]
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except self._noscript:
+            return script(keys=keys, args=args)
+
     def _run(self, name: str, keys: list[str], args: list[str]) -> Any:
         if self._replay_due():
             self._auto_replay()
-        result = self._scripts[name](keys=keys, args=args)
+        result = self._call(name, keys, args)
         if self._answered():
             self._auto_replay()
         return result
@@ -578,7 +575,12 @@ class RedisStore:
     async def _arun(self, name: str, keys: list[str], args: list[str]) -> Any:
         if self._replay_due():
             await asyncio.to_thread(self._auto_replay)
-        result = await self._async()[1][name](keys=keys, args=args)
+        client, scripts = self._async()
+        script = scripts[name]
+        try:
+            result = await client.evalsha(script.sha, len(keys), *keys, *args)
+        except self._noscript:
+            result = await script(keys=keys, args=args)
         if self._answered():
             await asyncio.to_thread(self._auto_replay)
         return result
@@ -705,10 +707,10 @@ class RedisStore:
         now = self._clock()
         if record["op"] == "settle":
             keys, args = self._settle_call(r, Settlement(**record["s"]), now)
-            self._scripts["settle"](keys=keys, args=args)
+            self._call("settle", keys, args)
         elif record["op"] == "release":
             keys, args = self._release_call(r, now)
-            self._scripts["release"](keys=keys, args=args)
+            self._call("release", keys, args)
         else:  # pragma: no cover - only this module writes records
             raise ValueError(f"unknown spool record {record!r}")
 
@@ -759,12 +761,12 @@ def _fields(flat: Any) -> dict[str, str]:
 
 def _model_totals(fields: dict[str, str]) -> dict[str, tuple[int, int, int, int]]:
     """``{model: (cost nanos, input tokens, output tokens, requests)}`` of a day hash."""
-    out: dict[str, list[int]] = {}
+    out: dict[str, tuple[int, int, int, int]] = {}
     for name, value in fields.items():
-        kind, sep, model = name.partition(":")
-        if sep and kind in ("c", "i", "o", "r"):
-            out.setdefault(model, [0, 0, 0, 0])["cior".index(kind)] = int(value)
-    return {m: (v[0], v[1], v[2], v[3]) for m, v in out.items()}
+        if name.startswith("u:"):
+            cost, inp, outp, requests = (int(x) for x in value.split())
+            out[name[2:]] = (cost, inp, outp, requests)
+    return out
 
 
 def _by_model(scope: str, day: str, raw: Any) -> dict[str, UsageSummary]:

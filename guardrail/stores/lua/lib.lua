@@ -2,12 +2,12 @@
 -- text where a script says "--! include lib.lua" (redis-py registers the result).
 --
 -- Keys of one scope (see guardrail/stores/redis.py), base = "{prefix}:{tag}:{scope}:":
---   base.."d:YYYY-MM-DD"     day hash: spent, held (nano-dollars); c:/i:/o:/r:<model> =
---                            cost, input tokens, output tokens, requests per model
+--   base.."d:YYYY-MM-DD"     day hash: spent, held (nano-dollars); u:<model> = "<cost>
+--                            <input tokens> <output tokens> <requests>" per model
 --   base.."m:YYYY-MM"        month hash: spent, held
 --   base.."hz"               zset of holds: "<id> <cost> <YYYY-MM-DD>" -> expires_at
---   base.."tb"               token buckets: ml/mt/mc (per minute), dl/dt/dc (per day) =
---                            level, updated_at, capacity
+--   base.."tb"               token buckets: m (per minute), d (per day) = "<level>
+--                            <updated_at> <capacity>"
 --   base.."done:YYYY-MM-DD"  set of settled reservation ids (first scope only)
 -- Every key is created with a TTL, so Redis does not grow without bound.
 
@@ -80,15 +80,15 @@ local function refund(tb, delta)
   if delta == 0 then
     return
   end
-  local v = redis.call('HMGET', tb, 'ml', 'mc', 'dl', 'dc')
+  local v = redis.call('HMGET', tb, 'm', 'd')
   local levels, fields = {}, {}
   for i, b in ipairs(BUCKETS) do
-    local level = tonumber(v[2 * i - 1])
-    if level then
-      level = level + delta
-      fields[#fields + 1] = b .. 'l'
-      fields[#fields + 1] = fmt(level)
-      levels[i] = { level, tonumber(v[2 * i]) or 0 }
+    if v[i] then
+      local l, at, cap = string.match(v[i], '^(%S+) (%S+) (%S+)$')
+      local level = tonumber(l) + delta
+      fields[#fields + 1] = b
+      fields[#fields + 1] = fmt(level) .. ' ' .. at .. ' ' .. cap
+      levels[i] = { level, tonumber(cap) }
     end
   end
   if #fields > 0 then
