@@ -403,7 +403,11 @@ class AnthropicAdapter:
                     tally.input_usage = usage_from_sdk(usage, provider="anthropic")
         elif kind == "message_delta":
             usage = getattr(chunk, "usage", None)
-            if usage is not None:
+            # Without the prompt side (no readable message_start, no input in the delta)
+            # this would bill the prompt as 0: leave it to the engine's local settlement.
+            if usage is not None and (
+                tally.input_usage is not None or getattr(usage, "input_tokens", None) is not None
+            ):
                 tally.usage = _final_usage(tally.input_usage, usage)
         return True
 
