@@ -6,6 +6,17 @@ policy and settled with the provider's actual usage.
 """
 
 from guardrail._clock import ManualClock
+from guardrail._engine import TrimEvent
+from guardrail.budget import (
+    Allocation,
+    BudgetPart,
+    PartAllocation,
+    PartReport,
+    Prompt,
+    PromptBuilder,
+    TokenBudget,
+    allocate,
+)
 from guardrail.errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -19,21 +30,29 @@ from guardrail.errors import (
     UnknownModelError,
 )
 from guardrail.guard import Guard, wrap
+from guardrail.memory import ConversationMemory, RedisConversationMemory
 from guardrail.models import ModelInfo, list_models, model_info, register_model
+from guardrail.packing import Document, PackResult, pack_documents
 from guardrail.policy import Policy
 from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.sinks import JsonLinesSink, UsageRecord
 from guardrail.stores.base import Store, UsageSummary
 from guardrail.stores.memory import MemoryStore
+from guardrail.stores.redis import RedisStore
 from guardrail.tokens import count_messages, count_text
 from guardrail.trimming import TrimResult, fit_messages, trim_messages
+from guardrail.truncation import truncate_text
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allocation",
     "BudgetExceeded",
+    "BudgetPart",
     "ConfigurationError",
     "ContextWindowExceeded",
+    "ConversationMemory",
+    "Document",
     "Guard",
     "GuardrailError",
     "InvalidRequestError",
@@ -43,23 +62,35 @@ __all__ = [
     "ManualClock",
     "MemoryStore",
     "ModelInfo",
+    "PackResult",
+    "PartAllocation",
+    "PartReport",
     "Policy",
     "PriceUnavailable",
+    "Prompt",
+    "PromptBuilder",
+    "RedisConversationMemory",
+    "RedisStore",
     "Store",
     "StoreUnavailable",
+    "TokenBudget",
     "TokenUsage",
+    "TrimEvent",
     "TrimResult",
     "UnknownModelError",
     "UsageRecord",
     "UsageSummary",
+    "allocate",
     "count_messages",
     "count_text",
     "estimate_cost",
     "fit_messages",
     "list_models",
     "model_info",
+    "pack_documents",
     "register_model",
     "trim_messages",
+    "truncate_text",
     "usage_cost",
     "wrap",
 ]
