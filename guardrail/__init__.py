@@ -36,7 +36,7 @@ from guardrail.packing import Document, PackResult, pack_documents
 from guardrail.policy import Policy
 from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.sinks import JsonLinesSink, UsageRecord
-from guardrail.stores.base import Store, UsageSummary
+from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.stores.redis import RedisStore
 from guardrail.tokens import count_messages, count_text
@@ -79,6 +79,7 @@ __all__ = [
     "TrimResult",
     "UnknownModelError",
     "UsageRecord",
+    "UsageRow",
     "UsageSummary",
     "allocate",
     "count_messages",
