@@ -131,6 +131,10 @@ class RequestView:
     default_output_cap: int | None = None
     """When the caller sets no output bound, choose at most this many tokens (the
     Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
+    prompt_cache_write: Literal["5m", "1h"] | None = None
+    """The request asks the provider to write its prompt cache (Anthropic ``cache_control``):
+    those tokens are billed at the cache-write price, so the worst case prices the whole
+    prompt at it (``"1h"`` writes cost more than ``"5m"``)."""
 
 
 class ProviderAdapter(Protocol):
@@ -207,6 +211,7 @@ class Plan:
     fallback_reason: str | None = None
     choices: int = 1
     exact_prompt_tokens: int | None = None
+    prompt_cache_write: Literal["5m", "1h"] | None = None
     """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
 
     @property
@@ -542,7 +547,7 @@ class Engine:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
-        cost = estimate_cost(info, prompt, reserved * view.choices)
+        cost = worst_case_cost(info, prompt, reserved * view.choices, view.prompt_cache_write)
         last = field_of(messages[-1], "content") if messages else None
         fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
@@ -560,6 +565,8 @@ class Engine:
             hide_usage_chunk=hide_usage,
             fingerprint=fingerprint,
             fallback_reason=fallback_reason,
+            choices=view.choices,
+            prompt_cache_write=view.prompt_cache_write,
         )
 
     def _larger_model_plan(
@@ -752,7 +759,9 @@ class Engine:
         bigger = replace(
             plan,
             prompt_tokens=exact,
-            cost_usd=estimate_cost(plan.model, exact, plan.reserved_output_total),
+            cost_usd=worst_case_cost(
+                plan.model, exact, plan.reserved_output_total, plan.prompt_cache_write
+            ),
         )
         yield from self._release(reservation)
         try:
@@ -914,6 +923,27 @@ def _sink_ignores_records(sink: Sink) -> bool:
     """True for the built-in JSON-lines sink while its logger drops INFO, the default: it
     would build the record only to throw it away."""
     return type(sink) is JsonLinesSink and not sink.logger.isEnabledFor(logging.INFO)
+
+
+def worst_case_cost(
+    info: ModelInfo, prompt: int, output: int, cache_write: Literal["5m", "1h"] | None = None
+) -> Decimal:
+    """The most a call can cost: every prompt token at the input price (or, when the request
+    writes the prompt cache, at the cache-write price, whichever is higher) and every
+    reserved output token at the output price."""
+    plain = estimate_cost(info, prompt, output)
+    if cache_write is None:
+        return plain
+    written = TokenUsage(
+        input_tokens=prompt,
+        output_tokens=output,
+        cache_write_tokens=prompt,
+        cache_write_1h_tokens=prompt if cache_write == "1h" else 0,
+    )
+    try:
+        return max(plain, usage_cost(info, written))
+    except GuardrailError:  # no cache-write price known: the plain price is all we have
+        return plain
 
 
 def _input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
