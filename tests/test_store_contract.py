@@ -353,3 +353,74 @@ def test_money_is_exact_integers(twin: Twin) -> None:
     for i in range(5):
         twin("settle", ok(twin("reserve", req(f"r{i}", lim, cost=cost))), paid(cost))
     assert ok(twin("usage", "exact")).spent_usd == Decimal("0.000000015")
+
+
+# -- token debt and key expiry -------------------------------------------------------------
+
+
+def advance(store: Any, clock: ManualClock, seconds: float) -> None:
+    """Move the clock, and let a Redis store's keys age as much (a ManualClock does not move
+    Redis TTLs): keys whose TTL runs out are deleted, as Redis would expire them."""
+    clock.advance(seconds)
+    client = getattr(store, "client", None)
+    if client is None:
+        return
+    for key in list(client.scan_iter(match=f"{store.prefix}:*", count=1000)):
+        left = client.pttl(key)
+        if left < 0:
+            continue  # no TTL
+        if left <= seconds * 1000:
+            client.delete(key)
+        else:
+            client.pexpire(key, left - int(seconds * 1000))
+
+
+def test_debt_outlives_the_refill_of_the_bucket(twin: Twin, clock: ManualClock) -> None:
+    """A call that used far more than it reserved, settled after its bucket would have
+    refilled (and, in Redis, the bucket key's refill TTL ran out): the debt still counts."""
+    lim = ScopeLimits("debt", tokens_per_minute=100, tokens_per_day=100_000)
+    r = ok(twin("reserve", req("r1", lim, tokens=10, ttl=900)))
+    advance(twin.store, clock, 70)  # 10 tokens refill in 6 s: the bucket is full again
+    twin("settle", r, paid(0, inp=200, out=50))  # 250 used: 240 more than reserved
+    # 90 - 240 + 70 s * 100/60: about -33 tokens; refused everywhere, not only in memory
+    refused(twin("reserve", req("r2", lim, tokens=1)), "tokens_per_minute")
+    advance(twin.store, clock, 20)  # +33.3: about 0
+    refused(twin("reserve", req("r3", lim, tokens=1)), "tokens_per_minute")
+    advance(twin.store, clock, 60)  # full again
+    ok(twin("reserve", req("r4", lim, tokens=100)))
+
+
+def test_debt_of_concurrent_calls_outlives_a_shorter_reservation(
+    twin: Twin, clock: ManualClock
+) -> None:
+    """A later, shorter reservation does not cut the bucket key's life under an earlier,
+    longer one: the long call's debt still counts when it settles."""
+    lim = ScopeLimits("debt2", tokens_per_minute=100)
+    long_call = ok(twin("reserve", req("r1", lim, tokens=10, ttl=900)))
+    advance(twin.store, clock, 30)
+    short = ok(twin("reserve", req("r2", lim, tokens=10, ttl=5)))
+    twin("settle", short, paid(0, inp=5, out=5))  # used what it reserved
+    advance(twin.store, clock, 200)
+    # 590 more than reserved: stored 90 - 590 at t30, read at t230 as -500 + 333.3
+    twin("settle", long_call, paid(0, inp=500, out=100))
+    refused(twin("reserve", req("r3", lim, tokens=1)), "tokens_per_minute")
+    advance(twin.store, clock, 300)
+    ok(twin("reserve", req("r4", lim, tokens=100)))
+
+
+def test_refund_past_capacity_then_debt(twin: Twin, clock: ManualClock) -> None:
+    """Refunds can lift a stored level above capacity (it is read capped); a debt taken
+    after that starts from the same stored level in every store."""
+    lim = ScopeLimits("over", tokens_per_minute=100)
+    a = ok(twin("reserve", req("r1", lim, tokens=40, ttl=900)))
+    advance(twin.store, clock, 30)  # refilled to 100 (stored 60 at t0)
+    b = ok(twin("reserve", req("r2", lim, tokens=40, ttl=900)))  # stored 60 at t30
+    twin("release", a)  # stored 100
+    twin("settle", b, paid(0, inp=0, out=0))  # stored 140: above capacity
+    advance(twin.store, clock, 1)
+    c = ok(twin("reserve", req("r3", lim, tokens=100, ttl=900)))  # read as 100: stored 0
+    twin("settle", c, paid(0, inp=150, out=0))  # stored -50
+    refused(twin("reserve", req("r4", lim, tokens=1)), "tokens_per_minute")
+    advance(twin.store, clock, 31)  # -50 + 51.67
+    refused(twin("reserve", req("r5", lim, tokens=2)), "tokens_per_minute")
+    ok(twin("reserve", req("r6", lim, tokens=1)))

@@ -7,7 +7,8 @@
 --   base.."m:YYYY-MM"        month hash: spent, held
 --   base.."hz"               zset of holds: "<id> <cost> <YYYY-MM-DD>" -> expires_at
 --   base.."tb"               token buckets: m (per minute), d (per day) = "<level>
---                            <updated_at> <capacity>"
+--                            <updated_at> <capacity>"; lives until full again and at
+--                            least as long as any reservation that took from it
 --   base.."done:YYYY-MM-DD"  set of settled reservation ids (first scope only)
 -- Every key is created with a TTL, so Redis does not grow without bound.
 
@@ -60,9 +61,12 @@ local function purge(base, now)
 end
 
 -- A token bucket key lives until the bucket would be full again (a full bucket is the
--- same as no key). levels: {level, capacity} per bucket that has a capacity.
-local function expire_bucket(tb, levels)
-  local ttl = 0
+-- same as no key), and at least `floor` seconds (reserve: the reservation's life, so that
+-- its settlement finds the bucket and takes a debt from it, exactly as the memory store
+-- does); never shorter than it already lives. levels: {level, capacity} per bucket that
+-- has a capacity.
+local function expire_bucket(tb, levels, floor)
+  local ttl = floor or 0
   for i, period in ipairs(PERIODS) do
     local lc = levels[i]
     if lc and lc[2] > 0 then
@@ -72,7 +76,10 @@ local function expire_bucket(tb, levels)
       end
     end
   end
-  redis.call('EXPIRE', tb, int(math.ceil(ttl) + BUCKET_MARGIN))
+  ttl = math.ceil(ttl) + BUCKET_MARGIN
+  if redis.call('PTTL', tb) < ttl * 1000 then
+    redis.call('EXPIRE', tb, int(ttl))
+  end
 end
 
 -- Give tokens back to (or, if negative, take them from) every bucket of a scope.

@@ -88,7 +88,7 @@ for _, b in ipairs(buckets) do
     end
   end
   redis.call('HSET', b[1], unpack(fields))
-  expire_bucket(b[1], b[2])
+  expire_bucket(b[1], b[2], tonumber(expires) - now)
 end
 for i = 0, nscopes - 1 do
   local k = 4 * i
