@@ -67,6 +67,7 @@ import tiktoken
 __all__ = [
     "DEFAULT_ANTHROPIC_MODELS",
     "DEFAULT_ANTHROPIC_REPLY",
+    "DROP",
     "Endpoint",
     "FakeAnthropicServer",
     "RecordedRequest",
@@ -81,6 +82,15 @@ DEFAULT_ANTHROPIC_MODELS: Final[tuple[str, ...]] = (
     "claude-haiku-4-5",
 )
 Endpoint: TypeAlias = Literal["messages", "count_tokens"]
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP: Final = _Drop()
+"""A ``usage_patch`` value removing the field (also ``FakeAnthropicServer.DROP``)."""
 TokenCountFunc: TypeAlias = Callable[[dict[str, Any]], int]
 ReplyFunc: TypeAlias = Callable[[dict[str, Any]], str]
 
@@ -405,7 +415,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _events(message: dict[str, Any]) -> list[dict[str, Any]]:
     usage = message["usage"]
-    start_usage = {**usage, "output_tokens": min(1, usage["output_tokens"])}
+    start_usage = dict(usage)
+    if isinstance(usage.get("output_tokens"), int):
+        start_usage["output_tokens"] = min(1, usage["output_tokens"])
     start = {**{k: v for k, v in message.items() if not k.startswith("_")}}
     start.update(content=[], stop_reason=None, stop_sequence=None, usage=start_usage)
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
@@ -429,13 +441,16 @@ def _events(message: dict[str, Any]) -> list[dict[str, Any]]:
             events.append({"type": "content_block_delta", "index": index, "delta": signature})
         events.append({"type": "content_block_stop", "index": index})
     final = {
-        "input_tokens": usage["input_tokens"],
-        "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
-        "cache_read_input_tokens": usage["cache_read_input_tokens"],
-        "output_tokens": usage["output_tokens"],
+        name: usage[name]
+        for name in (
+            "input_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "output_tokens",
+            "output_tokens_details",
+        )
+        if name in usage
     }
-    if "output_tokens_details" in usage:
-        final["output_tokens_details"] = usage["output_tokens_details"]
     events.append(
         {
             "type": "message_delta",
@@ -491,10 +506,16 @@ class FakeAnthropicServer:
         context_window: when set, a prompt whose tokens plus ``max_tokens`` exceed it is
             answered with the API's 400 "prompt is too long".
         tokens_per_delta: tokens of reply text per ``content_block_delta`` event.
+        usage_patch: applied to every message's ``usage`` dict before it is sent (in the
+            JSON body, and in ``message_start`` and ``message_delta`` when streaming): a
+            mapping of fields to set, a field set to :data:`DROP` being removed. Plays a
+            provider answering malformed usage (negative or missing counts).
 
     All options are public attributes, and may be changed while the server runs.
     ``base_url`` is what ``anthropic.Anthropic(base_url=...)`` takes.
     """
+
+    DROP: Final = DROP
 
     def __init__(
         self,
@@ -508,6 +529,7 @@ class FakeAnthropicServer:
         thinking: str | None = None,
         context_window: int | None = None,
         tokens_per_delta: int = 3,
+        usage_patch: Mapping[str, Any] | None = None,
         models: Iterable[str] = DEFAULT_ANTHROPIC_MODELS,
         host: str = "127.0.0.1",
     ) -> None:
@@ -520,6 +542,7 @@ class FakeAnthropicServer:
         self.thinking = thinking
         self.context_window = context_window
         self.tokens_per_delta = tokens_per_delta
+        self.usage_patch: Mapping[str, Any] | None = usage_patch
         self.models: list[str] = list(models)
         self.host = host
         self._lock = threading.Lock()
@@ -750,6 +773,11 @@ class FakeAnthropicServer:
         }
         if thinking_tokens:
             usage["output_tokens_details"] = {"thinking_tokens": len(thinking_tokens)}
+        for name, value in (self.usage_patch or {}).items():
+            if value is DROP:
+                usage.pop(name, None)
+            else:
+                usage[name] = value
         return {
             "id": self._next_id("msg_fake_"),
             "type": "message",

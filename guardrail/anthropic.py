@@ -2,11 +2,14 @@
 
 ``guard.wrap(Anthropic())`` returns a proxy: ``messages.create`` (``stream=True`` too),
 ``messages.stream(...)``, ``messages.parse`` and the ``with_raw_response`` and
-``with_streaming_response`` forms of ``create`` go through the guard: counted, fitted,
-reserved against the same tenants and limits as the OpenAI calls of the same
-:class:`~guardrail.Guard`, sent with the one bounded retry policy (the SDK's own retries
-are off), and settled with the provider's usage. Everything else (``messages.count_tokens``,
-``messages.batches``, ``models``, ``beta``, ...) passes straight to the client.
+``with_streaming_response`` forms of ``create`` (on ``messages`` or on the client) go
+through the guard: counted, fitted, reserved against the same tenants and limits as the
+OpenAI calls of the same :class:`~guardrail.Guard`, sent with the one bounded retry policy
+(the SDK's own retries are off), and settled with the provider's usage. The beta Messages
+calls (``beta.messages.create``, ``stream``, ``parse``, ``tool_runner``, ``thread``) are
+not guarded and raise :class:`~guardrail.ConfigurationError` (``client.unwrapped`` reaches
+them). Everything else (``messages.count_tokens``, ``messages.batches``, ``models``, the
+rest of ``beta``, ...) passes straight to the client.
 
 Counting. Anthropic publishes no tokenizer for its current models, so guardrail has two
 counts of a prompt:
@@ -28,27 +31,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail._drivers import AsyncDriver, SyncDriver
 from guardrail._engine import RequestView, StreamTally
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.images import (
     ANTHROPIC_IMAGE_RULE,
     image_size_from_base64,
     tokens_for_size,
     worst_case_tokens,
 )
-from guardrail.pricing import TokenUsage, usage_from_sdk
+from guardrail.pricing import TokenUsage
 from guardrail.tenancy import TenantBinding
 from guardrail.tokens import TokenCounter
 from guardrail.trimming import Summarizer, TrimResult, field_of
@@ -182,6 +185,9 @@ class AnthropicAdapter:
                 None if stream or _given(kwargs.get("timeout")) else NONSTREAMING_MAX_TOKENS
             ),
             system=system if _given(system) else None,
+            prompt_cache_write=_cache_write(
+                kwargs.get("cache_control"), system, messages, tools if _given(tools) else None
+            ),
         )
 
     def rewrite(
@@ -358,13 +364,7 @@ class AnthropicAdapter:
     def usage(self, response: Any) -> TokenUsage | None:
         if hasattr(response, "parse") and not hasattr(response, "usage"):
             response = response.parse()  # with_raw_response: the SDK caches the parse
-        usage = getattr(response, "usage", None)
-        if usage is None:
-            return None
-        try:
-            return usage_from_sdk(usage, provider="anthropic")
-        except InvalidRequestError:
-            return None
+        return _read_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
         rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
@@ -397,16 +397,13 @@ class AnthropicAdapter:
         elif kind == "message_start":
             message = chunk.message
             tally.request_id = tally.request_id or getattr(message, "id", None)
-            usage = getattr(message, "usage", None)
-            if usage is not None:
-                with contextlib.suppress(InvalidRequestError):
-                    tally.input_usage = usage_from_sdk(usage, provider="anthropic")
+            tally.input_usage = _read_usage(getattr(message, "usage", None))
         elif kind == "message_delta":
             usage = getattr(chunk, "usage", None)
             # Without the prompt side (no readable message_start, no input in the delta)
             # this would bill the prompt as 0: leave it to the engine's local settlement.
             if usage is not None and (
-                tally.input_usage is not None or getattr(usage, "input_tokens", None) is not None
+                tally.input_usage is not None or _input_count(usage) is not None
             ):
                 tally.usage = _final_usage(tally.input_usage, usage)
         return True
@@ -434,32 +431,143 @@ class AnthropicAdapter:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # an SDK object missing a required field
+        return None
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the provider, clamped to >= 0; None when it is not a number.
+    The call was made and billed: a malformed usage must never fail its settlement."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return max(0, int(value))
+
+
+def _input_count(usage: Any) -> int | None:
+    """``usage.input_tokens``; None when missing, unreadable or negative (a prompt of 0
+    would be billed as free: the engine bills its own count of the prompt instead)."""
+    value = _field(usage, "input_tokens")
+    count = _count(value)
+    return None if count is None or value < 0 else count
+
+
+def _read_usage(usage: Any) -> TokenUsage | None:
+    """An Anthropic ``usage`` (a response's, or ``message_start``'s) as a :class:`TokenUsage`:
+    ``input_tokens`` excludes cache reads and writes, which are added; the 1-hour writes come
+    from ``cache_creation``. Every other field is clamped to >= 0 (a missing one is 0).
+    None when ``input_tokens`` itself is missing, unreadable or negative: the engine then
+    bills its own count of the prompt rather than a prompt of 0."""
+    if usage is None:
+        return None
+    creation = _field(usage, "cache_creation")
+    details = _field(usage, "output_tokens_details")
+    uncached = _input_count(usage)
+    read = _count(_field(usage, "cache_read_input_tokens"))
+    written = _count(_field(usage, "cache_creation_input_tokens"))
+    output = _count(_field(usage, "output_tokens"))
+    if uncached is None:
+        return None
+    w5 = _count(_field(creation, "ephemeral_5m_input_tokens")) or 0
+    w1 = _count(_field(creation, "ephemeral_1h_input_tokens")) or 0
+    # The total and its split disagreeing (or the total missing): bill the larger.
+    written = max(written or 0, w5 + w1)
+    output = output or 0
+    thinking = _count(_field(details, "thinking_tokens")) or 0
+    read = read or 0
+    return TokenUsage(
+        input_tokens=uncached + read + written,
+        output_tokens=output,
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(w1, written),
+        reasoning_tokens=min(thinking, output),
+    )
+
+
 def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
     """``message_delta`` usage (cumulative) over ``message_start``'s: the delta's fields
-    win where it has them; the 1-hour cache-write split only comes with the start."""
+    win where it has them; the 1-hour cache-write split only comes with the start. Every
+    field is clamped to >= 0."""
     start = start or TokenUsage()
 
     def get(name: str) -> int | None:
-        value = getattr(usage, name, None)
-        return int(value) if isinstance(value, int) else None
+        return _count(_field(usage, name))
 
     cached = get("cache_read_input_tokens")
     cached = start.cached_input_tokens if cached is None else cached
     written = get("cache_creation_input_tokens")
     written = start.cache_write_tokens if written is None else written
-    uncached = get("input_tokens")
+    uncached = _input_count(usage)
     if uncached is None:
-        uncached = start.input_tokens - start.cached_input_tokens - start.cache_write_tokens
-    details = getattr(usage, "output_tokens_details", None)
-    thinking = getattr(details, "thinking_tokens", None)
+        uncached = max(0, start.input_tokens - start.cached_input_tokens - start.cache_write_tokens)
+    output = get("output_tokens") or 0
+    thinking = _count(_field(_field(usage, "output_tokens_details"), "thinking_tokens"))
     return TokenUsage(
         input_tokens=uncached + cached + written,
-        output_tokens=get("output_tokens") or 0,
+        output_tokens=output,
         cached_input_tokens=cached,
         cache_write_tokens=written,
         cache_write_1h_tokens=min(start.cache_write_1h_tokens, written),
-        reasoning_tokens=thinking if isinstance(thinking, int) else start.reasoning_tokens,
+        reasoning_tokens=min(start.reasoning_tokens if thinking is None else thinking, output),
     )
+
+
+def _cache_write(*parts: Any) -> Literal["5m", "1h"] | None:
+    """Whether a request writes the prompt cache, and for how long: any ``cache_control``
+    (top level, on a system block, a message's content block or a tool) is a write, at
+    the 1-hour price if any asks ``"ttl": "1h"``. Tool inputs (the caller's JSON) are not
+    looked into."""
+    found: Literal["5m", "1h"] | None = None
+    stack: list[Any] = [{"cache_control": parts[0]}, *parts[1:]]
+    while stack:
+        item = _plain(stack.pop())
+        if isinstance(item, Mapping):
+            control = _plain(item.get("cache_control"))
+            if isinstance(control, Mapping):
+                if control.get("ttl") == "1h":
+                    return "1h"
+                found = "5m"
+            stack.extend(v for k, v in item.items() if k not in ("cache_control", "input"))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+def _one_shot(value: Any) -> bool:
+    """An iterable the SDK accepts but that may be read only once (a generator, a map)."""
+    return (
+        isinstance(value, Iterable)
+        and not isinstance(value, (str, bytes, bytearray, Sequence, Mapping))
+        and not hasattr(value, "model_dump")
+    )
+
+
+def _materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``messages``, ``tools``, ``system`` and message ``content`` given as
+    one-shot iterables turned into lists: the guard reads them (to count) and the SDK reads
+    them again (to send), so both must see the same, whole list."""
+    new = dict(kwargs)
+    for key in ("messages", "tools", "system"):
+        if _one_shot(new.get(key)):
+            new[key] = list(new[key])
+    messages = new.get("messages")
+    if isinstance(messages, (list, tuple)) and any(
+        isinstance(m, Mapping) and _one_shot(m.get("content")) for m in messages
+    ):
+        new["messages"] = [
+            {**m, "content": list(m["content"])}
+            if isinstance(m, Mapping) and _one_shot(m.get("content"))
+            else m
+            for m in messages
+        ]
+    return new
 
 
 def _image_tokens(counter: TokenCounter, source: Any, where: str) -> int:
@@ -620,6 +728,8 @@ class _AsyncRawResponse:
         return self._parsed
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._response, name)
 
 
@@ -629,6 +739,8 @@ class _RawResponseView:
         self.create = _GuardedCall(owner, "create", raw=True)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._owner._client.messages.with_raw_response, name)
 
 
@@ -709,6 +821,8 @@ class _StreamingResponseView:
         self.create = wrap(messages.create)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._owner._client.messages.with_streaming_response, name)
 
 
@@ -729,7 +843,101 @@ class GuardedMessages:
         return MessageStreamManager(self._owner, kwargs)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches, ...
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._owner._client.messages, name)
+
+
+class _ClientRawResponseView:
+    """``client.with_raw_response``: its ``messages`` is the guarded
+    ``messages.with_raw_response`` (and its ``beta`` refuses the beta Messages calls);
+    every other resource is the SDK's own raw-response view."""
+
+    def __init__(self, owner: GuardedAnthropic) -> None:
+        self._owner = owner
+        self.messages = owner.messages.with_raw_response
+
+    @property
+    def beta(self) -> _BetaView:
+        return _BetaView(self._owner._client.with_raw_response.beta, "with_raw_response.beta")
+
+    def __getattr__(self, name: str) -> Any:  # models, files, ...
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
+        return getattr(self._owner._client.with_raw_response, name)
+
+
+class _ClientStreamingResponseView:
+    """``client.with_streaming_response``: as :class:`_ClientRawResponseView`."""
+
+    def __init__(self, owner: GuardedAnthropic) -> None:
+        self._owner = owner
+        self.messages = owner.messages.with_streaming_response
+
+    @property
+    def beta(self) -> _BetaView:
+        return _BetaView(
+            self._owner._client.with_streaming_response.beta, "with_streaming_response.beta"
+        )
+
+    def __getattr__(self, name: str) -> Any:  # models, files, ...
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
+        return getattr(self._owner._client.with_streaming_response, name)
+
+
+_GENERATING = frozenset({"create", "parse", "stream", "tool_runner", "thread"})
+"""The beta Messages methods that make (or, for ``thread``, later make) billed requests."""
+
+
+class _BetaView:
+    """``client.beta`` (and its raw / streaming-response forms): everything is the SDK's,
+    except that ``messages`` refuses the calls that generate (see :class:`_BetaMessages`)."""
+
+    def __init__(self, beta: Any, where: str) -> None:
+        self._beta, self._where = beta, where
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
+        value = getattr(self._beta, name)
+        if name == "messages":
+            return _BetaMessages(value, f"{self._where}.messages")
+        if name in ("with_raw_response", "with_streaming_response"):
+            return _BetaView(value, f"{self._where}.{name}")
+        return value
+
+
+class _BetaMessages:
+    """``client.beta.messages``: not guarded, so its generating calls (``create``,
+    ``parse``, ``stream``, ``tool_runner``, ``thread``, and their raw / streaming-response
+    forms) raise :class:`~guardrail.ConfigurationError` instead of silently spending past
+    the budget. ``count_tokens`` and ``batches`` are the SDK's."""
+
+    def __init__(self, messages: Any, where: str) -> None:
+        self._messages, self._where = messages, where
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
+        if name in _GENERATING:
+            return _refusal(f"{self._where}.{name}")
+        value = getattr(self._messages, name)
+        if name in ("with_raw_response", "with_streaming_response"):
+            return _BetaMessages(value, f"{self._where}.{name}")
+        return value
+
+
+def _refusal(where: str) -> Callable[..., Any]:
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise ConfigurationError(
+            f"client.{where}(...) is not guarded: it would spend outside the budget, so "
+            "guardrail refuses it and sent nothing. Use client.messages (pass a beta with "
+            f"extra_headers={{'anthropic-beta': '...'}}), or client.unwrapped.{where}(...) "
+            "for an unguarded, unmetered call."
+        )
+
+    return refuse
 
 
 class GuardedAnthropic:
@@ -771,6 +979,21 @@ class GuardedAnthropic:
     def unwrapped(self) -> Any:
         """The client as it was given (its own retries, no guard)."""
         return self._client
+
+    @property
+    def with_raw_response(self) -> _ClientRawResponseView:
+        """The SDK's ``client.with_raw_response``, with ``messages.create`` guarded."""
+        return _ClientRawResponseView(self)
+
+    @property
+    def with_streaming_response(self) -> _ClientStreamingResponseView:
+        """The SDK's ``client.with_streaming_response``, with ``messages.create`` guarded."""
+        return _ClientStreamingResponseView(self)
+
+    @property
+    def beta(self) -> _BetaView:
+        """The SDK's ``client.beta``; its Messages calls are refused (not guarded)."""
+        return _BetaView(self._client.beta, "beta")
 
     def _view(self, client: Any, binding: TenantBinding | None) -> GuardedAnthropic:
         return GuardedAnthropic(
@@ -830,6 +1053,7 @@ class GuardedAnthropic:
 
     def _run_sync(self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
         guard, adapter = self._guard, self._adapter
+        kwargs = _materialized(kwargs)
         plan = guard.engine.prepare(adapter, kwargs, self._binding)
         driver = SyncDriver(guard.store, adapter, send, guard.sleep, count=self._count_sync)
         return driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
@@ -838,11 +1062,14 @@ class GuardedAnthropic:
         self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[Any]]
     ) -> Any:
         guard, adapter = self._guard, self._adapter
+        kwargs = _materialized(kwargs)
         plan = guard.engine.prepare(adapter, kwargs, self._binding)
         driver = AsyncDriver(guard.store, adapter, send, guard.async_sleep, count=self._count_async)
         return await driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy / pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self._client, name)
 
     def __repr__(self) -> str:

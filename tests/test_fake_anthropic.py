@@ -35,6 +35,7 @@ def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
         "thinking",
         "context_window",
         "tokens_per_delta",
+        "usage_patch",
     ):
         setattr(_fake, name, getattr(defaults, name))
     return _fake

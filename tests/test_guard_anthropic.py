@@ -67,6 +67,7 @@ def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
         "thinking",
         "context_window",
         "tokens_per_delta",
+        "usage_patch",
     ):
         setattr(_fake, name, getattr(defaults, name))
     return _fake
@@ -462,7 +463,10 @@ def test_retry_after_is_honoured_and_connection_errors_are_retried(fake, sleeps)
     out = client.messages.create(model=MODEL, max_tokens=100, messages=HI)
     assert out.content[0].text == fake.reply
     assert sleeps[0] == 2.0 and len(sleeps) == 2
-    assert records[-1].attempts == 3 and guard.usage("default").requests == 1
+    assert records[-1].attempts == 3
+    # The dropped connection came after the request left: its prompt is settled as billed.
+    assert [r.outcome for r in records] == ["error", "ok"]
+    assert guard.usage("default").requests == 2
 
 
 def test_sdk_retries_are_off_so_one_layer_retries(fake, sleeps) -> None:
@@ -818,3 +822,250 @@ def test_both_providers_example_runs_offline(monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "stopped after" in out and "would exceed daily_spend_usd" in out
     assert "claude-haiku-4-5" in out and "gpt-4o" in out
+
+
+# -- review fixes: every billed path guarded, cache writes, copies, iterables, bad usage --
+
+
+def test_client_level_raw_and_streaming_responses_are_guarded(fake) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sinks=[records.append])
+    raw = client.with_raw_response.messages.create(model=MODEL, max_tokens=50, messages=HI)
+    assert raw.headers["request-id"] and raw.parse().content[0].text == fake.reply
+    with client.with_streaming_response.messages.create(
+        model=MODEL, max_tokens=50, messages=HI
+    ) as response:
+        assert response.parse().content[0].text == fake.reply
+    with client.for_tenant("bob").with_streaming_response.messages.create(
+        model=MODEL, max_tokens=50, messages=HI, stream=True
+    ) as response:
+        assert list(response.parse())[-1].type == "message_stop"
+    assert [r.outcome for r in records] == ["ok", "ok", "stream_completed"]
+    assert guard.usage("default").requests == 2 and guard.usage("bob").requests == 1
+    # Other resources are the SDK's own views, not metered.
+    assert client.with_raw_response.models.list().parse().data[0].id == fake.models[0]
+    assert client.with_raw_response.messages.count_tokens(model=MODEL, messages=HI).parse()
+    no_leak(guard)
+    no_leak(guard, "bob")
+    # A refused call sends nothing, through these forms too.
+    fake.reset()
+    guard, client = make(fake, Policy(daily_spend_usd="0.000001", loop_limit=None))
+    with pytest.raises(BudgetExceeded):
+        client.with_raw_response.messages.create(model=MODEL, max_tokens=50, messages=HI)
+    with (
+        pytest.raises(BudgetExceeded),
+        client.with_streaming_response.messages.create(model=MODEL, max_tokens=50, messages=HI),
+    ):
+        pass
+    assert fake.message_requests == []
+
+
+async def test_async_client_level_raw_and_streaming_responses_are_guarded(fake) -> None:
+    guard, client = make(fake, async_=True)
+    raw = await client.with_raw_response.messages.create(model=MODEL, max_tokens=50, messages=HI)
+    assert (await raw.parse()).content[0].text == fake.reply
+    async with client.with_streaming_response.messages.create(
+        model=MODEL, max_tokens=50, messages=HI
+    ) as response:
+        assert (await response.parse()).content
+    assert guard.usage("default").requests == 2
+    no_leak(guard)
+
+
+def beta_calls(client: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {"model": MODEL, "max_tokens": 50, "messages": HI}
+    return {
+        "beta.messages.create": lambda: client.beta.messages.create(**request),
+        "beta.messages.create(stream)": lambda: client.beta.messages.create(stream=True, **request),
+        "beta.messages.stream": lambda: client.beta.messages.stream(**request),
+        "beta.messages.parse": lambda: client.beta.messages.parse(**request),
+        "beta.messages.tool_runner": lambda: client.beta.messages.tool_runner(tools=[], **request),
+        "beta.messages.with_raw_response.create": (
+            lambda: client.beta.messages.with_raw_response.create(**request)
+        ),
+        "beta.messages.with_streaming_response.create": (
+            lambda: client.beta.messages.with_streaming_response.create(**request)
+        ),
+        "beta.with_raw_response.messages.create": (
+            lambda: client.beta.with_raw_response.messages.create(**request)
+        ),
+        "with_raw_response.beta.messages.create": (
+            lambda: client.with_raw_response.beta.messages.create(**request)
+        ),
+        "with_streaming_response.beta.messages.create": (
+            lambda: client.with_streaming_response.beta.messages.create(**request)
+        ),
+    }
+
+
+@pytest.mark.parametrize("async_", [False, True])
+def test_beta_messages_are_refused_not_silently_unguarded(fake, async_) -> None:
+    guard, client = make(fake, async_=async_)
+    for name, call in beta_calls(client).items():
+        with pytest.raises(guardrail.ConfigurationError, match="not guarded") as info:
+            call()
+        assert "client.unwrapped." in str(info.value), name
+    assert fake.requests == []
+    # The rest of beta is the SDK's (counting is free, batches are documented unmetered).
+    if not async_:
+        assert client.beta.messages.count_tokens(model=MODEL, messages=HI).input_tokens > 0
+        assert client.unwrapped.beta.messages.create(model=MODEL, max_tokens=5, messages=HI)
+        assert len(fake.message_requests) == 1
+    assert guard.usage("default").requests == 0
+
+
+def test_guarded_objects_can_be_copied(fake) -> None:
+    import copy
+
+    guard, client = make(fake)
+    for obj in (client, client.messages, client.with_raw_response, client.beta):
+        assert type(copy.copy(obj)) is type(obj)
+    twin = copy.copy(client.for_tenant("ann"))
+    assert isinstance(twin, GuardedAnthropic)
+    twin.messages.create(model=MODEL, max_tokens=10, messages=HI)
+    assert guard.usage("ann").requests == 1  # the copy is still guarded, same tenant
+    with pytest.raises(AttributeError):
+        client._no_such_private_attribute  # noqa: B018
+
+
+def test_generators_for_messages_tools_and_system_are_sent_whole_and_counted(fake) -> None:
+    system = [{"type": "text", "text": "You are a weather bot. " * 20}]
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "user", "content": ({"type": "text", "text": t} for t in ("Now", "please"))},
+    ]
+    listed: dict[str, Any] = {
+        "system": system,
+        "messages": [*history[:2], {"role": "user", "content": list(history[2]["content"])}],
+        "tools": [WEATHER],
+    }
+
+    def generated() -> dict[str, Any]:
+        return {
+            "system": (b for b in system),
+            "messages": (
+                {**m, "content": ({"type": "text", "text": t} for t in ("Now", "please"))}
+                if i == 2
+                else m
+                for i, m in enumerate(history)
+            ),
+            "tools": (t for t in [WEATHER]),
+        }
+
+    assert counted(fake, **generated()) == counted(fake, **listed)
+    fake.reset()
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sinks=[records.append], exact_count=False)
+    client.messages.create(model=MODEL, max_tokens=20, **listed)
+    client.messages.create(model=MODEL, max_tokens=20, **generated())
+    with client.messages.stream(model=MODEL, max_tokens=20, **generated()) as stream:
+        stream.until_done()
+    first, *others = [r.json for r in fake.message_requests]
+    for body in others:
+        assert body["tools"] == first["tools"] == [WEATHER]
+        assert body["system"] == first["system"] == system
+        assert body["messages"] == first["messages"] == listed["messages"]
+    assert len({r.reserved_usd for r in records}) == 1
+    no_leak(guard)
+
+
+@pytest.mark.parametrize("ttl", [None, "5m", "1h"])
+@pytest.mark.parametrize("where", ["system", "message", "tool", "top level"])
+def test_cache_writes_are_reserved_at_the_cache_write_price(fake, where, ttl) -> None:
+    control: dict[str, Any] = (
+        {"type": "ephemeral"} if ttl is None else {"type": "ephemeral", "ttl": ttl}
+    )
+    text = {"type": "text", "text": "Background for the whole conversation. " * 200}
+    request: dict[str, Any] = {"system": [text], "messages": HI, "tools": [WEATHER]}
+    plain = dict(request)
+    if where == "system":
+        request["system"] = [{**text, "cache_control": control}]
+    elif where == "message":
+        request["messages"] = [{"role": "user", "content": [{**text, "cache_control": control}]}]
+        plain["messages"] = [{"role": "user", "content": [text]}]
+    elif where == "tool":
+        request["tools"] = [{**WEATHER, "cache_control": control}]
+    else:
+        request["cache_control"] = control
+    prompt = counted(fake, **plain)
+    assert prompt == counted(fake, **request) > 1_500
+    # haiku: $1 input, $1.25 5-minute write, $2 1-hour write, $5 output per MTok.
+    output = 10
+    rate = Decimal(2) if ttl == "1h" else Decimal("1.25")
+    between = (prompt * (1 + rate) / 2 + output * 5) / Decimal(10**6)
+    fake.reset()
+    guard, client = make(fake, Policy(daily_spend_usd=between, loop_limit=None), exact_count=False)
+    client.for_tenant("plain").messages.create(model=MODEL, max_tokens=output, **plain)
+    assert len(fake.message_requests) == 1  # the plain worst case fits the cap
+    with pytest.raises(BudgetExceeded):
+        client.for_tenant("cached").messages.create(model=MODEL, max_tokens=output, **request)
+    assert len(fake.message_requests) == 1  # the cache-writing one does not: nothing sent
+    no_leak(guard, "cached")
+
+
+@pytest.mark.parametrize("ttl", ["5m", "1h"])
+def test_a_cache_writing_call_never_costs_more_than_its_reservation(fake, ttl) -> None:
+    fake.prompt_tokens = 3_000  # the provider's count, all of it written to the cache
+    setattr(fake, f"cache_write_{ttl}_tokens", 3_000)
+    fake.output_tokens = 50
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sinks=[records.append])
+    control = {"type": "ephemeral", "ttl": ttl}
+    client.messages.create(
+        model=MODEL,
+        max_tokens=50,
+        system=[{"type": "text", "text": "Be brief.", "cache_control": control}],
+        messages=HI,
+    )
+    (record,) = records
+    assert record.extra["cache_write_tokens"] == 3_000
+    assert record.cost_usd > 3_000 / Decimal(10**6)  # priced above the plain input rate
+    assert record.reserved_usd >= record.cost_usd
+    no_leak(guard)
+
+
+BAD_USAGE = [
+    {"input_tokens": -7},
+    {"output_tokens": -3},
+    {"cache_read_input_tokens": -100, "cache_creation_input_tokens": -5},
+    {"cache_creation": {"ephemeral_5m_input_tokens": -1, "ephemeral_1h_input_tokens": -9}},
+    {"input_tokens": FakeAnthropicServer.DROP},
+    {"output_tokens": FakeAnthropicServer.DROP, "cache_creation": FakeAnthropicServer.DROP},
+    {"output_tokens": None, "input_tokens": "12"},
+    {"output_tokens_details": {"thinking_tokens": -4}},
+]
+
+
+@pytest.mark.parametrize("patch", BAD_USAGE, ids=repr)
+@pytest.mark.parametrize("stream", [False, True])
+def test_malformed_usage_never_fails_a_billed_call(fake, patch, stream) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, sinks=[records.append])
+
+    def call(tenant: str) -> guardrail.UsageRecord:
+        out = client.for_tenant(tenant).messages.create(
+            model=MODEL, max_tokens=50, messages=HI, stream=stream
+        )
+        if stream:
+            assert list(out)[-1].type == "message_stop"
+        return records[-1]
+
+    sound = call("sound")
+    fake.usage_patch = patch
+    record = call("patched")
+    assert record.outcome == ("stream_completed" if stream else "ok")
+    assert record.cost_usd >= 0 and record.input_tokens >= 0 and record.output_tokens >= 0
+    assert record.cached_input_tokens >= 0 and record.reasoning_tokens >= 0
+    # What the provider reported soundly is billed, negatives count as 0. Without a sound
+    # input_tokens the usage is not read: the engine bills its own count of the prompt
+    # (the SDK may have coerced "12" to 12).
+    if "input_tokens" not in patch:
+        assert record.usage_source == "provider"
+        assert record.input_tokens == sound.input_tokens
+        if "output_tokens" not in patch:
+            assert record.output_tokens == sound.output_tokens > 0
+    else:
+        assert record.input_tokens > 0
+    assert guard.usage("patched").requests == 1
+    no_leak(guard, "patched")
