@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -95,13 +97,22 @@ class AsyncDriver:
         self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
         self.count = count
 
+    async def _write(self, op: Settle | Release) -> None:
+        if isinstance(op, Settle):
+            await self.store.asettle(op.reservation, op.settlement)
+        else:
+            await self.store.arelease(op.reservation)
+
     async def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
     ) -> Any:
+        deferred: asyncio.CancelledError | None = None
         while True:
             try:
                 op = flow.throw(exc) if exc is not None else flow.send(value)
             except StopIteration as stop:
+                if deferred is not None:
+                    raise deferred from None
                 return stop.value
             value, exc = None, None
             try:
@@ -109,10 +120,13 @@ class AsyncDriver:
                     value = await self.send(op.kwargs)
                 elif isinstance(op, Reserve):
                     value = await self.store.areserve(op.request)
-                elif isinstance(op, Settle):
-                    await self.store.asettle(op.reservation, op.settlement)
-                elif isinstance(op, Release):
-                    await self.store.arelease(op.reservation)
+                elif isinstance(op, Settle | Release):
+                    # A cancellation must not cut a settlement in half: the write runs to
+                    # its end, the flow records the call, then the cancellation goes on.
+                    try:
+                        await asyncio.shield(self._write(op))
+                    except asyncio.CancelledError as cancelled:
+                        deferred = cancelled
                 elif isinstance(op, Sleep):
                     await self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
@@ -132,17 +146,46 @@ def _counter(count: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[st
 def _hand_over(op: OpenStream, guarded: Any) -> Any:
     """Give the caller what it asked for: the guarded stream, or the raw response whose
     ``parse()`` now returns the guarded stream (``with_raw_response.create(stream=True)``)."""
-    if getattr(guarded, "_raw", None) is not None:
-        raw = guarded._raw
-        raw.parse = lambda *args, **kwargs: guarded  # instance attribute shadows the method
-        return raw
-    return guarded
+    raw = guarded._raw
+    if raw is None:
+        return guarded
+    if inspect.iscoroutinefunction(type(raw).parse):
+
+        async def parse_async(*args: Any, **kwargs: Any) -> Any:
+            return guarded
+
+        raw.parse = parse_async  # instance attributes shadow the methods
+    else:
+        raw.parse = lambda *args, **kwargs: guarded
+    return raw
+
+
+PARSED = "_guardrail_parsed"
+"""Where an async raw response keeps what its (awaited) ``parse()`` returned."""
+
+
+async def parse_async_raw(response: Any) -> Any:
+    """Await an async raw response's ``parse()`` once (the SDK caches it), so the sans-I/O
+    engine can read its usage, and the stream can be wrapped, without awaiting."""
+    parse = getattr(type(response), "parse", None)
+    if parse is not None and inspect.iscoroutinefunction(parse):
+        setattr(response, PARSED, await response.parse())
+    return response
+
+
+def parsed_raw(response: Any) -> Any:
+    """What a raw response parses to: the value awaited earlier, or a sync ``parse()``."""
+    if PARSED in vars(response):
+        return vars(response)[PARSED]
+    return response.parse()
 
 
 class _StreamBase:
     """What the sync and async guarded streams share: chunk filtering and the end-state."""
 
-    def __init__(self, op: OpenStream, flow: Flow, plan: Plan) -> None:
+    def __init__(
+        self, op: OpenStream, flow: Flow, plan: Plan, store: Store, adapter: ProviderAdapter
+    ) -> None:
         stream = op.stream
         self._raw = None
         if (
@@ -150,11 +193,14 @@ class _StreamBase:
             and not hasattr(stream, "__iter__")
             and not hasattr(stream, "__aiter__")
         ):
-            self._raw, stream = stream, stream.parse()
+            self._raw, stream = stream, parsed_raw(stream)
         self._stream = stream
         self._tally: StreamTally = op.tally
         self._flow: Flow | None = flow
         self._plan = plan
+        # A stream dropped half-read (no close, no loop end) is settled when it is
+        # garbage-collected: the finaliser holds the flow, so the flow outlives the stream.
+        self._abandoned = weakref.finalize(self, _settle_abandoned, flow, store, adapter, plan)
 
     @property
     def tally(self) -> StreamTally:
@@ -175,20 +221,39 @@ class _StreamBase:
             detail="the stream produced more output than was reserved; it was closed",
         )
 
+    def _take_flow(self) -> Flow | None:
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            self._abandoned.detach()
+        return flow
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not set yet (copy, pickle): never recurse into _stream
+            raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+def _settle_abandoned(flow: Flow, store: Store, adapter: ProviderAdapter, plan: Plan) -> None:
+    """Settle a stream nobody finished, from what it counted. Only store writes remain in
+    the flow, so the sync face of the store serves sync and async streams alike."""
+    with contextlib.suppress(Exception):  # a finaliser must never raise
+        SyncDriver(store, adapter, _no_send).run(flow, plan, StreamEnd("stream_closed"))
+
+
+def _no_send(kwargs: dict[str, Any]) -> Any:
+    raise RuntimeError("an abandoned stream sends nothing")
 
 
 class GuardedStream(_StreamBase):
     """An ``openai.Stream`` look-alike that settles the call when the stream ends."""
 
     def __init__(self, op: OpenStream, flow: Flow, driver: SyncDriver, plan: Plan) -> None:
-        super().__init__(op, flow, plan)
+        super().__init__(op, flow, plan, driver.store, driver.adapter)
         self._driver = driver
         self._chunks = self._generate()
 
     def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        flow, self._flow = self._flow, None
+        flow = self._take_flow()
         if flow is not None:
             self._driver.run(flow, self._plan, StreamEnd(outcome, error))
 
@@ -241,12 +306,12 @@ class AsyncGuardedStream(_StreamBase):
     """An ``openai.AsyncStream`` look-alike that settles the call when the stream ends."""
 
     def __init__(self, op: OpenStream, flow: Flow, driver: AsyncDriver, plan: Plan) -> None:
-        super().__init__(op, flow, plan)
+        super().__init__(op, flow, plan, driver.store, driver.adapter)
         self._driver = driver
         self._chunks = self._generate()
 
     async def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        flow, self._flow = self._flow, None
+        flow = self._take_flow()
         if flow is not None:
             await self._driver.run(flow, self._plan, StreamEnd(outcome, error))
 

@@ -38,7 +38,7 @@ from guardrail.errors import (
 from guardrail.models import FALLBACK_ENCODING, ModelInfo, model_info
 from guardrail.policy import Policy, PolicySource
 from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
-from guardrail.retry import retrying_for
+from guardrail.retry import is_retryable, retrying_for
 from guardrail.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
 from guardrail.stores.base import (
     Reservation,
@@ -48,7 +48,7 @@ from guardrail.stores.base import (
     Windows,
     usd_to_nanos,
 )
-from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding
+from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding, tenant_from_hint
 from guardrail.tokens import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
 from guardrail.trimming import Summarizer, TrimResult, field_of, fit_messages
 
@@ -375,7 +375,7 @@ class Engine:
         if binding is not None:
             return binding
         if hint is not None:
-            return TenantBinding.of(hint)
+            return TenantBinding.of(tenant_from_hint(hint))
         if self.default_tenant is None:
             raise InvalidRequestError(
                 "no tenant for this call: use client.for_tenant(...), guard.tenant(...), "
@@ -455,7 +455,10 @@ class Engine:
             if view.default_output_cap is not None:
                 cap = min(cap, view.default_output_cap)
             if policy.default_output_tokens is None:
-                return cap, (cap if view.output_required else None)
+                # The model's own cap needs no sending; a tighter one (the policy's) does,
+                # or the reservation would not bound what the call can cost.
+                bound = view.output_required or cap < info.max_output_tokens
+                return cap, (cap if bound else None)
             chosen = min(policy.default_output_tokens, cap)
             return chosen, chosen
         if asked <= cap:
@@ -667,8 +670,39 @@ class Engine:
             try:
                 response = yield Send(plan.kwargs)
             except BaseException as exc:
-                # Failed without usage: the reservation goes back whole.
-                yield from self._release(reservation)
+                billed = _billed_usage(adapter, plan, exc)
+                if billed is None:
+                    # Failed without usage (an HTTP error, or cancelled by the caller): the
+                    # reservation goes back whole.
+                    yield from self._release(reservation)
+                elif not is_retryable(exc):
+                    # The provider answered and billed (a completion cut at its length or
+                    # content filter): settle it as the call's outcome, then re-raise.
+                    yield from self._settle(
+                        plan,
+                        reservation,
+                        billed,
+                        started,
+                        attempts,
+                        "error",
+                        adapter.request_id(getattr(exc, "completion", None)),
+                        error=exc,
+                    )
+                    raise
+                else:
+                    # A timeout or a dropped connection after the request left: the provider
+                    # probably processed (and bills) the prompt. Settle that, never $0.
+                    yield from self._settle(
+                        plan,
+                        reservation,
+                        billed,
+                        started,
+                        attempts,
+                        "error",
+                        None,
+                        source="local_count",
+                        error=exc,
+                    )
                 reservation = None
                 if not isinstance(exc, Exception):  # KeyboardInterrupt, CancelledError
                     self._record(plan, "cancelled", started, attempts, error=exc)
@@ -679,14 +713,12 @@ class Engine:
                 continue
             break
         if not plan.stream:
+            try:
+                usage = adapter.usage(response)
+            except Exception as exc:  # a raw response whose parse fails (cut at its length)
+                usage = _billed_usage(adapter, plan, exc)
             yield from self._settle(
-                plan,
-                reservation,
-                adapter.usage(response),
-                started,
-                attempts,
-                "ok",
-                adapter.request_id(response),
+                plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
             )
             return response
         tally = _stream_tally(plan)
@@ -838,7 +870,15 @@ class Engine:
     ) -> Generator[Op, Any, None]:
         if usage is None:  # a provider answer without usage: bill the prompt we counted
             usage, source = TokenUsage(input_tokens=plan.prompt_tokens), "local_count"
-        cost = usage_cost(plan.model, usage)
+        usage = _sane(usage)
+        try:
+            cost = usage_cost(plan.model, usage)
+        except GuardrailError as exc:
+            # Usage we cannot price must not lose a paid call: charge the worst case.
+            _log.warning(
+                "guardrail: cannot price usage %r (%s); charging the reservation", usage, exc
+            )
+            cost = plan.cost_usd
         if reservation is not None:
             settlement = Settlement(
                 cost_nanos=usd_to_nanos(cost),
@@ -923,6 +963,36 @@ def _sink_ignores_records(sink: Sink) -> bool:
     """True for the built-in JSON-lines sink while its logger drops INFO, the default: it
     would build the record only to throw it away."""
     return type(sink) is JsonLinesSink and not sink.logger.isEnabledFor(logging.INFO)
+
+
+def _sane(usage: TokenUsage) -> TokenUsage:
+    """Provider usage with no negative counts and no more cached than input tokens."""
+    fields = {k: max(0, int(v)) for k, v in vars(usage).items()}
+    fields["cached_input_tokens"] = min(fields["cached_input_tokens"], fields["input_tokens"])
+    fields["reasoning_tokens"] = min(fields["reasoning_tokens"], fields["output_tokens"])
+    return TokenUsage(**fields)
+
+
+def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> TokenUsage | None:
+    """What a failed attempt costs: the usage an exception carries (the OpenAI SDK's
+    ``LengthFinishReasonError`` has the completion), the counted prompt after a timeout or a
+    dropped connection (the request left; the provider bills what it processed), or None
+    for an HTTP error answer and for a cancellation (released whole)."""
+    completion = getattr(exc, "completion", None)
+    if completion is not None:
+        try:
+            carried = adapter.usage(completion)
+        except Exception:
+            carried = None
+        if carried is not None:
+            return carried
+    if (
+        isinstance(exc, Exception)
+        and is_retryable(exc)
+        and getattr(exc, "status_code", None) is None
+    ):
+        return TokenUsage(input_tokens=plan.prompt_tokens)
+    return None
 
 
 def worst_case_cost(

@@ -9,10 +9,11 @@ resources keep the client's settings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from guardrail._drivers import AsyncDriver, SyncDriver
+from guardrail._drivers import AsyncDriver, SyncDriver, parse_async_raw, parsed_raw
 from guardrail._engine import RequestView, StreamTally
 from guardrail.errors import InvalidRequestError
 from guardrail.pricing import TokenUsage
@@ -37,6 +38,31 @@ def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidRequestError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _count(obj: Any, name: str) -> int:
+    """A usage field as a non-negative int, whatever the provider put there."""
+    try:
+        return max(0, int(getattr(obj, name, 0) or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+_ITERABLE_PARAMS = ("messages", "tools", "functions")
+
+
+def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The SDK takes any iterable for messages and tools: read a generator once, here, so
+    that what is counted is what is sent (not an exhausted iterator)."""
+    for name in _ITERABLE_PARAMS:
+        value = kwargs.get(name)
+        if (
+            _given(value)
+            and not isinstance(value, (list, tuple, str, bytes, Mapping))
+            and isinstance(value, Iterable)
+        ):
+            kwargs = {**kwargs, name: list(value)}
+    return kwargs
 
 
 class OpenAIAdapter:
@@ -88,12 +114,13 @@ class OpenAIAdapter:
         new["model"] = model
         new["messages"] = messages
         if max_output is not None:
-            key = "max_tokens" if _given(kwargs.get("max_tokens")) else "max_completion_tokens"
-            new[key] = max_output
+            given = [k for k in ("max_completion_tokens", "max_tokens") if _given(kwargs.get(k))]
+            for key in given or ["max_completion_tokens"]:
+                new[key] = max_output
         hide_usage_chunk = False
         if new.get("stream") is True:
-            given: Any = kwargs.get("stream_options")
-            options = dict(given) if _given(given) else {}
+            asked: Any = kwargs.get("stream_options")
+            options = dict(asked) if _given(asked) else {}
             if not options.get("include_usage"):
                 # We need the usage chunk to settle; the caller did not ask for it, so it
                 # will not see it (its empty ``choices`` breaks ``chunk.choices[0]``).
@@ -109,17 +136,17 @@ class OpenAIAdapter:
         prompt_details = getattr(usage, "prompt_tokens_details", None)
         output_details = getattr(usage, "completion_tokens_details", None)
         return TokenUsage(
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cached_input_tokens=int(getattr(prompt_details, "cached_tokens", 0) or 0),
-            reasoning_tokens=int(getattr(output_details, "reasoning_tokens", 0) or 0),
+            input_tokens=_count(usage, "prompt_tokens"),
+            output_tokens=_count(usage, "completion_tokens"),
+            cached_input_tokens=_count(prompt_details, "cached_tokens"),
+            reasoning_tokens=_count(output_details, "reasoning_tokens"),
         )
 
     def usage(self, response: Any) -> TokenUsage | None:
         # ``choices`` first: on a ChatCompletion it is a plain field, while a missing
         # attribute (``parse``) costs pydantic a raised and caught AttributeError.
         if not hasattr(response, "choices") and hasattr(response, "parse"):
-            response = response.parse()  # with_raw_response: the SDK caches the parse
+            response = parsed_raw(response)  # with_raw_response: the SDK caches the parse
         return self._token_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
@@ -167,6 +194,7 @@ class _GuardedCall:
         return getattr(completions, self._method)
 
     def __call__(self, **kwargs: Any) -> Any:
+        kwargs = materialise(kwargs)
         if self._owner._is_async:
             return self._acall(kwargs)
         guard, target = self._owner._guard, self._target()
@@ -177,7 +205,11 @@ class _GuardedCall:
     async def _acall(self, kwargs: dict[str, Any]) -> Any:
         guard, target = self._owner._guard, self._target()
         plan = guard.engine.prepare(_ADAPTER, kwargs, self._owner._binding)
-        driver = AsyncDriver(guard.store, _ADAPTER, lambda kw: target(**kw), guard.async_sleep)
+
+        async def send(kw: dict[str, Any]) -> Any:
+            return await parse_async_raw(await target(**kw))
+
+        driver = AsyncDriver(guard.store, _ADAPTER, send, guard.async_sleep)
         return await driver.run(guard.engine.flow(_ADAPTER, kwargs, plan), plan)
 
 
@@ -221,6 +253,7 @@ class GuardedCompletions:
         return type(sdk_completions).stream(self, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # list, retrieve, messages, ...
+        _public(name)
         return getattr(self._owner._client.chat.completions, name)
 
 
@@ -230,7 +263,33 @@ class GuardedChat:
         self.completions = GuardedCompletions(owner)
 
     def __getattr__(self, name: str) -> Any:
+        _public(name)
         return getattr(self._owner._client.chat, name)
+
+
+def _public(name: str) -> None:
+    """Private names are never forwarded: ``copy.copy`` and ``pickle`` look them up on a
+    half-built object, and forwarding would recurse."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+
+
+class _ClientView:
+    """The client-level ``with_raw_response`` / ``with_streaming_response``: their chat
+    completions are guarded; every other resource is the SDK's own view."""
+
+    def __init__(self, owner: GuardedOpenAI, sdk_view: Any, *, raw: bool) -> None:
+        self._owner, self._sdk_view, self._raw = owner, sdk_view, raw
+
+    @property
+    def chat(self) -> Any:
+        completions = self._owner.chat.completions
+        view = completions.with_raw_response if self._raw else completions.with_streaming_response
+        return SimpleNamespace(completions=view)
+
+    def __getattr__(self, name: str) -> Any:
+        _public(name)
+        return getattr(self._sdk_view, name)
 
 
 class GuardedOpenAI:
@@ -259,7 +318,18 @@ class GuardedOpenAI:
 
     copy = with_options
 
+    @property
+    def with_raw_response(self) -> _ClientView:
+        """``client.with_raw_response.chat.completions.create(...)``: still guarded."""
+        return _ClientView(self, self._client.with_raw_response, raw=True)
+
+    @property
+    def with_streaming_response(self) -> _ClientView:
+        """``client.with_streaming_response.chat.completions.create(...)``: still guarded."""
+        return _ClientView(self, self._client.with_streaming_response, raw=False)
+
     def __getattr__(self, name: str) -> Any:
+        _public(name)
         return getattr(self._client, name)
 
     def __repr__(self) -> str:

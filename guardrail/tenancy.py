@@ -8,6 +8,7 @@ letters, digits and ``_ . @ + -``, starting with a letter or digit.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,14 @@ from dataclasses import dataclass
 
 from guardrail.errors import InvalidTenantError
 
-__all__ = ["GLOBAL_SCOPE", "TenantBinding", "bound_tenant", "current_binding", "validate_scope_id"]
+__all__ = [
+    "GLOBAL_SCOPE",
+    "TenantBinding",
+    "bound_tenant",
+    "current_binding",
+    "tenant_from_hint",
+    "validate_scope_id",
+]
 
 _SCOPE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}")
 GLOBAL_SCOPE = "_global"
@@ -33,6 +41,20 @@ def validate_scope_id(value: object, *, what: str = "tenant id") -> str:
             "'_.@+-', starting with a letter or digit"
         )
     return value
+
+
+def tenant_from_hint(hint: object) -> str:
+    """The tenant of a request's ``user`` / ``safety_identifier``.
+
+    The API accepts any string there (base64 ids, emails with spaces, 200 characters); an
+    id we could not use as a key becomes ``h-`` and 32 hex digits of its SHA-256, stable
+    across processes, so the call still works and still lands on one tenant.
+    """
+    if isinstance(hint, str) and _SCOPE_ID.fullmatch(hint):
+        return hint
+    if not isinstance(hint, str) or not hint:
+        raise InvalidTenantError(f"user / safety_identifier must be a non-empty str, got {hint!r}")
+    return "h-" + hashlib.sha256(hint.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
