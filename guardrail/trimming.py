@@ -15,16 +15,27 @@ Rules, in order:
 
 Per-message token counts come from the counter's cache, so trimming a long conversation
 every turn costs a dictionary lookup per message, not a re-encode.
+
+Speed: when every message is a plain dict (the usual chat history), the window is found
+walking back from the newest message only as far as the budget reaches, on cumulative
+sums of the counter's per-message sizes: the cost grows with the kept window, not with
+the history. Every message is still checked to be a dict with a string ``role``, but only
+the messages looked at (pinned ones, the latest turn, the window and the first unit that
+did not fit) are counted, so a malformed field in an older message that is dropped anyway
+is not reported (any other input takes the general path, which counts every message).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate, islice, repeat
+from operator import add, itemgetter
+from typing import Any, cast
 
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
-from guardrail.tokens import TokenCounter, counter_for
+from guardrail.tokens import TOKENS_PER_MESSAGE, TokenCounter, counter_for
 
 __all__ = ["Summarizer", "TrimResult", "fit_messages", "trim_messages"]
 
@@ -50,12 +61,20 @@ class TrimResult:
 def field_of(message: Any, name: str) -> Any:
     """A message field, whether the message is a dict or an SDK object (a
     ``ChatCompletionMessage`` appended to the history straight from a response)."""
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):
         return message.get(name)
     return getattr(message, name, None)
 
 
 _RESULT_ROLES = ("tool", "function")
+_RESULT_ROLE_SET = frozenset(_RESULT_ROLES)
+_CONTENT = itemgetter("content")
+_DICT_GET = cast("Callable[[Any, str], Any]", dict.get)
+_CHUNK = 64
+"""Messages sized at a time by the fast path as it walks back (doubling as it goes)."""
+# What sizing a chunk of messages at C level can raise when one is not a plain
+# {"role": str, "content": str} dict: that chunk is then sized message by message.
+_NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError)
 
 
 def continues_unit(head: Any, message: Any) -> bool:
@@ -124,25 +143,24 @@ def fit_messages(
     model_name: str = "",
 ) -> TrimResult:
     """Keep the most recent history that fits ``max_tokens`` (the whole prompt's budget)."""
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+    if type(messages) is not list and (
+        not isinstance(messages, Sequence) or isinstance(messages, (str, bytes))
+    ):
         raise InvalidRequestError("messages must be a list of message dicts")
+    fixed = counter.reply_priming + (counter.tools(tools) if tools else 0)
+    if summarizer is None and type(counter).message is TokenCounter.message:
+        fast = _fit_plain(messages, counter, max_tokens, fixed, max_history_messages, model_name)
+        if fast is not None:
+            return fast
     for index, msg in enumerate(messages):
         if not isinstance(msg, Mapping) and not hasattr(msg, "role"):
             raise InvalidRequestError(f"messages[{index}] must be a dict, got {type(msg).__name__}")
     sizes = [counter.message(m) for m in messages]
-    fixed = counter.reply_priming + (counter.tools(tools) if tools else 0)
     turn = _latest_turn_start(messages)
     keep = [field_of(m, "role") in _PINNED_ROLES or i >= turn for i, m in enumerate(messages)]
     required = fixed + sum(s for s, k in zip(sizes, keep, strict=True) if k)
     if required > max_tokens:
-        raise ContextWindowExceeded(
-            model=model_name or "?",
-            prompt_tokens=required,
-            reserved_output_tokens=0,
-            limit=max_tokens,
-            limit_name="the prompt budget",
-            detail="system messages and the latest turn alone do not fit; nothing was sent",
-        )
+        raise _too_big(required, max_tokens, model_name)
     units = _units(messages, 0, turn)
     budget = max_tokens - required
     kept_messages = 0
@@ -163,6 +181,173 @@ def fit_messages(
     if not dropped or summarizer is None:
         return TrimResult(kept, total, dropped)
     return _with_summary(messages, keep, sizes, total, max_tokens, counter, dropped, summarizer)
+
+
+def _too_big(required: int, max_tokens: int, model_name: str) -> ContextWindowExceeded:
+    return ContextWindowExceeded(
+        model=model_name or "?",
+        prompt_tokens=required,
+        reserved_output_tokens=0,
+        limit=max_tokens,
+        limit_name="the prompt budget",
+        detail="system messages and the latest turn alone do not fit; nothing was sent",
+    )
+
+
+def _fit_plain(
+    messages: Sequence[Message],
+    counter: TokenCounter,
+    max_tokens: int,
+    fixed: int,
+    max_history_messages: int | None,
+    model_name: str,
+) -> TrimResult | None:
+    """:func:`fit_messages` without a summarizer when every message is a dict with a str
+    role: the same result, walking back from the end only as far as the budget reaches.
+    None when the input is anything else (the general path then handles it)."""
+    if type(messages) is not list:
+        if type(messages) is not tuple:
+            return None
+        messages = list(messages)
+    n = len(messages)
+    if not n:
+        return None
+    try:
+        # One C-level pass: dict.get raises TypeError for anything but a dict, and reads
+        # the role without calling a subclass's __missing__ (a defaultdict stays as is).
+        roles: list[str] = list(map(_DICT_GET, messages, repeat("role", n)))
+        later = set(islice(roles, 1, None))  # the roles after the first message
+    except TypeError:  # not a dict, or an unhashable role
+        return None
+    first = roles[0]
+    if type(first) is not str:  # also None: a message without a role
+        return None
+    for role in later:
+        if type(role) is not str:
+            return None
+    kinds = later | {first}
+    turn = n - 1
+    while turn >= 0 and roles[turn] != "user":
+        turn -= 1
+    if turn < 0:
+        turn = _latest_turn_start(messages)
+    # Positions of the pinned messages before the turn, ascending. Usually just a system
+    # message first, found without scanning the history.
+    pinned: list[int] = [0] if first in _PINNED_ROLES and turn > 0 else []
+    for role in later.intersection(_PINNED_ROLES):
+        i = 0
+        try:
+            while True:
+                i = roles.index(role, i + 1, turn)
+                pinned.append(i)
+        except ValueError:
+            pass
+    pinned.sort()
+    has_results = not kinds.isdisjoint(_RESULT_ROLE_SET)
+
+    # rcum[k] is the tokens of the last k messages; sizes known for messages[lo:].
+    text = counter._text
+    message_size = counter.message
+    role_cost = {role: TOKENS_PER_MESSAGE + text(role) for role in kinds}
+    rcum = [0]
+    lo = n
+
+    def extend(target: int, floor: int) -> None:
+        """Size messages down to ``target`` at least (a doubling chunk, not below
+        ``floor``), newest first, the counter's sizes."""
+        nonlocal lo
+        new_lo = max(floor, min(target, lo - max(_CHUNK, n - lo)))
+        chunk = messages[new_lo:lo]
+        chunk.reverse()
+        sizes: list[int] | None = None
+        # Every message has a role: 2 keys on average means each is {role, content}, or
+        # one lacks "content" and the C-level map raises (as in TokenCounter.messages).
+        if sum(map(len, chunk)) == 2 * len(chunk) and set(map(type, chunk)) == {dict}:
+            chunk_roles = roles[new_lo:lo]
+            chunk_roles.reverse()
+            try:
+                sizes = list(
+                    map(
+                        add,
+                        map(role_cost.__getitem__, chunk_roles),
+                        map(text, map(_CONTENT, chunk)),
+                    )
+                )
+            except _NOT_SIMPLE:
+                sizes = None
+        if sizes is None:
+            sizes = list(map(message_size, chunk))
+        sums = accumulate(sizes, initial=rcum[-1])
+        next(sums)
+        rcum.extend(sums)
+        lo = new_lo
+
+    extend(max(0, turn - _CHUNK), 0)
+    required = fixed + rcum[n - turn]
+    for p in pinned:
+        required += rcum[n - p] - rcum[n - p - 1] if p >= lo else message_size(messages[p])
+    if required > max_tokens:
+        raise _too_big(required, max_tokens, model_name)
+
+    budget = max_tokens - required
+    room = n if max_history_messages is None else max_history_messages
+    end = turn  # the history still to walk is messages[:end]
+    segment = len(pinned)  # pinned messages split the history into segments
+    while True:
+        start = pinned[segment - 1] + 1 if segment else 0
+        if lo > end:
+            extend(end, 0)
+        if has_results:
+            cut = end
+            while cut > start:  # one unit per step, tool results with their call
+                begin = cut - 1
+                if roles[begin] in _RESULT_ROLE_SET:
+                    while begin > start and roles[begin - 1] in _RESULT_ROLE_SET:
+                        begin -= 1
+                    if begin > start and roles[begin - 1] == "assistant":
+                        head = messages[begin - 1]
+                        if head.get("tool_calls") or head.get("function_call"):
+                            begin -= 1
+                if cut - begin > room:
+                    break
+                if begin < lo:
+                    extend(begin, 0)
+                cost = rcum[n - begin] - rcum[n - cut]
+                if cost > budget:
+                    break
+                budget -= cost
+                room -= cut - begin
+                cut = begin
+        else:  # one message per unit: the longest suffix of the segment that fits
+            floor = max(start, end - room)
+            limit = rcum[n - end] + budget
+            while True:
+                top = min(n - floor, len(rcum) - 1)
+                k = bisect_right(rcum, limit, n - end, top + 1) - 1
+                if k < top or top == n - floor:
+                    break
+                extend(lo - 1, floor)
+            cut = n - k
+            budget -= rcum[k] - rcum[n - end]
+            room -= end - cut
+        if cut > start or not segment:
+            break
+        segment -= 1
+        end = start - 1
+
+    total = max_tokens - budget
+    before = bisect_left(pinned, cut)
+    if not before:
+        return TrimResult(messages[cut:], total, messages[:cut])
+    kept = [messages[p] for p in pinned[:before]]
+    kept += messages[cut:]
+    dropped: list[Message] = []
+    previous = 0
+    for p in pinned[:before]:
+        dropped += messages[previous:p]
+        previous = p + 1
+    dropped += messages[previous:cut]
+    return TrimResult(kept, total, dropped)
 
 
 def _with_summary(
@@ -225,7 +410,7 @@ def trim_messages(
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    result = fit_messages(
+    return fit_messages(
         messages,
         counter_for(model),
         max_tokens,
@@ -233,5 +418,4 @@ def trim_messages(
         summarizer=summarizer,
         max_history_messages=max_history_messages,
         model_name=model,
-    )
-    return list(result.messages)
+    ).messages  # a new list: fit_messages never returns the caller's
