@@ -46,23 +46,29 @@ answered by a fault.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
-import math
-import socket
-import socketserver
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import unquote
 
 import tiktoken
+
+from guardrail._fake_http import (
+    DelayScript,
+    DisconnectScript,
+    ErrorScript,
+    FakeHandler,
+    FakeHTTPServer,
+    FakeServerBase,
+    Script,
+    StreamCutScript,
+    dumps,
+    non_negative,
+    retry_headers,
+)
 
 __all__ = [
     "DEFAULT_ANTHROPIC_MODELS",
@@ -94,8 +100,6 @@ DROP: Final = _Drop()
 TokenCountFunc: TypeAlias = Callable[[dict[str, Any]], int]
 ReplyFunc: TypeAlias = Callable[[dict[str, Any]], str]
 
-_POLL_INTERVAL: Final = 0.01
-_JOIN_TIMEOUT: Final = 2.0
 _ERROR_TYPES: Final[dict[int, tuple[str, str]]] = {
     400: ("invalid_request_error", "Invalid request."),
     401: ("authentication_error", "invalid x-api-key"),
@@ -120,32 +124,6 @@ class RecordedRequest:
     """The parsed JSON body, or None."""
     body: bytes = b""
     request_id: str = ""
-
-
-@dataclass(frozen=True)
-class _Error:
-    status: int
-    type: str
-    message: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Disconnect:
-    pass
-
-
-@dataclass(frozen=True)
-class _StreamCut:
-    after_events: int
-
-
-@dataclass(frozen=True)
-class _Delay:
-    seconds: float
-
-
-_Script: TypeAlias = _Error | _Disconnect | _StreamCut | _Delay
 
 
 @cache
@@ -184,96 +162,15 @@ def default_anthropic_prompt_tokens(request: dict[str, Any]) -> int:
     return total + 1600 * blob.count('"image"') + 3000 * blob.count('"document"')
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(self, fake: FakeAnthropicServer, host: str) -> None:
-        self.fake = fake
-        self.stopping = threading.Event()
-        self.conn_lock = threading.Lock()
-        self.connections: dict[socket.socket, threading.Thread] = {}
-        super().__init__((host, 0), _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that went away, or stop() closing sockets
-
-    def register(self, conn: socket.socket) -> None:
-        with self.conn_lock:
-            self.connections[conn] = threading.current_thread()
-            stopping = self.stopping.is_set()
-        if stopping:
-            _shutdown(conn)
-
-    def unregister(self, conn: socket.socket) -> None:
-        with self.conn_lock:
-            self.connections.pop(conn, None)
-
-    def close_connections(self) -> list[threading.Thread]:
-        with self.conn_lock:
-            items = list(self.connections.items())
-        for conn, _ in items:
-            _shutdown(conn)
-        return [thread for _, thread in items]
-
-
-def _shutdown(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-
-
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     server_version = "FakeAnthropic/1.0"
-    sys_version = ""
-    disable_nagle_algorithm = True
+    request_id_header = "request-id"
     server: _HTTPServer
-    _request_id = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.register(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.unregister(self.connection)
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
 
     def _dispatch(self) -> None:
         fake = self.server.fake
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        parsed: Any = None
-        if body:
-            with contextlib.suppress(ValueError):
-                parsed = json.loads(body)
+        body = self._read_body()
+        parsed = self._parse_json(body)
         path = unquote(self.path.partition("?")[0]).rstrip("/")
         self._request_id = fake._next_id("req_fake_")
         headers = {name.lower(): value for name, value in self.headers.items()}
@@ -301,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: object, headers: Mapping[str, str] | None = None
     ) -> None:
-        data = _dumps(payload)
+        data = dumps(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -321,22 +218,17 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send_json(status, body, headers)
 
-    def _apply(self, script: _Script | None) -> tuple[bool, int | None]:
-        """(answered already?, events to send before cutting the stream)."""
-        if isinstance(script, _Delay):
-            if self.server.fake._wake_event().wait(script.seconds):
-                self.close_connection = True
-                return True, None
-            return False, None
-        if isinstance(script, _Error):
-            self._send_error(script.status, script.type, script.message, script.headers)
-            return True, None
-        if isinstance(script, _Disconnect):
-            self.close_connection = True
-            return True, None
-        if isinstance(script, _StreamCut):
-            return False, script.after_events
-        return False, None
+    def _delay_event(self) -> threading.Event:
+        return self.server.fake._wake_event()
+
+    def _scripted_error(self, script: ErrorScript) -> None:
+        default_type, default_message = _error_defaults(script.status)
+        self._send_error(
+            script.status,
+            script.type or default_type,
+            script.message or default_message,
+            script.headers,
+        )
 
     def _invalid(self, request: Any, *, needs_max_tokens: bool) -> str | None:
         if not isinstance(request, dict):
@@ -351,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return "max_tokens: Field required (a positive integer)"
         return None
 
-    def _count_tokens(self, request: Any, script: _Script | None) -> None:
+    def _count_tokens(self, request: Any, script: Script | None) -> None:
         answered, _ = self._apply(script)
         if answered:
             return
@@ -361,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(200, {"input_tokens": self.server.fake._prompt_tokens(request)})
 
-    def _messages(self, request: Any, script: _Script | None) -> None:
+    def _messages(self, request: Any, script: Script | None) -> None:
         answered, cut_after = self._apply(script)
         if answered:
             return
@@ -387,30 +279,17 @@ class _Handler(BaseHTTPRequestHandler):
         if cut_after is None:
             self._send_json(200, payload)
             return
-        data = _dumps(payload)  # a connection cut half-way through the body
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", self._request_id)
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.close_connection = True
+        self._send_cut_json(payload)
 
     def _stream(self, message: dict[str, Any], cut_after: int | None) -> None:
         events = _events(message)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("request-id", self._request_id)
-        self.end_headers()
+        self._start_event_stream()
         for sent, event in enumerate(events):
             if cut_after is not None and sent >= cut_after:
                 self.close_connection = True  # no terminating chunk: an abrupt EOF
                 return
-            data = f"event: {event['type']}\ndata: ".encode() + _dumps(event) + b"\n\n"
-            self.wfile.write(f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n")
-        self.wfile.write(b"0\r\n\r\n")
+            self._write_chunk(f"event: {event['type']}\ndata: ".encode() + dumps(event) + b"\n\n")
+        self._end_chunks()
 
 
 def _events(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -490,7 +369,19 @@ def _pieces(tokens: list[int], per_piece: int) -> list[str]:
     return pieces
 
 
-class FakeAnthropicServer:
+def _error_defaults(status: int) -> tuple[str, str]:
+    """The API's error type and message for ``status`` (529 is ``overloaded_error``)."""
+    return _ERROR_TYPES.get(
+        status, ("api_error" if status >= 500 else "invalid_request_error", f"HTTP {status}")
+    )
+
+
+class _HTTPServer(FakeHTTPServer):
+    fake: FakeAnthropicServer
+    handler = _Handler
+
+
+class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
     """An Anthropic Messages API server on ``127.0.0.1`` for tests.
 
     Args:
@@ -516,6 +407,8 @@ class FakeAnthropicServer:
     """
 
     DROP: Final = DROP
+    _name = "FakeAnthropicServer"
+    _server_class = _HTTPServer
 
     def __init__(
         self,
@@ -544,69 +437,13 @@ class FakeAnthropicServer:
         self.tokens_per_delta = tokens_per_delta
         self.usage_patch: Mapping[str, Any] | None = usage_patch
         self.models: list[str] = list(models)
-        self.host = host
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
-        self._scripts: dict[Endpoint, deque[_Script]] = {
-            "messages": deque(),
-            "count_tokens": deque(),
-        }
-        self._ids = itertools.count(1)
+        super().__init__(host, ("messages", "count_tokens"))
         self._wake = threading.Event()  # ends scripted delays (stop or reset)
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
-    def start(self) -> FakeAnthropicServer:
-        with self._lock:
-            if self._httpd is not None:
-                raise RuntimeError("FakeAnthropicServer is already running")
-            httpd = _HTTPServer(self, self.host)
-            thread = threading.Thread(
-                target=httpd.serve_forever,
-                kwargs={"poll_interval": _POLL_INTERVAL},
-                name=f"FakeAnthropicServer:{httpd.server_port}",
-                daemon=True,
-            )
-            self._httpd, self._thread = httpd, thread
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop every open connection. Safe to call more than once."""
-        with self._lock:
-            httpd, thread = self._httpd, self._thread
-            self._httpd = self._thread = None
-        if httpd is None or thread is None:
-            return
-        httpd.stopping.set()
+    def _stopping(self) -> None:
         self._wake_all()
-        httpd.shutdown()
-        httpd.server_close()
-        handlers = httpd.close_connections()
-        thread.join(_JOIN_TIMEOUT)
-        for handler in handlers:
-            if handler is not threading.current_thread():
-                handler.join(_JOIN_TIMEOUT)
-
-    def __enter__(self) -> FakeAnthropicServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        httpd = self._httpd
-        if httpd is None:
-            raise RuntimeError("FakeAnthropicServer is not running; call start() first")
-        return httpd.server_port
 
     @property
     def base_url(self) -> str:
@@ -615,11 +452,10 @@ class FakeAnthropicServer:
 
     # -- scripts
 
-    def _enqueue(self, script: _Script, endpoint: Endpoint) -> None:
+    def _enqueue_for(self, script: Script, endpoint: Endpoint) -> None:
         if endpoint not in self._scripts:
             raise ValueError(f"endpoint must be 'messages' or 'count_tokens', got {endpoint!r}")
-        with self._lock:
-            self._scripts[endpoint].append(script)
+        self._enqueue(endpoint, script)
 
     def enqueue_error(
         self,
@@ -634,16 +470,10 @@ class FakeAnthropicServer:
         """Answer the next request of ``endpoint`` with HTTP ``status`` and Anthropic's error
         body (``type`` and ``message`` default to the API's for that status; 529 is
         ``overloaded_error``). ``retry_after`` sets the ``retry-after`` header (seconds)."""
-        default_type, default_message = _ERROR_TYPES.get(
-            status, ("api_error" if status >= 500 else "invalid_request_error", f"HTTP {status}")
+        script = ErrorScript(
+            status, message=message, type=type, headers=retry_headers(headers, retry_after)
         )
-        all_headers = dict(headers or {})
-        if retry_after is not None:
-            all_headers.setdefault("retry-after", str(math.ceil(retry_after)))
-        self._enqueue(
-            _Error(status, type or default_type, message or default_message, all_headers),
-            endpoint,
-        )
+        self._enqueue_for(script, endpoint)
 
     def enqueue_prompt_too_long(self, tokens: int = 210_000, maximum: int = 200_000) -> None:
         """The API's answer to an oversized prompt: a 400 ``invalid_request_error`` with no
@@ -652,28 +482,20 @@ class FakeAnthropicServer:
 
     def enqueue_disconnect(self, *, endpoint: Endpoint = "messages") -> None:
         """Close the connection of the next request without answering."""
-        self._enqueue(_Disconnect(), endpoint)
+        self._enqueue_for(DisconnectScript(), endpoint)
 
     def enqueue_stream_cut(self, after_events: int = 3) -> None:
         """Send ``after_events`` events of the next streamed message, then drop the connection
         (a non-streaming one gets half its JSON body)."""
-        if after_events < 0:
-            raise ValueError("after_events must be >= 0")
-        self._enqueue(_StreamCut(after_events), "messages")
+        non_negative(after_events, "after_events")
+        self._enqueue_for(StreamCutScript(after_events), "messages")
 
     def enqueue_delay(self, seconds: float, *, endpoint: Endpoint = "messages") -> None:
         """Answer the next request normally, after ``seconds`` (or when the server stops)."""
-        if seconds < 0:
-            raise ValueError("seconds must be >= 0")
-        self._enqueue(_Delay(seconds), endpoint)
+        non_negative(seconds, "seconds")
+        self._enqueue_for(DelayScript(seconds), endpoint)
 
     # -- records
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
@@ -704,19 +526,6 @@ class FakeAnthropicServer:
         with self._lock:
             wake, self._wake = self._wake, threading.Event()
         wake.set()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _pop_script(self, endpoint: Endpoint) -> _Script | None:
-        with self._lock:
-            queue = self._scripts[endpoint]
-            return queue.popleft() if queue else None
-
-    def _next_id(self, prefix: str) -> str:
-        with self._lock:
-            return f"{prefix}{next(self._ids)}"
 
     def _models_page(self) -> dict[str, Any]:
         data = [_model_object(name) for name in self.models]

@@ -42,27 +42,33 @@ The reply configuration (``reply``, ``prompt_tokens``, ``cached_tokens``, ``reas
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import itertools
-import json
 import math
-import socket
-import socketserver
 import struct
-import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final, TypeAlias
 from urllib.parse import unquote
 
 import tiktoken
+
+from guardrail._fake_http import (
+    SCRIPT_TYPES,
+    DelayScript,
+    DisconnectScript,
+    ErrorScript,
+    FakeHandler,
+    FakeHTTPServer,
+    FakeServerBase,
+    Script,
+    StreamCutScript,
+    dumps,
+    non_negative,
+    retry_headers,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -106,8 +112,6 @@ DEFAULT_REPLY: Final = "Hello! How can I help you today?"
 EMBEDDING_DIMENSIONS: Final = 16
 """Length of embedding vectors when the request does not set ``dimensions``."""
 
-_POLL_INTERVAL: Final = 0.01  # upper bound on how long stop() waits for the accept loop
-_JOIN_TIMEOUT: Final = 2.0
 _FINGERPRINT: Final = "fp_fake"
 
 
@@ -129,47 +133,6 @@ class ReceivedRequest:
     query: str = ""
     request_id: str = ""
     """The ``x-request-id`` the server answered (or would have answered) with."""
-
-
-@dataclass(frozen=True)
-class ErrorScript:
-    """Answer with an HTTP error in OpenAI's error shape.
-
-    ``type``/``message`` left as ``None`` get realistic defaults for ``status`` and ``code``.
-    """
-
-    status: int
-    code: str | None = None
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DisconnectScript:
-    """Read the request, then close the connection without sending any response."""
-
-
-@dataclass(frozen=True)
-class StreamCutScript:
-    """Send ``after_chunks`` SSE chunks, then close the connection (no ``[DONE]``).
-
-    On a non-streaming request the status line, headers and half of the JSON body are sent
-    before the connection is closed.
-    """
-
-    after_chunks: int = 1
-
-
-@dataclass(frozen=True)
-class DelayScript:
-    """Wait ``seconds`` before answering normally (the wait ends early when the server stops)."""
-
-    seconds: float
-
-
-Script: TypeAlias = ErrorScript | DisconnectScript | StreamCutScript | DelayScript
 
 
 # --------------------------------------------------------------------------- token accounting
@@ -311,91 +274,11 @@ def _error_body(
 # --------------------------------------------------------------------------- HTTP machinery
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-    def __init__(self, fake: FakeOpenAIServer, host: str) -> None:
-        self.fake = fake
-        self.stopping = threading.Event()
-        self.conn_lock = threading.Lock()
-        self.connections: dict[socket.socket, threading.Thread] = {}
-        super().__init__((host, 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup: skip it.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError) or exc is None:
-            return  # the client went away, or stop() shut the socket down
-        self.fake._record_error(exc)
-
-    def register(self, conn: socket.socket) -> None:
-        with self.conn_lock:
-            self.connections[conn] = threading.current_thread()
-            stopping = self.stopping.is_set()
-        if stopping:
-            _shutdown_socket(conn)
-
-    def unregister(self, conn: socket.socket) -> None:
-        with self.conn_lock:
-            self.connections.pop(conn, None)
-
-    def close_connections(self) -> list[threading.Thread]:
-        with self.conn_lock:
-            items = list(self.connections.items())
-        for conn, _ in items:
-            _shutdown_socket(conn)
-        return [thread for _, thread in items]
-
-
-def _shutdown_socket(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     server_version = "FakeOpenAI/1.0"
-    sys_version = ""
-    disable_nagle_algorithm = True
     server: _HTTPServer
 
-    _request_id = ""
-
     # ----------------------------------------------------------------- plumbing
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.register(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.unregister(self.connection)
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
 
     def do_PUT(self) -> None:
         self._dispatch()
@@ -417,18 +300,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return b"".join(parts)
                 parts.append(self.rfile.read(size))
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        return super()._read_body()
 
     def _dispatch(self) -> None:
         fake = self.server.fake
         body = self._read_body()
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
+        parsed = self._parse_json(body)
         path, _, query = self.path.partition("?")
         path = unquote(path)
         headers: dict[str, str] = {}
@@ -450,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = path.rstrip("/")
         try:
             if self.command == "POST" and route == "/v1/chat/completions":
-                self._chat(parsed, fake._pop_script())
+                self._chat(parsed, fake._pop_script("chat"))
             elif self.command == "POST" and route == "/v1/embeddings":
                 self._embeddings(parsed)
             elif self.command == "GET" and route == "/v1/models":
@@ -500,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: object, headers: Mapping[str, str] | None = None
     ) -> None:
-        self._send_bytes(status, _dumps(payload), "application/json", headers)
+        self._send_bytes(status, dumps(payload), "application/json", headers)
 
     def _send_error(
         self,
@@ -520,27 +397,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ----------------------------------------------------------------- endpoints
 
-    def _chat(self, request: Any, script: Script | None) -> None:
-        if isinstance(script, DelayScript):
-            if self.server.stopping.wait(script.seconds):
-                self.close_connection = True
-                return
-            script = None
-        if isinstance(script, ErrorScript):
-            self._send_error(
-                script.status,
-                message=script.message,
-                type=script.type,
-                code=script.code,
-                param=script.param,
-                headers=script.headers,
-            )
-            return
-        if isinstance(script, DisconnectScript):
-            self.close_connection = True
-            return
-        cut_after = script.after_chunks if isinstance(script, StreamCutScript) else None
+    def _scripted_error(self, script: ErrorScript) -> None:
+        self._send_error(
+            script.status,
+            message=script.message,
+            type=script.type,
+            code=script.code,
+            param=script.param,
+            headers=script.headers,
+        )
 
+    def _chat(self, request: Any, script: Script | None) -> None:
+        answered, cut_after = self._apply(script)
+        if answered:
+            return
         if not isinstance(request, dict):
             self._bad_request("The request body must be a JSON object.")
             return
@@ -600,14 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
         if cut_after is None:
             self._send_json(200, payload)
             return
-        data = _dumps(payload)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", self._request_id)
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.close_connection = True
+        self._send_cut_json(payload)
 
     def _stream(
         self, request: dict[str, Any], completion: _Completion, n: int, cut_after: int | None
@@ -642,24 +505,16 @@ class _Handler(BaseHTTPRequestHandler):
         if include_usage:
             events.append({**base, "choices": [], "usage": completion.usage})
 
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("x-request-id", self._request_id)
-        self.end_headers()
+        self._start_event_stream()
         for sent, event in enumerate(events):
             if cut_after is not None and sent >= cut_after:
                 break
-            self._write_chunk(b"data: " + _dumps(event) + b"\n\n")
+            self._write_chunk(b"data: " + dumps(event) + b"\n\n")
         if cut_after is not None:
             self.close_connection = True  # no [DONE], no terminating chunk: an abrupt EOF
             return
         self._write_chunk(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-
-    def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n")
+        self._end_chunks()
 
     def _embeddings(self, request: Any) -> None:
         if not isinstance(request, dict):
@@ -729,17 +584,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def _model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
 
 
 def _embedding_vector(model: str, item: str | list[int], dimensions: int) -> list[float]:
     """A deterministic unit vector derived from a hash of the model and the input."""
-    seed = hashlib.sha256(_dumps([model, item])).digest()
+    seed = hashlib.sha256(dumps([model, item])).digest()
     values: list[float] = []
     counter = 0
     while len(values) < dimensions:
@@ -766,7 +617,13 @@ class _Completion:
 # --------------------------------------------------------------------------- public server
 
 
-class FakeOpenAIServer:
+class _HTTPServer(FakeHTTPServer):
+    fake: FakeOpenAIServer
+    handler = _Handler
+    request_queue_size = 1024
+
+
+class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
     """An OpenAI-compatible HTTP server on ``127.0.0.1`` for tests.
 
     Args:
@@ -789,6 +646,9 @@ class FakeOpenAIServer:
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
+    _name = "FakeOpenAIServer"
+    _server_class = _HTTPServer
+
     def __init__(
         self,
         reply: str | ReplyFunc = DEFAULT_REPLY,
@@ -804,75 +664,16 @@ class FakeOpenAIServer:
         self.cached_tokens: int = cached_tokens
         self.reasoning_tokens: int = reasoning_tokens
         self.models: list[str] = list(models)
-        self.host = host
-
-        self._lock = threading.Lock()
-        self._requests: list[ReceivedRequest] = []
-        self._scripts: deque[Script] = deque()
+        super().__init__(host, ("chat",))
         self._errors: list[BaseException] = []
-        self._request_ids = itertools.count(1)
         self._completion_ids = itertools.count(1)
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> FakeOpenAIServer:
-        """Bind an ephemeral port and serve in a background thread; returns ``self``."""
-        with self._lock:
-            if self._httpd is not None:
-                raise RuntimeError("FakeOpenAIServer is already running")
-            httpd = _HTTPServer(self, self.host)
-            thread = threading.Thread(
-                target=httpd.serve_forever,
-                kwargs={"poll_interval": _POLL_INTERVAL},
-                name=f"FakeOpenAIServer:{httpd.server_port}",
-                daemon=True,
-            )
-            self._httpd, self._thread = httpd, thread
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop every open connection. Safe to call more than once."""
-        with self._lock:
-            httpd, thread = self._httpd, self._thread
-            self._httpd = self._thread = None
-        if httpd is None or thread is None:
-            return
-        httpd.stopping.set()  # ends scripted delays; connections registered from now close
-        httpd.shutdown()
-        httpd.server_close()
-        handlers = httpd.close_connections()
-        thread.join(_JOIN_TIMEOUT)
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        for handler in handlers:
-            if handler is not threading.current_thread():
-                handler.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:
         """Whether the server is accepting connections."""
         return self._httpd is not None
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on (only while running)."""
-        httpd = self._httpd
-        if httpd is None:
-            raise RuntimeError("FakeOpenAIServer is not running; call start() first")
-        return httpd.server_port
 
     @property
     def url(self) -> str:
@@ -889,12 +690,9 @@ class FakeOpenAIServer:
     def enqueue(self, *scripts: Script) -> None:
         """Queue scripts; each following chat-completion request consumes the oldest one."""
         for script in scripts:
-            if not isinstance(
-                script, ErrorScript | DisconnectScript | StreamCutScript | DelayScript
-            ):
+            if not isinstance(script, SCRIPT_TYPES):
                 raise TypeError(f"not a FakeOpenAIServer script: {script!r}")
-        with self._lock:
-            self._scripts.extend(scripts)
+        self._enqueue("chat", *scripts)
 
     def enqueue_error(
         self,
@@ -912,9 +710,8 @@ class FakeOpenAIServer:
         ``retry_after`` (seconds) sets both ``retry-after`` (rounded up) and
         ``retry-after-ms``; ``headers`` adds any other response header.
         """
-        all_headers = dict(headers or {})
+        all_headers = retry_headers(headers, retry_after)
         if retry_after is not None:
-            all_headers.setdefault("retry-after", str(math.ceil(retry_after)))
             all_headers.setdefault("retry-after-ms", str(round(retry_after * 1000)))
         self.enqueue(ErrorScript(status, code, message, type, param, all_headers))
 
@@ -924,29 +721,21 @@ class FakeOpenAIServer:
 
     def enqueue_stream_cut(self, after_chunks: int = 1) -> None:
         """Send ``after_chunks`` SSE chunks of the next chat request, then drop the connection."""
-        if after_chunks < 0:
-            raise ValueError("after_chunks must be >= 0")
+        non_negative(after_chunks, "after_chunks")
         self.enqueue(StreamCutScript(after_chunks))
 
     def enqueue_delay(self, seconds: float) -> None:
         """Answer the next chat request normally, but only after ``seconds``."""
-        if seconds < 0:
-            raise ValueError("seconds must be >= 0")
+        non_negative(seconds, "seconds")
         self.enqueue(DelayScript(seconds))
 
     @property
     def pending_scripts(self) -> list[Script]:
         """Scripts not consumed yet, oldest first."""
         with self._lock:
-            return list(self._scripts)
+            return list(self._scripts["chat"])
 
     # ----------------------------------------------------------------- records
-
-    @property
-    def requests(self) -> list[ReceivedRequest]:
-        """A snapshot of every request received so far, in arrival order."""
-        with self._lock:
-            return list(self._requests)
 
     @property
     def chat_requests(self) -> list[ReceivedRequest]:
@@ -970,26 +759,17 @@ class FakeOpenAIServer:
         """Forget recorded requests and errors and drop pending scripts."""
         with self._lock:
             self._requests.clear()
-            self._scripts.clear()
+            self._scripts["chat"].clear()
             self._errors.clear()
 
     # ----------------------------------------------------------------- internals
-
-    def _record(self, request: ReceivedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     def _record_error(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
 
-    def _pop_script(self) -> Script | None:
-        with self._lock:
-            return self._scripts.popleft() if self._scripts else None
-
     def _next_request_id(self) -> str:
-        with self._lock:
-            return f"req_fake_{next(self._request_ids)}"
+        return self._next_id("req_fake_")
 
     def _complete(
         self, request: dict[str, Any], model: str, limit: int | None, n: int
