@@ -42,8 +42,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from guardrail._drivers import AsyncDriver, SyncDriver
 from guardrail._engine import RequestView, StreamTally
+from guardrail._sdk import given, public, run_async, run_sync
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.images import (
     ANTHROPIC_IMAGE_RULE,
@@ -94,11 +94,6 @@ Used as the bound guardrail chooses when the caller set none on a non-streaming 
 _log = logging.getLogger("guardrail")
 _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
-
-
-def _given(value: Any) -> bool:
-    """False for None and the SDK's NOT_GIVEN / omit sentinels."""
-    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
 
 
 def _type(value: object) -> str:
@@ -161,12 +156,12 @@ class AnthropicAdapter:
                 f"messages must be a list of message dicts, got {_type(messages)}"
             )
         tools: Any = kwargs.get("tools")
-        if _given(tools) and (not isinstance(tools, Sequence) or isinstance(tools, str)):
+        if given(tools) and (not isinstance(tools, Sequence) or isinstance(tools, str)):
             raise InvalidRequestError(f"tools must be a list of tool dicts, got {_type(tools)}")
         system: Any = kwargs.get("system")
         requested: int | None = None
         max_tokens = kwargs.get("max_tokens")
-        if _given(max_tokens):
+        if given(max_tokens):
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
                 raise InvalidRequestError(f"max_tokens must be a positive int, got {max_tokens!r}")
             requested = max_tokens
@@ -176,17 +171,17 @@ class AnthropicAdapter:
         return AnthropicView(
             model=model,
             messages=list(messages),
-            tools=list(tools) if _given(tools) else None,
+            tools=list(tools) if given(tools) else None,
             requested_output=requested,
             stream=stream,
             tenant_hint=hint if isinstance(hint, str) and hint else None,
             output_required=True,
             default_output_cap=(
-                None if stream or _given(kwargs.get("timeout")) else NONSTREAMING_MAX_TOKENS
+                None if stream or given(kwargs.get("timeout")) else NONSTREAMING_MAX_TOKENS
             ),
-            system=system if _given(system) else None,
+            system=system if given(system) else None,
             prompt_cache_write=_cache_write(
-                kwargs.get("cache_control"), system, messages, tools if _given(tools) else None
+                kwargs.get("cache_control"), system, messages, tools if given(tools) else None
             ),
         )
 
@@ -413,7 +408,7 @@ class AnthropicAdapter:
     @staticmethod
     def count_params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The ``messages.count_tokens`` arguments for a ``messages.create`` call."""
-        params = {k: kwargs[k] for k in _COUNT_KEYS if k in kwargs and _given(kwargs[k])}
+        params = {k: kwargs[k] for k in _COUNT_KEYS if k in kwargs and given(kwargs[k])}
         headers = kwargs.get("extra_headers")
         if isinstance(headers, Mapping):  # betas change what is counted
             # Not the SDK's own: a raw-response marker would make the count a raw response.
@@ -728,8 +723,7 @@ class _AsyncRawResponse:
         return self._parsed
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._response, name)
 
 
@@ -739,8 +733,7 @@ class _RawResponseView:
         self.create = _GuardedCall(owner, "create", raw=True)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._owner._client.messages.with_raw_response, name)
 
 
@@ -821,8 +814,7 @@ class _StreamingResponseView:
         self.create = wrap(messages.create)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._owner._client.messages.with_streaming_response, name)
 
 
@@ -843,8 +835,7 @@ class GuardedMessages:
         return MessageStreamManager(self._owner, kwargs)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, batches, ...
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._owner._client.messages, name)
 
 
@@ -862,8 +853,7 @@ class _ClientRawResponseView:
         return _BetaView(self._owner._client.with_raw_response.beta, "with_raw_response.beta")
 
     def __getattr__(self, name: str) -> Any:  # models, files, ...
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._owner._client.with_raw_response, name)
 
 
@@ -881,8 +871,7 @@ class _ClientStreamingResponseView:
         )
 
     def __getattr__(self, name: str) -> Any:  # models, files, ...
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._owner._client.with_streaming_response, name)
 
 
@@ -898,8 +887,7 @@ class _BetaView:
         self._beta, self._where = beta, where
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         value = getattr(self._beta, name)
         if name == "messages":
             return _BetaMessages(value, f"{self._where}.messages")
@@ -918,8 +906,7 @@ class _BetaMessages:
         self._messages, self._where = messages, where
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         if name in _GENERATING:
             return _refusal(f"{self._where}.{name}")
         value = getattr(self._messages, name)
@@ -1052,24 +1039,19 @@ class GuardedAnthropic:
             )
 
     def _run_sync(self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> Any:
-        guard, adapter = self._guard, self._adapter
         kwargs = _materialized(kwargs)
-        plan = guard.engine.prepare(adapter, kwargs, self._binding)
-        driver = SyncDriver(guard.store, adapter, send, guard.sleep, count=self._count_sync)
-        return driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
+        return run_sync(self._guard, self._adapter, self._binding, kwargs, send, self._count_sync)
 
     async def _run_async(
         self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[Any]]
     ) -> Any:
-        guard, adapter = self._guard, self._adapter
         kwargs = _materialized(kwargs)
-        plan = guard.engine.prepare(adapter, kwargs, self._binding)
-        driver = AsyncDriver(guard.store, adapter, send, guard.async_sleep, count=self._count_async)
-        return await driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
+        return await run_async(
+            self._guard, self._adapter, self._binding, kwargs, send, self._count_async
+        )
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy / pickle probe before __init__ ran
-            raise AttributeError(name)
+        public(name)  # copy / pickle probe before __init__ ran
         return getattr(self._client, name)
 
     def __repr__(self) -> str:

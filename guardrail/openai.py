@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from guardrail._drivers import AsyncDriver, SyncDriver, parse_async_raw, parsed_raw
+from guardrail._drivers import parse_async_raw, parsed_raw
 from guardrail._engine import RequestView, StreamTally
+from guardrail._sdk import given, public, run_async, run_sync
 from guardrail.errors import InvalidRequestError
 from guardrail.pricing import TokenUsage
 from guardrail.tenancy import TenantBinding
@@ -26,14 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["GuardedOpenAI", "OpenAIAdapter"]
 
 
-def _given(value: Any) -> bool:
-    """False for None and the SDK's NOT_GIVEN / omit sentinels."""
-    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
-
-
 def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
     value = kwargs.get(name)
-    if not _given(value):
+    if not given(value):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidRequestError(f"{name} must be a positive int, got {value!r}")
@@ -57,7 +53,7 @@ def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
     for name in _ITERABLE_PARAMS:
         value = kwargs.get(name)
         if (
-            _given(value)
+            given(value)
             and not isinstance(value, (list, tuple, str, bytes, Mapping))
             and isinstance(value, Iterable)
         ):
@@ -86,13 +82,13 @@ class OpenAIAdapter:
         choices = _int_param(kwargs, "n") or 1
         hint = None
         for name in ("safety_identifier", "user"):
-            if _given(kwargs.get(name)):
+            if given(kwargs.get(name)):
                 hint = kwargs[name]
                 break
         return RequestView(
             model=model,
             messages=list(messages),
-            tools=list(tools) if _given(tools) else None,
+            tools=list(tools) if given(tools) else None,
             requested_output=requested,
             stream=kwargs.get("stream") is True,
             tenant_hint=hint,
@@ -114,13 +110,13 @@ class OpenAIAdapter:
         new["model"] = model
         new["messages"] = messages
         if max_output is not None:
-            given = [k for k in ("max_completion_tokens", "max_tokens") if _given(kwargs.get(k))]
-            for key in given or ["max_completion_tokens"]:
+            chosen = [k for k in ("max_completion_tokens", "max_tokens") if given(kwargs.get(k))]
+            for key in chosen or ["max_completion_tokens"]:
                 new[key] = max_output
         hide_usage_chunk = False
         if new.get("stream") is True:
             asked: Any = kwargs.get("stream_options")
-            options = dict(asked) if _given(asked) else {}
+            options = dict(asked) if given(asked) else {}
             if not options.get("include_usage"):
                 # We need the usage chunk to settle; the caller did not ask for it, so it
                 # will not see it (its empty ``choices`` breaks ``chunk.choices[0]``).
@@ -197,20 +193,16 @@ class _GuardedCall:
         kwargs = materialise(kwargs)
         if self._owner._is_async:
             return self._acall(kwargs)
-        guard, target = self._owner._guard, self._target()
-        plan = guard.engine.prepare(_ADAPTER, kwargs, self._owner._binding)
-        driver = SyncDriver(guard.store, _ADAPTER, lambda kw: target(**kw), guard.sleep)
-        return driver.run(guard.engine.flow(_ADAPTER, kwargs, plan), plan)
+        owner, target = self._owner, self._target()
+        return run_sync(owner._guard, _ADAPTER, owner._binding, kwargs, lambda kw: target(**kw))
 
     async def _acall(self, kwargs: dict[str, Any]) -> Any:
-        guard, target = self._owner._guard, self._target()
-        plan = guard.engine.prepare(_ADAPTER, kwargs, self._owner._binding)
+        owner, target = self._owner, self._target()
 
         async def send(kw: dict[str, Any]) -> Any:
             return await parse_async_raw(await target(**kw))
 
-        driver = AsyncDriver(guard.store, _ADAPTER, send, guard.async_sleep)
-        return await driver.run(guard.engine.flow(_ADAPTER, kwargs, plan), plan)
+        return await run_async(owner._guard, _ADAPTER, owner._binding, kwargs, send)
 
 
 class _RawResponseView:
@@ -253,7 +245,7 @@ class GuardedCompletions:
         return type(sdk_completions).stream(self, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # list, retrieve, messages, ...
-        _public(name)
+        public(name)
         return getattr(self._owner._client.chat.completions, name)
 
 
@@ -263,15 +255,8 @@ class GuardedChat:
         self.completions = GuardedCompletions(owner)
 
     def __getattr__(self, name: str) -> Any:
-        _public(name)
+        public(name)
         return getattr(self._owner._client.chat, name)
-
-
-def _public(name: str) -> None:
-    """Private names are never forwarded: ``copy.copy`` and ``pickle`` look them up on a
-    half-built object, and forwarding would recurse."""
-    if name.startswith("_"):
-        raise AttributeError(name)
 
 
 class _ClientView:
@@ -288,7 +273,7 @@ class _ClientView:
         return SimpleNamespace(completions=view)
 
     def __getattr__(self, name: str) -> Any:
-        _public(name)
+        public(name)
         return getattr(self._sdk_view, name)
 
 
@@ -329,7 +314,7 @@ class GuardedOpenAI:
         return _ClientView(self, self._client.with_streaming_response, raw=False)
 
     def __getattr__(self, name: str) -> Any:
-        _public(name)
+        public(name)
         return getattr(self._client, name)
 
     def __repr__(self) -> str:

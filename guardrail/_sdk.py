@@ -1,0 +1,53 @@
+"""Helpers shared by the SDK wrappers (:mod:`guardrail.openai`, :mod:`guardrail.anthropic`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from guardrail._drivers import AsyncDriver, SyncDriver
+from guardrail._engine import ProviderAdapter
+from guardrail.tenancy import TenantBinding
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+
+def given(value: Any) -> bool:
+    """False for None and the SDK's NOT_GIVEN / omit sentinels."""
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def public(name: str) -> None:
+    """Private names are never forwarded: ``copy.copy`` and ``pickle`` look them up on a
+    half-built object, and forwarding would recurse."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+
+
+def run_sync(
+    guard: Guard,
+    adapter: ProviderAdapter,
+    binding: TenantBinding | None,
+    kwargs: dict[str, Any],
+    send: Callable[[dict[str, Any]], Any],
+    count: Callable[[dict[str, Any]], int] | None = None,
+) -> Any:
+    """One guarded call: plan it, then drive the engine's flow with ``send``."""
+    plan = guard.engine.prepare(adapter, kwargs, binding)
+    driver = SyncDriver(guard.store, adapter, send, guard.sleep, count=count)
+    return driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
+
+
+async def run_async(
+    guard: Guard,
+    adapter: ProviderAdapter,
+    binding: TenantBinding | None,
+    kwargs: dict[str, Any],
+    send: Callable[[dict[str, Any]], Awaitable[Any]],
+    count: Callable[[dict[str, Any]], Awaitable[int]] | None = None,
+) -> Any:
+    """:func:`run_sync` for the async clients."""
+    plan = guard.engine.prepare(adapter, kwargs, binding)
+    driver = AsyncDriver(guard.store, adapter, send, guard.async_sleep, count=count)
+    return await driver.run(guard.engine.flow(adapter, kwargs, plan), plan)
