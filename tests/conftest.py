@@ -62,3 +62,35 @@ def clock():  # type: ignore[no-untyped-def]
 def sleeps() -> list[float]:
     """Pass ``sleep=sleeps.append`` to a Guard: retries record their waits, nobody sleeps."""
     return []
+
+
+@pytest.fixture(scope="module")
+def _fake():  # type: ignore[no-untyped-def]
+    from guardrail.testing import FakeAnthropicServer
+
+    with FakeAnthropicServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(_fake):  # type: ignore[no-untyped-def]
+    """A fake Anthropic server on a loopback port (one per test module), back to its
+    defaults for each test."""
+    from guardrail.testing import FakeAnthropicServer
+
+    _fake.reset()
+    defaults = FakeAnthropicServer()
+    for name in (
+        "reply",
+        "prompt_tokens",
+        "cache_read_input_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "output_tokens",
+        "thinking",
+        "context_window",
+        "tokens_per_delta",
+        "usage_patch",
+    ):
+        setattr(_fake, name, getattr(defaults, name))
+    return _fake

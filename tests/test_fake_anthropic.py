@@ -15,32 +15,6 @@ MODEL = "claude-haiku-4-5"
 HI = [{"role": "user", "content": "Hi"}]
 
 
-@pytest.fixture(scope="module")
-def _fake():  # type: ignore[no-untyped-def]
-    with FakeAnthropicServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
-    _fake.reset()
-    defaults = FakeAnthropicServer()
-    for name in (
-        "reply",
-        "prompt_tokens",
-        "cache_read_input_tokens",
-        "cache_write_5m_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "thinking",
-        "context_window",
-        "tokens_per_delta",
-        "usage_patch",
-    ):
-        setattr(_fake, name, getattr(defaults, name))
-    return _fake
-
-
 def sdk(server: FakeAnthropicServer, **kw: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.base_url, api_key="test", max_retries=0, **kw)
 

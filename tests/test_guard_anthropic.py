@@ -46,33 +46,6 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def _fake():  # type: ignore[no-untyped-def]
-    with FakeAnthropicServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
-    """A fake Anthropic server on a loopback port, back to its defaults for each test."""
-    _fake.reset()
-    defaults = FakeAnthropicServer()
-    for name in (
-        "reply",
-        "prompt_tokens",
-        "cache_read_input_tokens",
-        "cache_write_5m_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "thinking",
-        "context_window",
-        "tokens_per_delta",
-        "usage_patch",
-    ):
-        setattr(_fake, name, getattr(defaults, name))
-    return _fake
-
-
 def make(
     fake: FakeAnthropicServer,
     policy: Policy | None = None,
