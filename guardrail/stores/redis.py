@@ -252,6 +252,7 @@ class RedisStore:
         self._async_clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
         self._async_lock = threading.Lock()
         self._bases: dict[str, str] = {}
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._days: dict[str, _DayInfo] = {}
         self._today: _DayInfo | None = None
         self.spool = Spool(spool_path or _default_spool_path(prefix, _location(client)))
@@ -354,9 +355,16 @@ class RedisStore:
         month = max(3600, math.ceil(info.month_end - now) + self.retention_seconds)
         return day, month
 
-    def _scope_keys(self, scope: str, info: _DayInfo) -> list[str]:
-        base = self._base(scope)
-        return [f"{base}d:{info.day}", f"{base}m:{info.month}", f"{base}hz", f"{base}tb"]
+    def _scope_keys(self, scope: str, info: _DayInfo) -> tuple[str, ...]:
+        """The four keys of a scope on a day (cached: built once per scope and day)."""
+        keys = self._keys.get((scope, info.day))
+        if keys is None:
+            base = self._base(scope)
+            keys = (f"{base}d:{info.day}", f"{base}m:{info.month}", f"{base}hz", f"{base}tb")
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[(scope, info.day)] = keys
+        return keys
 
     def _done_key(self, r: Reservation) -> str:
         return f"{self._base(r.scopes[0])}done:{r.day}"
@@ -458,7 +466,7 @@ class RedisStore:
 
     def _usage_call(self, scope: str, day: date | None, now: float) -> tuple[list[str], str]:
         info = self._today_info(now) if day is None else self._day(self.windows.day_key(day))
-        return self._scope_keys(scope, info)[:3], info.day
+        return list(self._scope_keys(scope, info)[:3]), info.day
 
     @staticmethod
     def _usage_result(scope: str, day: str, result: Any) -> UsageSummary:

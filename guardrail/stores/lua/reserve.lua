@@ -103,6 +103,6 @@ for i = 0, nscopes - 1 do
   if i > 0 then
     redis.call('ZADD', KEYS[k + 3], expires, hold)
   end
-  redis.call('EXPIRE', KEYS[k + 3], month_ttl)
+  extend(KEYS[k + 3], tonumber(month_ttl))
 end
 return { 1 }

@@ -20,7 +20,7 @@ if redis.call('SADD', done, ARGV[1]) == 0 then
 end
 local reserved_text, day_text, actual_text, inp, out, delta, day_ttl, month_ttl, done_ttl =
   string.match(ARGV[3], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-redis.call('EXPIRE', done, done_ttl)
+extend(done, tonumber(done_ttl))
 
 local hold = ARGV[1] .. ' ' .. reserved_text .. ' ' .. day_text
 local reserved, actual = tonumber(reserved_text), tonumber(actual_text)
