@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from guardrail._drivers import AsyncDriver, SyncDriver
 from guardrail._engine import ProviderAdapter
+from guardrail.errors import InvalidRequestError
 from guardrail.tenancy import TenantBinding
 
 if TYPE_CHECKING:
@@ -16,6 +17,19 @@ if TYPE_CHECKING:
 def given(value: Any) -> bool:
     """False for None and the SDK's NOT_GIVEN / omit sentinels."""
     return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def model_and_messages(kwargs: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
+    """A request's ``model`` and ``messages``, checked (else InvalidRequestError)."""
+    model = kwargs.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
+    messages = kwargs.get("messages")
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        raise InvalidRequestError(
+            f"messages must be a list of message dicts, got {type(messages).__name__}"
+        )
+    return model, messages
 
 
 def public(name: str) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail._engine import RequestView, StreamTally
-from guardrail._sdk import given, public, run_async, run_sync
+from guardrail._sdk import given, model_and_messages, public, run_async, run_sync
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.images import (
     ANTHROPIC_IMAGE_RULE,
@@ -147,14 +147,7 @@ class AnthropicAdapter:
     # -- requests
 
     def read(self, kwargs: Mapping[str, Any]) -> AnthropicView:
-        model = kwargs.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
-        messages = kwargs.get("messages")
-        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-            raise InvalidRequestError(
-                f"messages must be a list of message dicts, got {_type(messages)}"
-            )
+        model, messages = model_and_messages(kwargs)
         tools: Any = kwargs.get("tools")
         if given(tools) and (not isinstance(tools, Sequence) or isinstance(tools, str)):
             raise InvalidRequestError(f"tools must be a list of tool dicts, got {_type(tools)}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail._drivers import parse_async_raw, parsed_raw
 from guardrail._engine import RequestView, StreamTally
-from guardrail._sdk import given, public, run_async, run_sync
+from guardrail._sdk import given, model_and_messages, public, run_async, run_sync
 from guardrail.errors import InvalidRequestError
 from guardrail.pricing import TokenUsage
 from guardrail.tenancy import TenantBinding
@@ -67,14 +67,7 @@ class OpenAIAdapter:
     provider = "openai"
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
-        model = kwargs.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
-        messages = kwargs.get("messages")
-        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-            raise InvalidRequestError(
-                f"messages must be a list of message dicts, got {type(messages).__name__}"
-            )
+        model, messages = model_and_messages(kwargs)
         tools: Any = kwargs.get("tools")
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
