@@ -91,6 +91,22 @@ NONSTREAMING_MAX_TOKENS = 21_333
 timeout (it refuses a request it expects to take over 10 minutes: 60 min * n / 128,000).
 Used as the bound guardrail chooses when the caller set none on a non-streaming call."""
 
+COUNT_TIMEOUT_SECONDS = 10.0
+"""The exact count's own deadline when the call sets none: a slow count falls back to the
+local estimate instead of holding the call for the client's whole default timeout."""
+
+
+def _nonstreaming_cap(model: str) -> int:
+    """The bound the SDK accepts without streaming: its general 10-minute rule, and its
+    per-model table (Opus 4 and 4.1 refuse more than 8,192 without streaming)."""
+    try:
+        from anthropic._constants import MODEL_NONSTREAMING_TOKENS
+    except ImportError:  # an SDK without the table
+        return NONSTREAMING_MAX_TOKENS
+    limit = MODEL_NONSTREAMING_TOKENS.get(model)
+    return NONSTREAMING_MAX_TOKENS if limit is None else min(NONSTREAMING_MAX_TOKENS, limit)
+
+
 _log = logging.getLogger("guardrail")
 _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
@@ -170,7 +186,7 @@ class AnthropicAdapter:
             tenant_hint=hint if isinstance(hint, str) and hint else None,
             output_required=True,
             default_output_cap=(
-                None if stream or given(kwargs.get("timeout")) else NONSTREAMING_MAX_TOKENS
+                None if stream or given(kwargs.get("timeout")) else _nonstreaming_cap(model)
             ),
             system=system if given(system) else None,
             prompt_cache_write=_cache_write(
@@ -402,6 +418,9 @@ class AnthropicAdapter:
     def count_params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The ``messages.count_tokens`` arguments for a ``messages.create`` call."""
         params = {k: kwargs[k] for k in _COUNT_KEYS if k in kwargs and given(kwargs[k])}
+        # The caller's deadline binds the count too (a failed count keeps the estimate).
+        timeout = kwargs.get("timeout")
+        params["timeout"] = timeout if given(timeout) else COUNT_TIMEOUT_SECONDS
         headers = kwargs.get("extra_headers")
         if isinstance(headers, Mapping):  # betas change what is counted
             # Not the SDK's own: a raw-response marker would make the count a raw response.
@@ -413,8 +432,9 @@ class AnthropicAdapter:
     @staticmethod
     def count_key(params: Mapping[str, Any]) -> str:
         """A digest of the canonical JSON of what is counted (the cache key)."""
+        counted = {k: v for k, v in params.items() if k != "timeout"}
         canonical = json.dumps(
-            params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable
+            counted, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -690,7 +710,11 @@ class _GuardedCall:
 def _no_count_endpoint(exc: Exception) -> bool:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
-        return status in (404, 405, 501)
+        if status == 404:
+            # Anthropic answers 404 not_found_error for a model the account cannot use:
+            # that says nothing about the endpoint (and the call itself will 404 too).
+            return "model" not in str(getattr(exc, "message", exc)).lower()
+        return status in (405, 501)
     # The SDK's refusal without a request (AnthropicBedrock: "Token counting is not
     # supported"), or an SDK without the method.
     return type(exc).__name__ == "AnthropicError" or isinstance(exc, AttributeError)

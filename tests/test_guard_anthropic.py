@@ -1042,3 +1042,31 @@ def test_malformed_usage_never_fails_a_billed_call(fake, patch, stream) -> None:
         assert record.input_tokens > 0
     assert guard.usage("patched").requests == 1
     no_leak(guard, "patched")
+
+
+@pytest.mark.filterwarnings("ignore:The model 'claude-opus-4-0' is deprecated")
+def test_review_opus_4_nonstreaming_default_bound_is_what_the_sdk_accepts(fake) -> None:
+    guard, client = make(fake, Policy(loop_limit=None))
+    client.messages.create(model="claude-opus-4-0", messages=HI)
+    assert fake.message_requests[-1].json["max_tokens"] == 8192
+
+
+def test_review_a_model_404_on_count_does_not_turn_exact_counting_off(fake) -> None:
+    guard, client = make(fake, Policy(loop_limit=None))
+    fake.enqueue_error(404, message="model: claude-nonexistent", endpoint="count_tokens")
+    client.messages.create(model=MODEL, max_tokens=100, messages=HI)
+    other = [{"role": "user", "content": "something else"}]
+    client.messages.create(model=MODEL, max_tokens=100, messages=other)
+    assert len(fake.count_requests) == 2  # still counting exactly after the model 404
+
+
+def test_review_the_count_has_a_deadline(fake) -> None:
+    import time
+
+    guard, client = make(fake, Policy(loop_limit=None))
+    fake.enqueue_delay(5, endpoint="count_tokens")
+    started = time.monotonic()
+    out = client.messages.create(model=MODEL, max_tokens=100, messages=HI, timeout=0.5)
+    assert out.content and time.monotonic() - started < 4  # the estimate was used
+    assert guard.usage("default").requests == 1
+    fake.reset()
