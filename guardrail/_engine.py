@@ -131,6 +131,8 @@ class RequestView:
     default_output_cap: int | None = None
     """When the caller sets no output bound, choose at most this many tokens (the
     Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
+    reserved_searches: int = 0
+    """Server-side web searches the request allows (billed per search): reserved too."""
     prompt_cache_write: Literal["5m", "1h"] | None = None
     """The request asks the provider to write its prompt cache (Anthropic ``cache_control``):
     those tokens are billed at the cache-write price, so the worst case prices the whole
@@ -212,6 +214,7 @@ class Plan:
     choices: int = 1
     exact_prompt_tokens: int | None = None
     prompt_cache_write: Literal["5m", "1h"] | None = None
+    reserved_searches: int = 0
     """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
 
     @property
@@ -550,7 +553,9 @@ class Engine:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
-        cost = worst_case_cost(info, prompt, reserved * view.choices, view.prompt_cache_write)
+        cost = worst_case_cost(
+            info, prompt, reserved * view.choices, view.prompt_cache_write, view.reserved_searches
+        )
         last = field_of(messages[-1], "content") if messages else None
         fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
@@ -570,6 +575,7 @@ class Engine:
             fallback_reason=fallback_reason,
             choices=view.choices,
             prompt_cache_write=view.prompt_cache_write,
+            reserved_searches=view.reserved_searches,
         )
 
     def _larger_model_plan(
@@ -792,7 +798,11 @@ class Engine:
             plan,
             prompt_tokens=exact,
             cost_usd=worst_case_cost(
-                plan.model, exact, plan.reserved_output_total, plan.prompt_cache_write
+                plan.model,
+                exact,
+                plan.reserved_output_total,
+                plan.prompt_cache_write,
+                plan.reserved_searches,
             ),
         )
         yield from self._release(reservation)
@@ -996,23 +1006,28 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
 
 
 def worst_case_cost(
-    info: ModelInfo, prompt: int, output: int, cache_write: Literal["5m", "1h"] | None = None
+    info: ModelInfo,
+    prompt: int,
+    output: int,
+    cache_write: Literal["5m", "1h"] | None = None,
+    searches: int = 0,
 ) -> Decimal:
     """The most a call can cost: every prompt token at the input price (or, when the request
-    writes the prompt cache, at the cache-write price, whichever is higher) and every
-    reserved output token at the output price."""
+    writes the prompt cache, at the cache-write price, whichever is higher), every reserved
+    output token at the output price, and every web search it allows."""
     plain = estimate_cost(info, prompt, output)
-    if cache_write is None:
+    if cache_write is None and not searches:
         return plain
-    written = TokenUsage(
+    worst = TokenUsage(
         input_tokens=prompt,
         output_tokens=output,
-        cache_write_tokens=prompt,
+        cache_write_tokens=prompt if cache_write else 0,
         cache_write_1h_tokens=prompt if cache_write == "1h" else 0,
+        web_searches=searches,
     )
     try:
-        return max(plain, usage_cost(info, written))
-    except GuardrailError:  # no cache-write price known: the plain price is all we have
+        return max(plain, usage_cost(info, worst))
+    except GuardrailError:  # no cache-write or search price known: the plain price is all
         return plain
 
 

@@ -91,6 +91,23 @@ NONSTREAMING_MAX_TOKENS = 21_333
 timeout (it refuses a request it expects to take over 10 minutes: 60 min * n / 128,000).
 Used as the bound guardrail chooses when the caller set none on a non-streaming call."""
 
+WEB_SEARCH_ASSUMED_USES = 10
+"""Searches reserved for a web-search server tool without ``max_uses`` (an assumption:
+set ``max_uses`` to make the bound exact). Actual searches are settled at their price."""
+
+
+def _allowed_searches(tools: Any) -> int:
+    """Web searches a request's server tools allow: their ``max_uses``, or the assumption."""
+    total = 0
+    for tool in tools or ():
+        kind = _field(tool, "type")
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            uses = _field(tool, "max_uses")
+            ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
+            total += uses if ok else WEB_SEARCH_ASSUMED_USES
+    return total
+
+
 COUNT_TIMEOUT_SECONDS = 10.0
 """The exact count's own deadline when the call sets none: a slow count falls back to the
 local estimate instead of holding the call for the client's whole default timeout."""
@@ -177,6 +194,12 @@ class AnthropicAdapter:
         stream = kwargs.get("stream") is True
         metadata = kwargs.get("metadata")
         hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+        if kwargs.get("speed") == "fast":
+            raise ConfigurationError(
+                "speed='fast' is billed at a premium the price data does not know, so "
+                "guardrail cannot bound its cost; send it through client.unwrapped, or "
+                "register a model whose prices include the premium"
+            )
         return AnthropicView(
             model=model,
             messages=list(messages),
@@ -192,6 +215,7 @@ class AnthropicAdapter:
             prompt_cache_write=_cache_write(
                 kwargs.get("cache_control"), system, messages, tools if given(tools) else None
             ),
+            reserved_searches=_allowed_searches(tools if given(tools) else None),
         )
 
     def rewrite(
@@ -489,6 +513,7 @@ def _read_usage(usage: Any) -> TokenUsage | None:
     output = output or 0
     thinking = _count(_field(details, "thinking_tokens")) or 0
     read = read or 0
+    searches = _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0
     return TokenUsage(
         input_tokens=uncached + read + written,
         output_tokens=output,
@@ -496,6 +521,7 @@ def _read_usage(usage: Any) -> TokenUsage | None:
         cache_write_tokens=written,
         cache_write_1h_tokens=min(w1, written),
         reasoning_tokens=min(thinking, output),
+        web_searches=searches,
     )
 
 
@@ -524,6 +550,10 @@ def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
         cache_write_tokens=written,
         cache_write_1h_tokens=min(start.cache_write_1h_tokens, written),
         reasoning_tokens=min(start.reasoning_tokens if thinking is None else thinking, output),
+        web_searches=max(
+            start.web_searches,
+            _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0,
+        ),
     )
 
 

@@ -42,6 +42,9 @@ class TokenUsage:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    web_searches: int = 0
+    """Server-side web searches (Anthropic ``server_tool_use.web_search_requests``), billed
+    per search on top of the tokens."""
 
     def to_genai(self) -> genai_prices.Usage:
         values: dict[str, int] = {
@@ -55,6 +58,8 @@ class TokenUsage:
         if self.cache_write_1h_tokens:
             values["cache_write_1h_tokens"] = self.cache_write_1h_tokens
             values["cache_write_5m_tokens"] = self.cache_write_tokens - self.cache_write_1h_tokens
+        if self.web_searches:
+            values["web_searches"] = self.web_searches
         return genai_prices.Usage(**values)
 
 
@@ -163,7 +168,7 @@ def _rate(price: Rate | None, input_tokens: int) -> Decimal | None:
 def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
     """calc_price's result for these prices, or None when the usage needs calc_price."""
     cached = usage.cached_input_tokens
-    if usage.cache_write_tokens or cached > usage.input_tokens:
+    if usage.cache_write_tokens or usage.web_searches or cached > usage.input_tokens:
         return None
     input_rate, output_rate, cached_rate = flat
     input_price = _rate(input_rate, usage.input_tokens)

@@ -1070,3 +1070,33 @@ def test_review_the_count_has_a_deadline(fake) -> None:
     assert out.content and time.monotonic() - started < 4  # the estimate was used
     assert guard.usage("default").requests == 1
     fake.reset()
+
+
+def test_review_web_searches_are_reserved_and_settled_at_their_price(fake) -> None:
+    search_tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, Policy(loop_limit=None), sinks=[records.append])
+    fake.usage_patch = {"server_tool_use": {"web_search_requests": 3}}
+    try:
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI, tools=[search_tool])
+    finally:
+        fake.usage_patch = None
+    record = records[-1]
+    tokens_only = guardrail.estimate_cost(MODEL, record.input_tokens, record.output_tokens)
+    assert record.cost_usd == tokens_only + Decimal("0.03")  # $10 per 1,000 searches
+    assert record.reserved_usd >= tokens_only + Decimal("0.05")  # max_uses reserved
+    # A cap with room for the tokens but not for five searches refuses before sending.
+    tight, tight_client = make(fake, Policy(daily_spend_usd=Decimal("0.02"), loop_limit=None))
+    sent = len(fake.message_requests)
+    with pytest.raises(guardrail.BudgetExceeded):
+        tight_client.messages.create(model=MODEL, max_tokens=100, messages=HI, tools=[search_tool])
+    assert len(fake.message_requests) == sent
+
+
+def test_review_fast_mode_is_refused_rather_than_underpriced(fake) -> None:
+    guard, client = make(fake, Policy(loop_limit=None))
+    with pytest.raises(guardrail.ConfigurationError, match="fast"):
+        client.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={}, speed="fast"
+        )
+    assert fake.message_requests == []
