@@ -119,6 +119,7 @@ class ConversationMemory:
         self.summary_max_tokens = summary_max_tokens
         self._lock = threading.RLock()
         self._units: deque[_Unit] = deque()
+        self._unreported: list[Message] = []
         self._window = 0  # tokens of the messages in _units
         self._summary: Message | None = None
         self._summary_tokens = 0
@@ -187,8 +188,9 @@ class ConversationMemory:
     def add(self, message: Message) -> list[Message]:
         """Append one message; returns the messages dropped to make room (or expired).
 
-        Raises :class:`~guardrail.errors.ContextWindowExceeded`, changing nothing, when
-        the message cannot fit even after dropping everything that may go.
+        Raises :class:`~guardrail.errors.ContextWindowExceeded` when the message cannot fit
+        even after dropping everything that may go; nothing is dropped for it then (turns
+        that had expired by then are gone, and the next ``add``/``expire`` returns them).
         """
         _check_message(message)
         tokens = self._counter.message(message)
@@ -200,6 +202,7 @@ class ConversationMemory:
             excess = self._window + tokens - self._limit
             plan = self._plan(excess, tokens, joins, _starts_turn(message))
             if plan is None:
+                self._unreported = dropped  # expired anyway (time moved); told next call
                 raise self._too_big(tokens, "the message does not fit next to the newest turn")
             if joins:
                 units[-1].messages.append(message)
@@ -261,10 +264,12 @@ class ConversationMemory:
         )
 
     def _expire(self, now: float) -> list[Message]:
+        # Turns expired by a call that then raised are reported by the next call.
+        unreported, self._unreported = self._unreported, []
         if self.max_age is None or not self._units:
-            return []
+            return unreported
         cutoff = now - self.max_age
-        units, dropped = self._units, []
+        units, dropped = self._units, unreported
         while units:
             end = 1
             while end < len(units) and not units[end].turn:

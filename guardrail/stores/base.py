@@ -78,6 +78,12 @@ class ReservationRequest:
     ttl_seconds: float
     model: str = ""
 
+    def __post_init__(self) -> None:
+        names = [s.scope for s in self.scopes]
+        if len(set(names)) != len(names):
+            # A scope charged twice would be held twice and released once by some stores.
+            raise ConfigurationError(f"a reservation names a scope more than once: {names}")
+
 
 @dataclass(frozen=True)
 class Reservation:

@@ -58,6 +58,7 @@ class Spool:
         """Write one record durably (flushed and fsync'd)."""
         line = json.dumps({"sid": uuid.uuid4().hex, **record}, separators=(",", ":"))
         with self._locked() as f:
+            _start_line(f)
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -81,7 +82,7 @@ class Spool:
         with self._locked() as f:
             return self._unapplied(f)
 
-    def _unapplied(self, f: IO[str]) -> list[dict[str, Any]]:
+    def _unapplied(self, f: IO[str], bad: list[str] | None = None) -> list[dict[str, Any]]:
         f.seek(0)
         records: dict[str, dict[str, Any]] = {}
         for number, line in enumerate(f, 1):
@@ -89,6 +90,8 @@ class Spool:
                 item = json.loads(line)
             except ValueError:
                 _log.error("guardrail: unreadable line %d in spool %s skipped", number, self.path)
+                if bad is not None:
+                    bad.append(line if line.endswith("\n") else line + "\n")
                 continue
             if "done" in item:
                 records.pop(item["done"], None)
@@ -101,17 +104,33 @@ class Spool:
 
         Returns how many records were applied."""
         applied = 0
+        bad: list[str] = []
         with self._locked() as f:
-            records = self._unapplied(f)
+            records = self._unapplied(f, bad)
             f.seek(0, os.SEEK_END)
+            _start_line(f)
             try:
                 for record in records:
                     apply(record)
                     applied += 1
                     f.write(json.dumps({"done": record["sid"]}) + "\n")
                     f.flush()
+                if bad:  # never destroy what could not be read: keep it for a person
+                    with open(self.path.with_name(self.path.name + ".bad"), "a") as kept:
+                        kept.writelines(bad)
+                        kept.flush()
+                        os.fsync(kept.fileno())
                 f.truncate(0)
                 self._dirty = False
             finally:
                 os.fsync(f.fileno())
         return applied
+
+
+def _start_line(f: IO[str]) -> None:
+    """Begin a new line if the file ends in a torn one (a write cut short by a crash or a
+    full disk), so the next record is not glued onto it and lost with it."""
+    f.flush()
+    size = os.fstat(f.fileno()).st_size
+    if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+        f.write("\n")
