@@ -198,6 +198,7 @@ class _StreamBase:
         self._tally: StreamTally = op.tally
         self._flow: Flow | None = flow
         self._plan = plan
+        self._adapter = adapter
         # A stream dropped half-read (no close, no loop end) is settled when it is
         # garbage-collected: the finaliser holds the flow, so the flow outlives the stream.
         self._abandoned = weakref.finalize(self, _settle_abandoned, flow, store, adapter, plan)
@@ -206,10 +207,15 @@ class _StreamBase:
     def tally(self) -> StreamTally:
         return self._tally
 
-    def _show(self, adapter: ProviderAdapter, chunk: Any) -> tuple[bool, bool]:
-        """(show this chunk?, stop now because the output overran its reservation?)"""
-        show = adapter.observe_chunk(chunk, self._tally)
-        return show, self._tally.overrun
+    def _observe(self, chunk: Any) -> bool:
+        """Tally a chunk; whether the caller sees it."""
+        return self._adapter.observe_chunk(chunk, self._tally)
+
+    def _overran(self) -> bool:
+        """Whether to stop because the output overran its reservation (or raise, per policy)."""
+        if self._tally.overrun and self._plan.policy.stream_overrun == "raise":
+            raise self._overrun_error()
+        return self._tally.overrun
 
     def _overrun_error(self) -> BudgetExceeded:
         return BudgetExceeded(
@@ -262,12 +268,9 @@ class GuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             for chunk in self._stream:
-                show, overrun = self._show(self._driver.adapter, chunk)
-                if show:
+                if self._observe(chunk):
                     yield chunk
-                if overrun:
-                    if self._plan.policy.stream_overrun == "raise":
-                        raise self._overrun_error()
+                if self._overran():
                     break
             else:
                 outcome = "stream_completed"
@@ -320,12 +323,9 @@ class AsyncGuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             async for chunk in self._stream:
-                show, overrun = self._show(self._driver.adapter, chunk)
-                if show:
+                if self._observe(chunk):
                     yield chunk
-                if overrun:
-                    if self._plan.policy.stream_overrun == "raise":
-                        raise self._overrun_error()
+                if self._overran():
                     break
             else:
                 outcome = "stream_completed"

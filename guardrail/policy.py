@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from guardrail.errors import ConfigurationError
 
 __all__ = ["Policy", "PolicySource", "to_decimal_usd"]
-
-NANOS_PER_USD = 1_000_000_000
 
 
 def to_decimal_usd(label: str, value: object) -> Decimal:
@@ -146,15 +144,6 @@ class Policy:
                 self.tokens_per_day,
             )
         )
-
-    def describe(self) -> dict[str, object]:
-        """The fields that differ from the defaults (for logs and error messages)."""
-        default = Policy()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
 
 
 PolicySource = Mapping[str, Policy] | Callable[[str], Policy | None]
