@@ -218,3 +218,128 @@ def doomed_worker(url: str, base_url: str, prefix: str, cap: str) -> None:
         model="gpt-4o", messages=HELLO, max_tokens=100
     )
     os._exit(3)  # not reached: the process is killed between reserve and settle
+
+
+# -- a private Redis Cluster ---------------------------------------------------------------
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as a dict (empty if the node does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"CLUSTER INFO\r\n")
+            data = b""
+            while b"\r\n" not in data or len(data) < _bulk_end(data):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return {}
+                data += chunk
+    except (OSError, ValueError):
+        return {}
+    body = data.split(b"\r\n", 1)[1].decode(errors="replace")
+    return dict(line.split(":", 1) for line in body.split("\r\n") if ":" in line)
+
+
+def _bulk_end(data: bytes) -> int:
+    """Where a RESP bulk string reply (``$<n>\\r\\n<n bytes>\\r\\n``) ends."""
+    header = data.split(b"\r\n", 1)[0]
+    if not header.startswith(b"$"):
+        raise ValueError(f"not a bulk reply: {header!r}")
+    return len(header) + 2 + int(header[1:]) + 2
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` private redis-server processes (no replicas) on free
+    ports, each in its own directory under ``workdir``, joined with
+    ``redis-cli --cluster create``. ``start`` returns once every node reports
+    ``cluster_state:ok`` with all slots assigned and every node known; ``stop`` ends every
+    process, also after a failed start. Without redis-server or redis-cli the test is
+    skipped (it fails when ``CI`` is set)."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3) -> None:
+        missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+        if missing:
+            message = f"{' and '.join(missing)} not installed: cannot start a Redis Cluster"
+            if os.environ.get("CI"):
+                pytest.fail(f"{message} (CI is set: Redis tests must run)", pytrace=False)
+            pytest.skip(message)
+        ports: set[int] = set()
+        while len(ports) < 2 * masters:  # a client port and a cluster bus port per node
+            ports.add(free_port())
+        picked = sorted(ports)
+        self.ports = picked[:masters]
+        self.bus_ports = picked[masters:]
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self, timeout: float = 15.0) -> RedisCluster:
+        try:
+            self._start(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, deadline: float) -> None:
+        for port, bus in zip(self.ports, self.bus_ports, strict=True):
+            folder = self.workdir / f"node-{port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus)]
+            args += ["--cluster-config-file", str(folder / f"nodes-{port}.conf")]
+            args += ["--dir", str(folder), "--save", "", "--appendonly", "no"]
+            args += ["--daemonize", "no", "--loglevel", "warning"]
+            self.procs.append(
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            while not _pings(port):  # a ping loop, not a sleep
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node on port {port} did not start")
+                time.sleep(0.005)
+        create = ["redis-cli", "--cluster", "create"]
+        create += [f"{self.host}:{port}" for port in self.ports]
+        create += ["--cluster-replicas", "0", "--cluster-yes"]
+        try:
+            done = subprocess.run(
+                create,
+                capture_output=True,
+                text=True,
+                timeout=max(0.1, deadline - time.monotonic()),
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError("redis-cli --cluster create did not finish in time") from exc
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        want = {"cluster_state": "ok", "cluster_slots_assigned": "16384"}
+        want["cluster_known_nodes"] = str(len(self.ports))
+        while True:  # poll CLUSTER INFO on every node until all agree the cluster is up
+            infos = [_cluster_info(port) for port in self.ports]
+            if all(all(info.get(k) == v for k, v in want.items()) for info in infos):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not reach cluster_state:ok: {infos}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
