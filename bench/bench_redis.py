@@ -219,6 +219,7 @@ def main() -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     store = RedisStore.from_url(args.url, prefix=prefix, spool_path=f"/tmp/{prefix}.jsonl")
     script = store.client.register_script(COMPARABLE)
+    store.client.script_load(COMPARABLE)  # the floor calls EVALSHA directly: load it first
     key = f"{prefix}:{{floor}}:counter"
     floor_args = ["1", str(10**15), "60"]
 

@@ -61,7 +61,7 @@ def test_each_script_is_a_package_file_with_a_keys_argv_header() -> None:
         assert header.startswith(f"-- {name}.lua: ")
         assert "KEYS[" in header and "ARGV[" in header
         source = script_source(name)
-        assert not re.search(r"^--! include", source, re.M) and "local function purge" in source
+        assert not re.search(r"^--! include", source, re.M) and "local function scan" in source
 
 
 def test_scripts_survive_script_flush(clock: ManualClock, tmp_path: Path) -> None:
@@ -90,25 +90,61 @@ def test_key_layout_and_ttls(store: RedisStore, clock: ManualClock) -> None:
     base = store.key_prefix("ttl-t")
     assert base == f"{store.prefix}:{{ttl-t}}:ttl-t:"
     keys = {k.decode() for k in store.client.scan_iter(match=f"{store.prefix}:*")}
-    assert keys == {
-        f"{base}d:2026-11-23",
-        f"{base}m:2026-11",
-        f"{base}hz",
-        f"{base}tb",
-    }
-    ttl = {k[len(base) :]: store.client.ttl(k) for k in keys}
-    day = 35 * 86400
-    assert 12 * 3600 + day - 5 <= ttl["d:2026-11-23"] <= 12 * 3600 + day  # rest of the day
-    assert 7.5 * 86400 + day - 5 <= ttl["m:2026-11"] <= 7.5 * 86400 + day  # rest of the month
-    assert ttl["hz"] >= ttl["m:2026-11"] - 5  # holds outlive the windows they hold
-    # 300 of 600 tokens refill in 30 s, but the reservation lives 60 s (its settlement may
-    # take a debt from the bucket), + margin
-    assert 60 + 60 - 5 <= ttl["tb"] <= 60 + 60
+    assert keys == {f"{base}s"}  # a reservation writes only the scope's live hash
+    live = {k.decode(): v.decode() for k, v in store.client.hgetall(f"{base}s").items()}
+    assert live["h:r1"].split()[:2] == ["5", "2026-11-23"]
+    assert live["dh:2026-11-23"] == live["mh:2026-11"] == "5" and live["g"] == "r1"
+    retention = 35 * 86400
+    # The live hash outlives the month it holds in (7.5 days left), plus the retention.
+    assert 7.5 * 86400 + retention - 5 <= store.client.ttl(f"{base}s") <= 7.5 * 86400 + retention
+
     store.settle(r, Settlement(5, 1, 1, "m"))
-    keys = {k.decode()[len(base) :] for k in store.client.scan_iter(match=f"{store.prefix}:*")}
-    assert "hz" not in keys  # no holds left: no hold key
-    done = store.client.ttl(f"{base}done:2026-11-23")
-    assert 12 * 3600 + 86400 - 5 <= done <= 12 * 3600 + 86400
+    keys = {k.decode() for k in store.client.scan_iter(match=f"{store.prefix}:*")}
+    assert keys == {f"{base}s", f"{base}d:2026-11-23"}  # the day hash: usage for reports
+    day_ttl = store.client.ttl(f"{base}d:2026-11-23")
+    assert 12 * 3600 + retention - 5 <= day_ttl <= 12 * 3600 + retention
+    live = {k.decode(): v.decode() for k, v in store.client.hgetall(f"{base}s").items()}
+    assert not any(f.startswith(("h:", "x:")) for f in live)  # settled: nothing left behind
+    assert live["ds"] == "2026-11-23 5" and live["ms:2026-11"] == "5"
+    assert live["dh:2026-11-23"] == live["mh:2026-11"] == "0"
+
+
+@redis_only
+def test_a_tenant_takes_constant_memory_whatever_its_calls(store: RedisStore) -> None:
+    """A settled call leaves no per-call state (no settled-id set): replays are told apart
+    by the hold they no longer find."""
+    lim = ScopeLimits("busy", daily_nanos=10**12, tokens_per_minute=10**9)
+
+    def size() -> int:
+        keys = list(store.client.scan_iter(match=f"{store.prefix}:*"))
+        return sum(store.client.memory_usage(k) or 0 for k in keys)
+
+    for n in range(10):
+        store.settle(store.reserve(req(f"a{n}", lim, cost=5, tokens=3)), Settlement(4, 1, 1, "m"))
+    after_10 = size()
+    for n in range(500):
+        store.settle(store.reserve(req(f"b{n}", lim, cost=5, tokens=3)), Settlement(4, 1, 1, "m"))
+    assert size() <= after_10 + 64  # number text grows by a few bytes, nothing per call
+    assert store.usage("busy").requests == 510
+
+
+@redis_only
+def test_settlement_after_redis_lost_the_scope_is_applied_once(store: RedisStore) -> None:
+    """Redis lost the scope's state between reserve and settle (a restart without
+    persistence, a failover): the settlement finds no hold, in a hash of another generation
+    or none, and is applied once; its replays are recognised."""
+    lim = ScopeLimits("lost", daily_nanos=10**6, tokens_per_minute=1000)
+    r1 = store.reserve(req("r1", lim, cost=500, tokens=10))
+    r2 = store.reserve(req("r2", lim, cost=500, tokens=10))
+    for key in store.client.scan_iter(match=f"{store.prefix}:*"):
+        store.client.delete(key)  # everything is gone
+    store.settle(r1, Settlement(300, 1, 1, "m"))  # no hash at all
+    store.reserve(req("r3", lim, cost=1))  # a new generation of the hash
+    store.settle(r2, Settlement(200, 1, 1, "m"))
+    for r in (r1, r2, r1, r2):
+        store.settle(r, Settlement(300, 1, 1, "m"))  # replays
+    usage = store.usage("lost")
+    assert usage.spent_usd == Decimal(500) / 10**9 and usage.requests == 2
 
 
 @redis_only
@@ -314,11 +350,12 @@ start_st = st.sampled_from(
 
 def bucket_state(store: RedisStore, scope: str) -> dict[str, tuple[float, float]]:
     """The raw token buckets of a scope: bit-identical floats in both stores."""
-    raw = store.client.hgetall(f"{store.key_prefix(scope)}tb")
+    raw = store.client.hgetall(f"{store.key_prefix(scope)}s")
     names = {b"m": "tokens_per_minute", b"d": "tokens_per_day"}
     return {
         names[field]: (float(value.split()[0]), float(value.split()[1]))
         for field, value in raw.items()
+        if field in names
     }
 
 

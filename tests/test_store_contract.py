@@ -424,3 +424,44 @@ def test_refund_past_capacity_then_debt(twin: Twin, clock: ManualClock) -> None:
     advance(twin.store, clock, 31)  # -50 + 51.67
     refused(twin("reserve", req("r5", lim, tokens=2)), "tokens_per_minute")
     ok(twin("reserve", req("r6", lim, tokens=1)))
+
+
+def test_late_settlement_of_an_expired_hold_keeps_its_token_debt(
+    twin: Twin, clock: ManualClock
+) -> None:
+    """A settlement replayed an hour after its reservation expired (the spool, after an
+    outage), which used far more than it reserved: spend and token debt both count, once."""
+    lim = ScopeLimits("replay", daily_nanos=10**6, tokens_per_day=100_000)
+    r = ok(twin("reserve", req("r1", lim, cost=500, tokens=10, ttl=60)))
+    advance(twin.store, clock, 3600)
+    assert ok(twin("usage", "replay")).reserved_usd == 0  # the hold expired
+    late = paid(700, inp=150_000, out=50_000)
+    twin("settle", r, late)
+    twin("settle", r, late)  # and once more, as a second replay would
+    usage = ok(twin("usage", "replay"))
+    assert usage.spent_usd == Decimal(700) / USD and usage.requests == 1
+    # 99,990 - 199,990 stored an hour ago, +4,166.7 refilled since: deep in debt
+    refused(twin("reserve", req("r2", lim, tokens=1)), "tokens_per_day")
+    advance(twin.store, clock, 86400)
+    ok(twin("reserve", req("r3", lim, tokens=1)))
+
+
+def test_a_replay_days_later_is_still_recognised(twin: Twin, clock: ManualClock) -> None:
+    lim = ScopeLimits("again", daily_nanos=10**6, tokens_per_minute=1000)
+    r = ok(twin("reserve", req("r1", lim, cost=500, tokens=10)))
+    twin("settle", r, paid(300))
+    ok(twin("reserve", req("r2", lim, cost=1)))  # the scope stays in use
+    advance(twin.store, clock, 3 * 86400)
+    twin("settle", r, paid(300))  # a stale spool replayed three days on: not applied again
+    assert ok(twin("usage", "again", START.date())).spent_usd == Decimal(300) / USD
+
+
+def test_a_settlement_after_a_release_is_a_replay(twin: Twin) -> None:
+    """Release is final: the call failed without usage; nothing is spent afterwards."""
+    lim = ScopeLimits("final", daily_nanos=1000, tokens_per_minute=100)
+    r = ok(twin("reserve", req("r1", lim, cost=500, tokens=50)))
+    twin("release", r)
+    twin("settle", r, paid(300))
+    usage = ok(twin("usage", "final"))
+    assert usage.spent_usd == 0 and usage.requests == 0 and usage.reserved_usd == 0
+    ok(twin("reserve", req("r2", lim, cost=1000, tokens=100)))

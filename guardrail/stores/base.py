@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol, runtime_checkable
@@ -98,6 +98,9 @@ class Reservation:
     created_at: float
     expires_at: float
     model: str = ""
+    # What the store needs to recognise its own reservation later (Redis: the generation
+    # of the first scope's state); opaque, and not part of a reservation's identity.
+    token: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

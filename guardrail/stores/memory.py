@@ -203,6 +203,7 @@ class MemoryStore:
             s, r = self._s, reservation
             if r.id in s.settled or r.id not in s.holds:
                 return
+            s.settled[r.id] = now  # released for good: a later settlement is a replay
             self._drop_hold(r)
             self._refund_tokens(r, r.tokens, now)
 

@@ -197,9 +197,13 @@ class RedisStore:
       itself). On Redis Cluster, every scope of one call must map to the same tag.
     * ``spool_path``: where settlements wait while Redis is down (default: a file per
       prefix and server under ``~/.cache/guardrail/spool``).
-    * ``retention_days``: how long day aggregates (usage reports) outlive their day.
-    * ``dedup_seconds``: how long after its day a settlement id is remembered, so that a
-      replayed settlement is applied once.
+    * ``retention_days``: how long day aggregates (usage reports) outlive their day, and
+      how long the marker of a reservation that expired unsettled is kept (its late
+      settlement is applied once).
+    * ``dedup_seconds``: how long after its day the id of a settlement that found nothing
+      held (the call was let through while Redis was down, or Redis lost its data since)
+      is remembered, so that a replay of it is applied once (default: the retention).
+      Any other settlement is recognised by its hold, for as long as its scope is kept.
     * ``async_client``: the ``redis.asyncio.Redis`` for the async methods; by default one
       is made (per event loop) with the sync client's connection options.
     """
@@ -215,7 +219,7 @@ class RedisStore:
         hash_tag: Callable[[str], str] | None = None,
         spool_path: str | os.PathLike[str] | None = None,
         retention_days: int = 35,
-        dedup_seconds: int = _DAY,
+        dedup_seconds: int | None = None,
         async_factory: Callable[[], Any] | None = None,
     ) -> None:
         redis = _import_redis()
@@ -227,6 +231,8 @@ class RedisStore:
             raise ConfigurationError(
                 f"invalid Redis key prefix {prefix!r}: 1-64 letters, digits or '_.:-'"
             )
+        if dedup_seconds is None:
+            dedup_seconds = int(retention_days) * _DAY
         if retention_days < 1 or dedup_seconds < 60:
             raise ConfigurationError("retention_days must be >= 1 and dedup_seconds >= 60")
         self.client = client
@@ -252,7 +258,7 @@ class RedisStore:
         self._async_clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
         self._async_lock = threading.Lock()
         self._bases: dict[str, str] = {}
-        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._keys: dict[tuple[str, str], str] = {}
         self._days: dict[str, _DayInfo] = {}
         self._today: _DayInfo | None = None
         self.spool = Spool(spool_path or _default_spool_path(prefix, _location(client)))
@@ -270,7 +276,7 @@ class RedisStore:
         hash_tag: Callable[[str], str] | None = None,
         spool_path: str | os.PathLike[str] | None = None,
         retention_days: int = 35,
-        dedup_seconds: int = _DAY,
+        dedup_seconds: int | None = None,
         **redis_options: Any,
     ) -> RedisStore:
         """A store on ``redis://[[user]:password@]host:port/db`` (or ``rediss://``,
@@ -349,22 +355,27 @@ class RedisStore:
             info = self._today = self._day(self.windows.keys(now)[0])
         return info
 
-    def _ttls(self, info: _DayInfo, now: float) -> tuple[int, int]:
-        """TTLs of a day key and its month key: the window, plus the retention."""
-        day = max(3600, math.ceil(info.end - now) + self.retention_seconds)
-        month = max(3600, math.ceil(info.month_end - now) + self.retention_seconds)
-        return day, month
+    def _day_ttl(self, info: _DayInfo, now: float) -> int:
+        """TTL of a day hash: the rest of the day, plus the retention."""
+        return max(3600, math.ceil(info.end - now) + self.retention_seconds)
 
-    def _scope_keys(self, scope: str, info: _DayInfo) -> tuple[str, ...]:
-        """The four keys of a scope on a day (cached: built once per scope and day)."""
-        keys = self._keys.get((scope, info.day))
-        if keys is None:
-            base = self._base(scope)
-            keys = (f"{base}d:{info.day}", f"{base}m:{info.month}", f"{base}hz", f"{base}tb")
+    def _keep(self, info: _DayInfo, now: float) -> float:
+        """Until when a live hash written on ``info``'s day must live at least: past its
+        month and the retention (its month's spend and held counters are there)."""
+        return max(info.month_end + self.retention_seconds, now + 3600.0)
+
+    def _live_key(self, scope: str) -> str:
+        return f"{self._base(scope)}s"
+
+    def _day_key(self, scope: str, info: _DayInfo) -> str:
+        """A scope's day hash (cached: built once per scope and day)."""
+        key = self._keys.get((scope, info.day))
+        if key is None:
+            key = f"{self._base(scope)}d:{info.day}"
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            self._keys[(scope, info.day)] = keys
-        return keys
+            self._keys[(scope, info.day)] = key
+        return key
 
     def _done_key(self, r: Reservation) -> str:
         return f"{self._base(r.scopes[0])}done:{r.day}"
@@ -376,17 +387,17 @@ class RedisStore:
     ) -> tuple[list[str], list[str], _DayInfo]:
         self._check_slots([lim.scope for lim in request.scopes])
         info = self._today_info(now)
-        day_ttl, month_ttl = self._ttls(info, now)
-        month_ttl = max(month_ttl, math.ceil(request.ttl_seconds) + 3600)  # holds live as long
+        expires = float(now + request.ttl_seconds)
+        keep = max(self._keep(info, now), expires + 3600.0)  # and past any hold
         args = [
             request.id,
             f"{float(now)!r} {_limit(request.cost_nanos, 'cost')} "
-            f"{_limit(request.tokens, 'tokens')} {float(now + request.ttl_seconds)!r} "
-            f"{day_ttl} {month_ttl}",
+            f"{_limit(request.tokens, 'tokens')} {expires!r} {keep!r} "
+            f"{self.retention_seconds} {info.day}",
         ]
         keys: list[str] = []
         for lim in request.scopes:
-            keys += self._scope_keys(lim.scope, info)
+            keys.append(self._live_key(lim.scope))
             args.append(
                 f"{_limit(lim.daily_nanos, 'daily cap')} "
                 f"{_limit(lim.monthly_nanos, 'monthly cap')} "
@@ -398,7 +409,7 @@ class RedisStore:
     def _reserve_result(
         self, request: ReservationRequest, now: float, info: _DayInfo, result: Any
     ) -> Reservation:
-        if int(result[0]) == 1:
+        if not isinstance(result, list):  # the generation of the first scope's live hash
             return Reservation(
                 id=request.id,
                 scopes=tuple(lim.scope for lim in request.scopes),
@@ -409,6 +420,7 @@ class RedisStore:
                 created_at=now,
                 expires_at=now + request.ttl_seconds,
                 model=request.model,
+                token=_text(result),
             )
         lim: ScopeLimits = request.scopes[int(result[1]) - 1]
         code = int(result[2])
@@ -444,39 +456,39 @@ class RedisStore:
     ) -> tuple[list[str], list[str]]:
         self._check_slots(r.scopes)
         info = self._day(r.day)
-        day_ttl, month_ttl = self._ttls(info, now)
         done_ttl = max(3600, math.ceil(info.end - now) + self.dedup_seconds)
         keys: list[str] = []
         for scope in r.scopes:
-            keys += self._scope_keys(scope, info)
+            keys += (self._day_key(scope, info), self._live_key(scope))
         keys.append(self._done_key(r))
         numbers = (
             f"{r.cost_nanos} {r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} "
-            f"{s.output_tokens} {r.tokens - s.tokens} {day_ttl} {month_ttl} {done_ttl}"
+            f"{s.output_tokens} {r.tokens - s.tokens} {self._day_ttl(info, now)} {done_ttl} "
+            f"{float(now)!r} {self._keep(info, now)!r}"
         )
-        return keys, [r.id, s.model, numbers]
+        return keys, [r.id, s.model, r.token, numbers]
 
     def _release_call(self, r: Reservation, now: float) -> tuple[list[str], list[str]]:
         self._check_slots(r.scopes)
-        info = self._day(r.day)
-        keys: list[str] = []
-        for scope in r.scopes:
-            keys += self._scope_keys(scope, info)
-        return keys, [repr(float(now)), r.id, str(r.cost_nanos), r.day, str(r.tokens)]
+        keys = [self._live_key(scope) for scope in r.scopes]
+        numbers = f"{float(now)!r} {r.cost_nanos} {r.day} {r.tokens} {self.retention_seconds}"
+        return keys, [r.id, numbers]
 
-    def _usage_call(self, scope: str, day: date | None, now: float) -> tuple[list[str], str]:
+    def _usage_call(
+        self, scope: str, day: date | None, now: float
+    ) -> tuple[list[str], list[str], str]:
         info = self._today_info(now) if day is None else self._day(self.windows.day_key(day))
-        return list(self._scope_keys(scope, info)[:3]), info.day
+        keys = [self._day_key(scope, info), self._live_key(scope)]
+        return keys, [f"{float(now)!r} {self.retention_seconds}"], info.day
 
     @staticmethod
     def _usage_result(scope: str, day: str, result: Any) -> UsageSummary:
-        fields = _fields(result[0])
-        totals = _model_totals(fields)
+        totals = _model_totals(_fields(result[0]))
         return UsageSummary(
             scope=scope,
             day=day,
-            spent_usd=nanos_to_usd(int(fields.get("spent", 0))),
-            reserved_usd=nanos_to_usd(int(fields.get("held", 0))),
+            spent_usd=nanos_to_usd(sum(t[0] for t in totals.values())),
+            reserved_usd=nanos_to_usd(int(result[2])),
             month_spent_usd=nanos_to_usd(int(result[1])),
             input_tokens=sum(t[1] for t in totals.values()),
             output_tokens=sum(t[2] for t in totals.values()),
@@ -616,8 +628,8 @@ class RedisStore:
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
-        keys, day_key = self._usage_call(scope, day, now)
-        return self._usage_result(scope, day_key, self._run("usage", keys, [repr(float(now))]))
+        keys, args, day_key = self._usage_call(scope, day, now)
+        return self._usage_result(scope, day_key, self._run("usage", keys, args))
 
     def usage_by_model(self, scope: str, day: date | None = None) -> dict[str, UsageSummary]:
         """Per-model usage of one scope in one day."""
@@ -672,8 +684,8 @@ class RedisStore:
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
-        keys, day_key = self._usage_call(scope, day, now)
-        result = await self._arun("usage", keys, [repr(float(now))])
+        keys, args, day_key = self._usage_call(scope, day, now)
+        result = await self._arun("usage", keys, args)
         return self._usage_result(scope, day_key, result)
 
     async def ausage_report(

@@ -2,23 +2,37 @@
 -- text where a script says "--! include lib.lua" (redis-py registers the result).
 --
 -- Keys of one scope (see guardrail/stores/redis.py), base = "{prefix}:{tag}:{scope}:":
---   base.."d:YYYY-MM-DD"     day hash: spent, held (nano-dollars); u:<model> = "<cost>
+--   base.."s"                live hash: all that reserve checks and takes, so that reserve
+--                            reads it once and writes it once (and settle the same):
+--     m, d                   token buckets per minute and per day: "<level> <updated_at>
+--                            <capacity>"
+--     ds                     "<YYYY-MM-DD> <spent>": nano-dollars spent in the latest day
+--                            settled into (the daily cap's spend; history is in day hashes)
+--     ms:<YYYY-MM>           nano-dollars spent in a month
+--     dh:<YYYY-MM-DD>        nano-dollars held in a day; mh:<YYYY-MM> in a month
+--     h:<id>                 a hold: "<cost> <YYYY-MM-DD> <expires_at> <1 on the
+--                            reservation's first scope, else 0>"
+--     x:<id>                 a hold that expired unsettled (first scope only): "<forget at>";
+--                            its late settlement is applied once, then the marker goes
+--     g                      generation: the id of the reservation that created the hash; a
+--                            settlement that finds another one knows the hash was lost
+--     n                      when the next scan for expired holds and markers is due
+--     e                      until when the hash lives (what its last EXPIRE asked for)
+--   base.."d:YYYY-MM-DD"     day hash, for reports (written by settle): u:<model> = "<cost>
 --                            <input tokens> <output tokens> <requests>" per model
---   base.."m:YYYY-MM"        month hash: spent, held
---   base.."hz"               zset of holds: "<id> <cost> <YYYY-MM-DD>" -> expires_at
---   base.."tb"               token buckets: m (per minute), d (per day) = "<level>
---                            <updated_at> <capacity>"; lives until full again and at
---                            least as long as any reservation that took from it
---   base.."done:YYYY-MM-DD"  set of settled reservation ids (first scope only)
--- Every key is created with a TTL, so Redis does not grow without bound.
+--   base.."done:YYYY-MM-DD"  settled ids of settlements that had no hold to take and no
+--                            marker (the call was let through while the store was down, or
+--                            the live hash was lost since); first scope only
+-- Every key is created with a TTL, so Redis does not grow without bound. A settled
+-- reservation leaves nothing behind: a replay of its settlement finds neither a hold nor a
+-- marker in a hash of the same generation, and is skipped.
 
 local unpack = unpack or table.unpack -- Redis runs Lua 5.1; fakeredis may run 5.4
 local PERIODS = { 60.0, 86400.0 }
 local BUCKETS = { 'm', 'd' }
 local BUCKET_MARGIN = 60
--- A key that already lives within EXTEND_SLACK seconds of the TTL asked for keeps its TTL:
--- a PTTL read instead of an EXPIRE write on every call (writes cost Redis several times
--- more). Far below BUCKET_MARGIN and every other margin, so no guarantee moves.
+-- A live hash that already lives within EXTEND_SLACK seconds of what is asked keeps its
+-- TTL (no EXPIRE on every call). Far below every margin, so no guarantee moves.
 local EXTEND_SLACK = 5
 
 -- Doubles as text that round-trip exactly (Lua's tostring keeps only 14 digits).
@@ -44,71 +58,136 @@ local function refill(level, at, now, cap, period)
   return cap
 end
 
--- Expired holds of one scope go back to their day and month: no sweeper process needed.
-local function purge(base, now)
-  local hz = base .. 'hz'
-  local expired = redis.call('ZRANGEBYSCORE', hz, '-inf', now)
-  if #expired == 0 then
-    return
+-- Seconds until a bucket at `level` is full again (a full bucket is the same as none).
+local function full_in(level, cap, period)
+  if cap <= 0 or level >= cap then
+    return 0
   end
-  for _, hold in ipairs(expired) do
-    local cost, day = string.match(hold, '^.* (%d+) (%S+)$')
-    if cost ~= '0' then
-      for _, key in ipairs({ base .. 'd:' .. day, base .. 'm:' .. string.sub(day, 1, 7) }) do
-        if redis.call('EXISTS', key) == 1 then
-          redis.call('HINCRBY', key, 'held', '-' .. cost)
-        end
-      end
-    end
-  end
-  redis.call('ZREMRANGEBYSCORE', hz, '-inf', now)
+  return (cap - level) * period / cap
 end
 
--- Make `key` live at least `ttl` seconds (never shorter than it already lives), give or
--- take EXTEND_SLACK.
-local function extend(key, ttl)
-  if redis.call('PTTL', key) < (ttl - EXTEND_SLACK) * 1000 then
-    redis.call('EXPIRE', key, int(ttl))
+-- Append the writes that keep `live` alive until `want` (POSIX seconds; `text`, if given,
+-- is how the caller wrote it) to `fields`, when its last EXPIRE (field e, `e`) asked for
+-- less; returns the TTL to set after the HSET, or nil.
+local function keep_until(fields, e, want, now, text)
+  if e and want <= tonumber(e) + EXTEND_SLACK then
+    return nil
   end
+  fields[#fields + 1] = 'e'
+  fields[#fields + 1] = text or fmt(want)
+  return math.ceil(want - now)
 end
 
--- A token bucket key lives until the bucket would be full again (a full bucket is the
--- same as no key), and at least `floor` seconds (reserve: the reservation's life, so that
--- its settlement finds the bucket and takes a debt from it, exactly as the memory store
--- does); never shorter than it already lives. levels: {level, capacity} per bucket that
--- has a capacity.
-local function expire_bucket(tb, levels, floor)
-  local ttl = floor or 0
-  for i, period in ipairs(PERIODS) do
-    local lc = levels[i]
-    if lc and lc[2] > 0 then
-      local full = (lc[2] - lc[1]) * period / lc[2]
-      if full > ttl then
-        ttl = full
-      end
-    end
+-- The TTL work of a write to a live hash: keep it past `keep_text` (the month and its
+-- retention, as the caller wrote it) and past `want` (a bucket's refill, or nil).
+local function keep_live(fields, e, keep_text, want, now)
+  if e == keep_text and want == nil then
+    return nil -- the common case: nothing to read or compare
   end
-  extend(tb, math.ceil(ttl) + BUCKET_MARGIN)
+  local keep = tonumber(keep_text)
+  if want and want > keep then
+    return keep_until(fields, e, want, now)
+  end
+  return keep_until(fields, e, keep, now, keep_text)
 end
 
--- Give tokens back to (or, if negative, take them from) every bucket of a scope.
-local function refund(tb, delta)
-  if delta == 0 then
-    return
-  end
-  local v = redis.call('HMGET', tb, 'm', 'd')
-  local levels, fields = {}, {}
+-- Add `delta` tokens to (negative: take them from) each bucket of a scope that exists;
+-- `values` are the fields m and d as read. Appends the writes to `fields`; returns the
+-- longest time until a bucket is full again.
+local function refund(fields, values, delta)
+  local longest = 0
   for i, b in ipairs(BUCKETS) do
-    if v[i] then
-      local l, at, cap = string.match(v[i], '^(%S+) (%S+) (%S+)$')
+    if values[i] then
+      local l, at, cap = string.match(values[i], '^(%S+) (%S+) (%S+)$')
       local level = tonumber(l) + delta
       fields[#fields + 1] = b
       fields[#fields + 1] = fmt(level) .. ' ' .. at .. ' ' .. cap
-      levels[i] = { level, tonumber(cap) }
+      local t = full_in(level, tonumber(cap), PERIODS[i])
+      if t > longest then
+        longest = t
+      end
     end
   end
-  if #fields > 0 then
-    redis.call('HSET', tb, unpack(fields))
-    expire_bucket(tb, levels)
+  return longest
+end
+
+-- The rare path, when field n is due: expired holds go back to the held counters of their
+-- day and month (their first scope keeps a marker x:<id> for `forget_after` seconds, so a
+-- late settlement is still applied, once), old markers and empty counters go. No sweeper
+-- process is needed: every script runs this on the live hashes it touches.
+local function scan(live, now, forget_after)
+  local flat = redis.call('HGETALL', live)
+  local values, freed, dels, sets = {}, {}, {}, {}
+  local soonest, latest, e
+  local function due(t)
+    if soonest == nil or t < soonest then
+      soonest = t
+    end
+    if latest == nil or t > latest then
+      latest = t
+    end
+  end
+  for i = 1, #flat, 2 do
+    values[flat[i]] = flat[i + 1]
+  end
+  for f, v in pairs(values) do
+    local kind = string.sub(f, 1, 2)
+    if kind == 'h:' then
+      local cost, day, expires, first = string.match(v, '^(%S+) (%S+) (%S+) (%S+)$')
+      if tonumber(expires) <= now then
+        dels[#dels + 1] = f
+        local c = tonumber(cost)
+        local dh, mh = 'dh:' .. day, 'mh:' .. string.sub(day, 1, 7)
+        freed[dh] = (freed[dh] or 0) + c
+        freed[mh] = (freed[mh] or 0) + c
+        if first == '1' then
+          local forget = now + forget_after
+          sets[#sets + 1] = 'x:' .. string.sub(f, 3)
+          sets[#sets + 1] = fmt(forget)
+          due(forget)
+        end
+      else
+        due(tonumber(expires))
+      end
+    elseif kind == 'x:' then
+      if tonumber(v) <= now then
+        dels[#dels + 1] = f
+      else
+        due(tonumber(v))
+      end
+    end
+  end
+  -- Counters: take what the expired holds held; drop the empty ones.
+  for f in pairs(values) do
+    local kind = string.sub(f, 1, 3)
+    if (kind == 'dh:' or kind == 'mh:') and freed[f] == nil then
+      freed[f] = 0
+    end
+  end
+  for f, c in pairs(freed) do
+    local before = tonumber(values[f] or '0')
+    local left = before - c
+    if left == 0 then
+      dels[#dels + 1] = f
+    elseif left ~= before then
+      sets[#sets + 1] = f
+      sets[#sets + 1] = int(left)
+    end
+  end
+  if soonest then
+    sets[#sets + 1] = 'n'
+    sets[#sets + 1] = fmt(soonest)
+    e = keep_until(sets, values['e'], latest + BUCKET_MARGIN, now)
+  else
+    dels[#dels + 1] = 'n'
+  end
+  if #dels > 0 then
+    redis.call('HDEL', live, unpack(dels))
+  end
+  if #sets > 0 then
+    redis.call('HSET', live, unpack(sets))
+  end
+  if e then
+    redis.call('EXPIRE', live, e)
   end
 end

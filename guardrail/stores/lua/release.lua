@@ -1,32 +1,52 @@
 -- release.lua: give a reservation back whole (the call failed without usage).
--- KEYS: four per scope of the reservation (i = 0 .. nscopes-1):
---   KEYS[4i+1] = day hash, KEYS[4i+2] = month hash of the reservation's day and month
---   KEYS[4i+3] = holds zset, KEYS[4i+4] = token buckets hash
--- ARGV[1] = now, POSIX seconds
--- ARGV[2] = reservation id
--- ARGV[3] = reserved cost, integer nano-dollars
--- ARGV[4] = the reservation's day, YYYY-MM-DD
--- ARGV[5] = reserved tokens (given back to the buckets)
+-- KEYS[i] = live hash of the reservation's i-th scope   {prefix}:{tag}:{scope}:s
+-- ARGV[1] = reservation id
+-- ARGV[2] = "<now> <reserved cost> <day> <reserved tokens> <forget after>": now in POSIX
+--   seconds, cost in integer nano-dollars, the reservation's day (YYYY-MM-DD), tokens to
+--   give back to the buckets, seconds an expired hold's marker is kept
 -- Returns 1 when released, 0 when it was settled, released or expired already.
 
 --! include lib.lua
 
-local nscopes = #KEYS / 4
-local hold = ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4]
-for i = 0, nscopes - 1 do
-  purge(string.sub(KEYS[4 * i + 3], 1, -3), ARGV[1])
-end
-if redis.call('ZREM', KEYS[3], hold) == 0 then
-  return 0 -- not held: settled, released or expired (holds come and go on every scope)
-end
-for i = 0, nscopes - 1 do
-  local k = 4 * i
-  if i == 0 or redis.call('ZREM', KEYS[k + 3], hold) == 1 then
-    if ARGV[3] ~= '0' then
-      redis.call('HINCRBY', KEYS[k + 1], 'held', '-' .. ARGV[3])
-      redis.call('HINCRBY', KEYS[k + 2], 'held', '-' .. ARGV[3])
-    end
+local id = ARGV[1]
+local now, cost, day, tokens, forget_after =
+  string.match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+now, cost, tokens = tonumber(now), tonumber(cost), tonumber(tokens)
+local hold_field = 'h:' .. id
+local day_field, month_field = 'dh:' .. day, 'mh:' .. string.sub(day, 1, 7)
+local N, HOLD, M, D, DH, MH = 1, 2, 3, 4, 5, 6
+
+-- Expired holds go first: an expired reservation is gone, its tokens are not given back.
+local live = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local v = redis.call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
+  if v[N] and tonumber(v[N]) <= now then
+    scan(key, now, tonumber(forget_after))
+    v = redis.call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
   end
-  refund(KEYS[k + 4], tonumber(ARGV[5]))
+  if i == 1 and not v[HOLD] then
+    return 0 -- not held: settled, released or expired (holds come and go on every scope)
+  end
+  live[i] = v
+end
+for i = 1, #KEYS do
+  local key, v = KEYS[i], live[i]
+  local fields = {}
+  if v[HOLD] then
+    fields = {
+      day_field,
+      int(tonumber(v[DH] or '0') - cost),
+      month_field,
+      int(tonumber(v[MH] or '0') - cost),
+    }
+    redis.call('HDEL', key, hold_field)
+  end
+  if tokens ~= 0 then
+    refund(fields, { v[M], v[D] }, tokens)
+  end
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
+  end
 end
 return 1

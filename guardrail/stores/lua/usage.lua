@@ -1,11 +1,16 @@
 -- usage.lua: one scope's usage in one day, after returning its expired holds.
 -- KEYS[1] = day hash     {prefix}:{tag}:{scope}:d:YYYY-MM-DD
--- KEYS[2] = month hash   {prefix}:{tag}:{scope}:m:YYYY-MM
--- KEYS[3] = holds zset   {prefix}:{tag}:{scope}:hz
--- ARGV[1] = now, POSIX seconds
--- Returns {HGETALL of the day hash, the month's spent nano-dollars}.
+-- KEYS[2] = live hash    {prefix}:{tag}:{scope}:s
+-- ARGV[1] = "<now> <forget after>": POSIX seconds, seconds an expired hold's marker is kept
+-- Returns {HGETALL of the day hash, the month's spent, the day's held (nano-dollars)}.
 
 --! include lib.lua
 
-purge(string.sub(KEYS[3], 1, -3), ARGV[1])
-return { redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], 'spent') or '0' }
+local now, forget_after = string.match(ARGV[1], '^(%S+) (%S+)$')
+local day = string.sub(KEYS[1], -10)
+local due = redis.call('HGET', KEYS[2], 'n')
+if due and tonumber(due) <= tonumber(now) then
+  scan(KEYS[2], tonumber(now), tonumber(forget_after))
+end
+local v = redis.call('HMGET', KEYS[2], 'ms:' .. string.sub(day, 1, 7), 'dh:' .. day)
+return { redis.call('HGETALL', KEYS[1]), v[1] or '0', v[2] or '0' }
