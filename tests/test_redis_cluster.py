@@ -428,18 +428,14 @@ async def test_async_with_an_async_cluster_client(
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisStore builds its default async client with _async_factory_for, which reads "
-    "client.connection_pool: a redis.cluster.RedisCluster has none (AttributeError), and "
-    "a plain redis.asyncio.Redis would not follow the cluster's slots anyway",
-)
 async def test_async_default_client_follows_the_cluster(
     cluster: RedisCluster, client: Any, clock: ManualClock, tmp_path: Path
 ) -> None:
     store = make_store(client, clock, tmp_path)  # no async_client: the store makes one
     try:
         await exercise_async(store, cluster, client)
+        made, _ = store._async()
+        assert isinstance(made, redis.asyncio.cluster.RedisCluster)
     finally:
         await store.aclose()
         store.close()
@@ -485,3 +481,11 @@ async def test_async_scripts_reload_after_script_flush_on_every_node(
     finally:
         await store.aclose()
         store.close()
+
+
+def test_default_spool_is_named_after_the_cluster(cluster: RedisCluster, client: Any) -> None:
+    """Two clusters behind one prefix must not share a spool (and replay each other's)."""
+    from guardrail.stores.redis import _location
+
+    where = _location(client)
+    assert where.startswith("cluster:") and "?" not in where

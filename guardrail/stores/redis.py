@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -127,41 +128,68 @@ def _default_spool_path(prefix: str, location: str) -> Path:
 
 
 def _location(client: Any) -> str:
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:  # a RedisCluster: named after its first node, not "?:?/0"
+        return f"cluster:{min(manager.startup_nodes)}"
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
     where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
     return f"{where}/{kwargs.get('db', 0)}"
 
 
+_ASYNC_OPTIONS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "client_name",
+    "health_check_interval",
+    "encoding",
+    "encoding_errors",
+    "decode_responses",
+    "credential_provider",
+    "protocol",
+)
+
+
 def _async_factory_for(client: Any) -> Callable[[], Any]:
-    """An async client for the same server as a sync one (the common connection options)."""
+    """An async client for the same server as a sync one (the common connection options);
+    for a ``redis.cluster.RedisCluster``, a ``redis.asyncio.cluster.RedisCluster``."""
     redis = _import_redis()
+    if isinstance(client, redis.cluster.RedisCluster):
+        return _async_cluster_factory_for(client)
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
-    keep = (
-        "host",
-        "port",
-        "db",
-        "username",
-        "password",
-        "socket_timeout",
-        "socket_connect_timeout",
-        "socket_keepalive",
-        "client_name",
-        "health_check_interval",
-        "encoding",
-        "encoding_errors",
-        "decode_responses",
-        "credential_provider",
-        "protocol",
-    )
-    options = {k: kwargs[k] for k in keep if k in kwargs}
+    options = {k: kwargs[k] for k in _ASYNC_OPTIONS if k in kwargs}
     if "path" in kwargs:
         options["unix_socket_path"] = kwargs["path"]
     if issubclass(pool.connection_class, redis.SSLConnection):
         options["ssl"] = True
         options.update({k: v for k, v in kwargs.items() if k.startswith("ssl_")})
     return lambda: redis.asyncio.Redis(**options)
+
+
+def _async_cluster_factory_for(client: Any) -> Callable[[], Any]:
+    """An async Cluster client that starts from the nodes the sync one knows, with its
+    connection options (those the async client takes: no ``db``, no ``ssl_ca_path``...)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    manager = client.nodes_manager
+    kwargs = manager.connection_kwargs
+    accepted = inspect.signature(RedisCluster).parameters
+    options = {
+        k: v
+        for k, v in kwargs.items()
+        if (k in _ASYNC_OPTIONS or k == "ssl" or k.startswith("ssl_"))
+        and k in accepted
+        and k not in ("host", "port", "db")
+    }
+    nodes = [(node.host, node.port) for node in manager.startup_nodes.values()]
+    return lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
 
 
 class _DayInfo:
