@@ -287,6 +287,8 @@ class RedisStore:
         self._async_lock = threading.Lock()
         self._bases: dict[str, str] = {}
         self._keys: dict[tuple[str, str], str] = {}
+        self._lives: dict[str, str] = {}
+        self._limits: dict[ScopeLimits, str] = {}
         self._days: dict[str, _DayInfo] = {}
         self._today: _DayInfo | None = None
         self.spool = Spool(spool_path or _default_spool_path(prefix, _location(client)))
@@ -393,7 +395,13 @@ class RedisStore:
         return max(info.month_end + self.retention_seconds, now + 3600.0)
 
     def _live_key(self, scope: str) -> str:
-        return f"{self._base(scope)}s"
+        key = self._lives.get(scope)
+        if key is None:
+            key = f"{self._base(scope)}s"
+            if len(self._lives) > 10_000:
+                self._lives.clear()
+            self._lives[scope] = key
+        return key
 
     def _day_key(self, scope: str, info: _DayInfo) -> str:
         """A scope's day hash (cached: built once per scope and day)."""
@@ -404,9 +412,6 @@ class RedisStore:
                 self._keys.clear()
             self._keys[(scope, info.day)] = key
         return key
-
-    def _done_key(self, r: Reservation) -> str:
-        return f"{self._base(r.scopes[0])}done:{r.day}"
 
     # -- packing and unpacking (shared by both faces)
 
@@ -423,16 +428,24 @@ class RedisStore:
             f"{_limit(request.tokens, 'tokens')} {expires!r} {keep!r} "
             f"{self.retention_seconds} {info.day}",
         ]
-        keys: list[str] = []
-        for lim in request.scopes:
-            keys.append(self._live_key(lim.scope))
-            args.append(
+        keys = [self._live_key(lim.scope) for lim in request.scopes]
+        args += [self._limits_arg(lim) for lim in request.scopes]
+        return keys, args, info
+
+    def _limits_arg(self, lim: ScopeLimits) -> str:
+        """``"<daily> <monthly> <per minute> <per day>"`` (cached: policies repeat)."""
+        text = self._limits.get(lim)
+        if text is None:
+            text = (
                 f"{_limit(lim.daily_nanos, 'daily cap')} "
                 f"{_limit(lim.monthly_nanos, 'monthly cap')} "
                 f"{_limit(lim.tokens_per_minute, 'tokens_per_minute')} "
                 f"{_limit(lim.tokens_per_day, 'tokens_per_day')}"
             )
-        return keys, args, info
+            if len(self._limits) > 10_000:
+                self._limits.clear()
+            self._limits[lim] = text
+        return text
 
     def _reserve_result(
         self, request: ReservationRequest, now: float, info: _DayInfo, result: Any
@@ -485,10 +498,7 @@ class RedisStore:
         self._check_slots(r.scopes)
         info = self._day(r.day)
         done_ttl = max(3600, math.ceil(info.end - now) + self.dedup_seconds)
-        keys: list[str] = []
-        for scope in r.scopes:
-            keys += (self._day_key(scope, info), self._live_key(scope))
-        keys.append(self._done_key(r))
+        keys = [self._live_key(scope) for scope in r.scopes]  # day and done keys: same slots
         numbers = (
             f"{r.cost_nanos} {r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} "
             f"{s.output_tokens} {r.tokens - s.tokens} {self._day_ttl(info, now)} {done_ttl} "

@@ -28,6 +28,8 @@
 -- marker in a hash of the same generation, and is skipped.
 
 local unpack = unpack or table.unpack -- Redis runs Lua 5.1; fakeredis may run 5.4
+-- Globals as locals: every global read is a table lookup, and these run on every call.
+local call, tonumber, format, match, sub = redis.call, tonumber, string.format, string.match, string.sub
 local PERIODS = { 60.0, 86400.0 }
 local BUCKETS = { 'm', 'd' }
 local BUCKET_MARGIN = 60
@@ -37,12 +39,12 @@ local EXTEND_SLACK = 5
 
 -- Doubles as text that round-trip exactly (Lua's tostring keeps only 14 digits).
 local function fmt(x)
-  return string.format('%.17g', x)
+  return format('%.17g', x)
 end
 
 -- Integers (below 2^53) as plain decimal text, never in exponent form.
 local function int(x)
-  return string.format('%.0f', x)
+  return format('%.0f', x)
 end
 
 -- The same expression, in the same order, as guardrail.stores.base.bucket_level.
@@ -98,7 +100,7 @@ local function refund(fields, values, delta)
   local longest = 0
   for i, b in ipairs(BUCKETS) do
     if values[i] then
-      local l, at, cap = string.match(values[i], '^(%S+) (%S+) (%S+)$')
+      local l, at, cap = match(values[i], '^(%S+) (%S+) (%S+)$')
       local level = tonumber(l) + delta
       fields[#fields + 1] = b
       fields[#fields + 1] = fmt(level) .. ' ' .. at .. ' ' .. cap
@@ -116,7 +118,7 @@ end
 -- late settlement is still applied, once), old markers and empty counters go. No sweeper
 -- process is needed: every script runs this on the live hashes it touches.
 local function scan(live, now, forget_after)
-  local flat = redis.call('HGETALL', live)
+  local flat = call('HGETALL', live)
   local values, freed, dels, sets = {}, {}, {}, {}
   local soonest, latest, e
   local function due(t)
@@ -131,18 +133,18 @@ local function scan(live, now, forget_after)
     values[flat[i]] = flat[i + 1]
   end
   for f, v in pairs(values) do
-    local kind = string.sub(f, 1, 2)
+    local kind = sub(f, 1, 2)
     if kind == 'h:' then
-      local cost, day, expires, first = string.match(v, '^(%S+) (%S+) (%S+) (%S+)$')
+      local cost, day, expires, first = match(v, '^(%S+) (%S+) (%S+) (%S+)$')
       if tonumber(expires) <= now then
         dels[#dels + 1] = f
         local c = tonumber(cost)
-        local dh, mh = 'dh:' .. day, 'mh:' .. string.sub(day, 1, 7)
+        local dh, mh = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
         freed[dh] = (freed[dh] or 0) + c
         freed[mh] = (freed[mh] or 0) + c
         if first == '1' then
           local forget = now + forget_after
-          sets[#sets + 1] = 'x:' .. string.sub(f, 3)
+          sets[#sets + 1] = 'x:' .. sub(f, 3)
           sets[#sets + 1] = fmt(forget)
           due(forget)
         end
@@ -159,7 +161,7 @@ local function scan(live, now, forget_after)
   end
   -- Counters: take what the expired holds held; drop the empty ones.
   for f in pairs(values) do
-    local kind = string.sub(f, 1, 3)
+    local kind = sub(f, 1, 3)
     if (kind == 'dh:' or kind == 'mh:') and freed[f] == nil then
       freed[f] = 0
     end
@@ -182,12 +184,12 @@ local function scan(live, now, forget_after)
     dels[#dels + 1] = 'n'
   end
   if #dels > 0 then
-    redis.call('HDEL', live, unpack(dels))
+    call('HDEL', live, unpack(dels))
   end
   if #sets > 0 then
-    redis.call('HSET', live, unpack(sets))
+    call('HSET', live, unpack(sets))
   end
   if e then
-    redis.call('EXPIRE', live, e)
+    call('EXPIRE', live, e)
   end
 end

@@ -10,20 +10,20 @@
 
 local id = ARGV[1]
 local now, cost, day, tokens, forget_after =
-  string.match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
 now, cost, tokens = tonumber(now), tonumber(cost), tonumber(tokens)
 local hold_field = 'h:' .. id
-local day_field, month_field = 'dh:' .. day, 'mh:' .. string.sub(day, 1, 7)
+local day_field, month_field = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
 local N, HOLD, M, D, DH, MH = 1, 2, 3, 4, 5, 6
 
 -- Expired holds go first: an expired reservation is gone, its tokens are not given back.
 local live = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local v = redis.call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
+  local v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
   if v[N] and tonumber(v[N]) <= now then
     scan(key, now, tonumber(forget_after))
-    v = redis.call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
+    v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
   end
   if i == 1 and not v[HOLD] then
     return 0 -- not held: settled, released or expired (holds come and go on every scope)
@@ -40,13 +40,13 @@ for i = 1, #KEYS do
       month_field,
       int(tonumber(v[MH] or '0') - cost),
     }
-    redis.call('HDEL', key, hold_field)
+    call('HDEL', key, hold_field)
   end
   if tokens ~= 0 then
     refund(fields, { v[M], v[D] }, tokens)
   end
   if #fields > 0 then
-    redis.call('HSET', key, unpack(fields))
+    call('HSET', key, unpack(fields))
   end
 end
 return 1

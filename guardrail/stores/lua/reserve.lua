@@ -17,9 +17,9 @@
 
 local id = ARGV[1]
 local now_text, cost_text, tokens_text, expires_text, keep_text, forget_after, today =
-  string.match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
 local now, cost, tokens = tonumber(now_text), tonumber(cost_text), tonumber(tokens_text)
-local month = string.sub(today, 1, 7)
+local month = sub(today, 1, 7)
 local hold_field, day_field, month_field = 'h:' .. id, 'dh:' .. today, 'mh:' .. month
 local spent_field = 'ms:' .. month
 local N, M, D, G, E, DS, DH, MH, MS, HOLD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
@@ -29,12 +29,12 @@ local nscopes = #KEYS
 local live = {}
 for i = 1, nscopes do
   local key = KEYS[i]
-  local v = redis.call(
+  local v = call(
     'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', day_field, month_field, spent_field, hold_field
   )
   if v[N] and tonumber(v[N]) <= now then
     scan(key, now, tonumber(forget_after))
-    v = redis.call(
+    v = call(
       'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', day_field, month_field, spent_field, hold_field
     )
   end
@@ -48,7 +48,7 @@ end
 local levels = {}
 for i = 1, nscopes do
   local v = live[i]
-  local limits = { string.match(ARGV[2 + i], '^(%S+) (%S+) (%S+) (%S+)$') }
+  local limits = { match(ARGV[2 + i], '^(%S+) (%S+) (%S+) (%S+)$') }
   for w = 1, 2 do
     local cap = tonumber(limits[w])
     if cap then
@@ -56,7 +56,7 @@ for i = 1, nscopes do
       if w == 1 then
         spent, held = '0', v[DH] or '0'
         if v[DS] then
-          local d, x = string.match(v[DS], '^(%S+) (%S+)$')
+          local d, x = match(v[DS], '^(%S+) (%S+)$')
           if d == today then
             spent = x
           end
@@ -75,7 +75,7 @@ for i = 1, nscopes do
     if cap then
       local level, at
       if v[M + b - 1] then
-        local l, a = string.match(v[M + b - 1], '^(%S+) (%S+)')
+        local l, a = match(v[M + b - 1], '^(%S+) (%S+)')
         level, at = tonumber(l), tonumber(a)
       end
       if level == nil or at == nil then
@@ -127,10 +127,10 @@ for i = 1, nscopes do
   end
   local ttl = keep_live(fields, v[E], keep_text, want, now)
   if #fields > 0 then
-    redis.call('HSET', key, unpack(fields))
+    call('HSET', key, unpack(fields))
   end
   if ttl then
-    redis.call('EXPIRE', key, ttl)
+    call('EXPIRE', key, ttl)
   end
 end
 return live[1][G] or id

@@ -1,8 +1,8 @@
 -- settle.lua: swap a reservation for what the call cost; applied once per reservation id.
--- KEYS: two per scope of the reservation (i = 1 .. nscopes), then one:
---   KEYS[2i-1] = day hash of the reservation's day   {prefix}:{tag}:{scope}:d:YYYY-MM-DD
---   KEYS[2i]   = live hash                           {prefix}:{tag}:{scope}:s
---   KEYS[#KEYS] = settled ids of the first scope     {prefix}:{tag}:{scope}:done:YYYY-MM-DD
+-- KEYS[i] = live hash of the reservation's i-th scope   {prefix}:{tag}:{scope}:s
+-- Also written, in the same hash slot (the same {tag}) as the scope's live hash:
+--   {prefix}:{tag}:{scope}:d:YYYY-MM-DD     day hash of the reservation's day (usage)
+--   {prefix}:{tag}:{scope}:done:YYYY-MM-DD  settled ids (first scope; rarely, see below)
 -- ARGV[1] = reservation id
 -- ARGV[2] = model name (usage is aggregated per model: field "u:<model>" of the day hash)
 -- ARGV[3] = the generation reserve returned for the first scope ("" if never reserved)
@@ -22,35 +22,35 @@
 
 local id, model, generation = ARGV[1], ARGV[2], ARGV[3]
 local reserved_text, day, actual_text, inp, out, delta, day_ttl, done_ttl, now, keep_text =
-  string.match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
 local reserved, actual = tonumber(reserved_text), tonumber(actual_text)
 inp, out, delta, now = tonumber(inp), tonumber(out), tonumber(delta), tonumber(now)
-local month = string.sub(day, 1, 7)
+local month = sub(day, 1, 7)
 local hold_field, marker = 'h:' .. id, 'x:' .. id
 local day_field, month_field, spent_field = 'dh:' .. day, 'mh:' .. month, 'ms:' .. month
 local HOLD, MARKER, G, M, D, DH, MH, E, DS, MS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 local usage = 'u:' .. model
 
 local function read(key)
-  return redis.call(
+  return call(
     'HMGET', key, hold_field, marker, 'g', 'm', 'd', day_field, month_field, 'e', 'ds', spent_field
   )
 end
 
-local first = read(KEYS[2])
+local first = read(KEYS[1])
 if not (first[HOLD] or first[MARKER]) then
   if first[G] == generation then
     return 0 -- settled or released before
   end
-  local done = KEYS[#KEYS]
-  if redis.call('SADD', done, id) == 0 then
+  local done = sub(KEYS[1], 1, -2) .. 'done:' .. day
+  if call('SADD', done, id) == 0 then
     return 0
   end
-  redis.call('EXPIRE', done, done_ttl)
+  call('EXPIRE', done, done_ttl)
 end
 
-for i = 1, (#KEYS - 1) / 2 do
-  local key = KEYS[2 * i]
+for i = 1, #KEYS do
+  local key = KEYS[i]
   local v = first
   if i > 1 then
     v = read(key)
@@ -76,7 +76,7 @@ for i = 1, (#KEYS - 1) / 2 do
   -- goes to that day's hash: no cap looks at a past day).
   local ds_day, ds_spent
   if v[DS] then
-    ds_day, ds_spent = string.match(v[DS], '^(%S+) (%S+)$')
+    ds_day, ds_spent = match(v[DS], '^(%S+) (%S+)$')
   end
   if ds_day == day then
     fields[#fields + 1] = 'ds'
@@ -93,29 +93,29 @@ for i = 1, (#KEYS - 1) / 2 do
     end
   end
   local ttl = keep_live(fields, v[E], keep_text, want, now)
-  redis.call('HSET', key, unpack(fields))
+  call('HSET', key, unpack(fields))
   if ttl then
-    redis.call('EXPIRE', key, ttl)
+    call('EXPIRE', key, ttl)
   end
   if #dels > 0 then
-    redis.call('HDEL', key, unpack(dels))
+    call('HDEL', key, unpack(dels))
   end
   -- The day hash: usage per model, for reports.
-  local day_key = KEYS[2 * i - 1]
-  local u = redis.call('HGET', day_key, usage)
+  local day_key = sub(key, 1, -2) .. 'd:' .. day
+  local u = call('HGET', day_key, usage)
   local c, n_in, n_out, n = 0, 0, 0, 0
   if u then
-    local a, b, x, y = string.match(u, '^(%S+) (%S+) (%S+) (%S+)$')
+    local a, b, x, y = match(u, '^(%S+) (%S+) (%S+) (%S+)$')
     c, n_in, n_out, n = tonumber(a), tonumber(b), tonumber(x), tonumber(y)
   end
-  redis.call(
+  call(
     'HSET',
     day_key,
     usage,
     int(c + actual) .. ' ' .. int(n_in + inp) .. ' ' .. int(n_out + out) .. ' ' .. int(n + 1)
   )
   if not u then
-    redis.call('EXPIRE', day_key, day_ttl) -- a new key, or a new model in it
+    call('EXPIRE', day_key, day_ttl) -- a new key, or a new model in it
   end
 end
 return 1

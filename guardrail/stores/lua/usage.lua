@@ -6,11 +6,11 @@
 
 --! include lib.lua
 
-local now, forget_after = string.match(ARGV[1], '^(%S+) (%S+)$')
-local day = string.sub(KEYS[1], -10)
-local due = redis.call('HGET', KEYS[2], 'n')
+local now, forget_after = match(ARGV[1], '^(%S+) (%S+)$')
+local day = sub(KEYS[1], -10)
+local due = call('HGET', KEYS[2], 'n')
 if due and tonumber(due) <= tonumber(now) then
   scan(KEYS[2], tonumber(now), tonumber(forget_after))
 end
-local v = redis.call('HMGET', KEYS[2], 'ms:' .. string.sub(day, 1, 7), 'dh:' .. day)
-return { redis.call('HGETALL', KEYS[1]), v[1] or '0', v[2] or '0' }
+local v = call('HMGET', KEYS[2], 'ms:' .. sub(day, 1, 7), 'dh:' .. day)
+return { call('HGETALL', KEYS[1]), v[1] or '0', v[2] or '0' }
