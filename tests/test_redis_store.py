@@ -93,7 +93,8 @@ def test_key_layout_and_ttls(store: RedisStore, clock: ManualClock) -> None:
     assert keys == {f"{base}s"}  # a reservation writes only the scope's live hash
     live = {k.decode(): v.decode() for k, v in store.client.hgetall(f"{base}s").items()}
     assert live["h:r1"].split()[:2] == ["5", "2026-11-23"]
-    assert live["dh:2026-11-23"] == live["mh:2026-11"] == "5" and live["g"] == "r1"
+    assert live["dh:2026-11-23"] == live["mh:2026-11"] == "5"
+    assert live["g"] == r.token == "r1"  # the generation: the reservation that made it
     retention = 35 * 86400
     # The live hash outlives the month it holds in (7.5 days left), plus the retention.
     assert 7.5 * 86400 + retention - 5 <= store.client.ttl(f"{base}s") <= 7.5 * 86400 + retention

@@ -79,6 +79,8 @@ class ReservationRequest:
     model: str = ""
 
     def __post_init__(self) -> None:
+        if len(self.scopes) < 2:
+            return
         names = [s.scope for s in self.scopes]
         if len(set(names)) != len(names):
             # A scope charged twice would be held twice and released once by some stores.

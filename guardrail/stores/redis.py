@@ -193,11 +193,12 @@ def _async_cluster_factory_for(client: Any) -> Callable[[], Any]:
 
 
 class _DayInfo:
-    """When a calendar day and its month end, in POSIX seconds."""
+    """When a calendar day and its month end, in POSIX seconds; ``keep``: until when a
+    live hash written that day must live (its month, plus the retention), and its text."""
 
-    __slots__ = ("day", "end", "month", "month_end", "start")
+    __slots__ = ("day", "end", "keep", "keep_text", "month", "month_end", "start")
 
-    def __init__(self, day: date, tz: tzinfo) -> None:
+    def __init__(self, day: date, tz: tzinfo, retention_seconds: int) -> None:
         nxt = day + timedelta(days=1)
         self.day = day.strftime("%Y-%m-%d")
         self.month = day.strftime("%Y-%m")
@@ -205,6 +206,8 @@ class _DayInfo:
         self.end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
         year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
         self.month_end = datetime(year, month, 1, tzinfo=tz).timestamp()
+        self.keep = self.month_end + retention_seconds
+        self.keep_text = repr(self.keep)
 
 
 class RedisStore:
@@ -288,7 +291,9 @@ class RedisStore:
         self._bases: dict[str, str] = {}
         self._keys: dict[tuple[str, str], str] = {}
         self._lives: dict[str, str] = {}
-        self._limits: dict[ScopeLimits, str] = {}
+        # id(limits) -> (limits, text): the entry keeps the object alive, so its id is not
+        # reused while cached (hashing a dataclass's fields on every call costs more).
+        self._limits: dict[int, tuple[ScopeLimits, str]] = {}
         self._days: dict[str, _DayInfo] = {}
         self._today: _DayInfo | None = None
         self.spool = Spool(spool_path or _default_spool_path(prefix, _location(client)))
@@ -362,7 +367,9 @@ class RedisStore:
         return self._base(scope)
 
     def _check_slots(self, scopes: Sequence[str]) -> None:
-        if self._cluster and len(scopes) > 1:
+        """On Cluster, refuse a call whose scopes live in different slots (callers check
+        ``self._cluster`` first: this is not free)."""
+        if len(scopes) > 1:
             tags = {self._base(s).split("}", 1)[0] for s in scopes}
             if len(tags) > 1:
                 raise ConfigurationError(
@@ -376,7 +383,9 @@ class RedisStore:
         if info is None:
             if len(self._days) > 64:
                 self._days.clear()
-            info = self._days[day] = _DayInfo(date.fromisoformat(day), self.windows.tz)
+            info = self._days[day] = _DayInfo(
+                date.fromisoformat(day), self.windows.tz, self.retention_seconds
+            )
         return info
 
     def _today_info(self, now: float) -> _DayInfo:
@@ -389,10 +398,11 @@ class RedisStore:
         """TTL of a day hash: the rest of the day, plus the retention."""
         return max(3600, math.ceil(info.end - now) + self.retention_seconds)
 
-    def _keep(self, info: _DayInfo, now: float) -> float:
-        """Until when a live hash written on ``info``'s day must live at least: past its
-        month and the retention (its month's spend and held counters are there)."""
-        return max(info.month_end + self.retention_seconds, now + 3600.0)
+    @staticmethod
+    def _keep_text(info: _DayInfo, at_least: float) -> str:
+        """Until when a live hash written on ``info``'s day must live: past its month and
+        the retention (its month's spend and held counters are there), and ``at_least``."""
+        return info.keep_text if at_least <= info.keep else repr(float(at_least))
 
     def _live_key(self, scope: str) -> str:
         key = self._lives.get(scope)
@@ -418,15 +428,15 @@ class RedisStore:
     def _reserve_call(
         self, request: ReservationRequest, now: float
     ) -> tuple[list[str], list[str], _DayInfo]:
-        self._check_slots([lim.scope for lim in request.scopes])
+        if self._cluster:
+            self._check_slots([lim.scope for lim in request.scopes])
         info = self._today_info(now)
-        expires = float(now + request.ttl_seconds)
-        keep = max(self._keep(info, now), expires + 3600.0)  # and past any hold
+        ttl = request.ttl_seconds
         args = [
             request.id,
             f"{float(now)!r} {_limit(request.cost_nanos, 'cost')} "
-            f"{_limit(request.tokens, 'tokens')} {expires!r} {keep!r} "
-            f"{self.retention_seconds} {info.day}",
+            f"{_limit(request.tokens, 'tokens')} {float(ttl)!r} "
+            f"{self._keep_text(info, now + ttl + 3600.0)} {self.retention_seconds} {info.day}",
         ]
         keys = [self._live_key(lim.scope) for lim in request.scopes]
         args += [self._limits_arg(lim) for lim in request.scopes]
@@ -434,17 +444,18 @@ class RedisStore:
 
     def _limits_arg(self, lim: ScopeLimits) -> str:
         """``"<daily> <monthly> <per minute> <per day>"`` (cached: policies repeat)."""
-        text = self._limits.get(lim)
-        if text is None:
-            text = (
-                f"{_limit(lim.daily_nanos, 'daily cap')} "
-                f"{_limit(lim.monthly_nanos, 'monthly cap')} "
-                f"{_limit(lim.tokens_per_minute, 'tokens_per_minute')} "
-                f"{_limit(lim.tokens_per_day, 'tokens_per_day')}"
-            )
-            if len(self._limits) > 10_000:
-                self._limits.clear()
-            self._limits[lim] = text
+        entry = self._limits.get(id(lim))
+        if entry is not None and entry[0] is lim:
+            return entry[1]
+        text = (
+            f"{_limit(lim.daily_nanos, 'daily cap')} "
+            f"{_limit(lim.monthly_nanos, 'monthly cap')} "
+            f"{_limit(lim.tokens_per_minute, 'tokens_per_minute')} "
+            f"{_limit(lim.tokens_per_day, 'tokens_per_day')}"
+        )
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[id(lim)] = (lim, text)
         return text
 
     def _reserve_result(
@@ -453,7 +464,7 @@ class RedisStore:
         if not isinstance(result, list):  # the generation of the first scope's live hash
             return Reservation(
                 id=request.id,
-                scopes=tuple(lim.scope for lim in request.scopes),
+                scopes=tuple([lim.scope for lim in request.scopes]),
                 cost_nanos=request.cost_nanos,
                 tokens=request.tokens,
                 day=info.day,
@@ -495,19 +506,21 @@ class RedisStore:
     def _settle_call(
         self, r: Reservation, s: Settlement, now: float
     ) -> tuple[list[str], list[str]]:
-        self._check_slots(r.scopes)
+        if self._cluster:
+            self._check_slots(r.scopes)
         info = self._day(r.day)
         done_ttl = max(3600, math.ceil(info.end - now) + self.dedup_seconds)
         keys = [self._live_key(scope) for scope in r.scopes]  # day and done keys: same slots
         numbers = (
             f"{r.cost_nanos} {r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} "
             f"{s.output_tokens} {r.tokens - s.tokens} {self._day_ttl(info, now)} {done_ttl} "
-            f"{float(now)!r} {self._keep(info, now)!r}"
+            f"{math.floor(now)} {self._keep_text(info, now + 3600.0)}"
         )
         return keys, [r.id, s.model, r.token, numbers]
 
     def _release_call(self, r: Reservation, now: float) -> tuple[list[str], list[str]]:
-        self._check_slots(r.scopes)
+        if self._cluster:
+            self._check_slots(r.scopes)
         keys = [self._live_key(scope) for scope in r.scopes]
         numbers = f"{float(now)!r} {r.cost_nanos} {r.day} {r.tokens} {self.retention_seconds}"
         return keys, [r.id, numbers]

@@ -10,11 +10,11 @@
 --                            settled into (the daily cap's spend; history is in day hashes)
 --     ms:<YYYY-MM>           nano-dollars spent in a month
 --     dh:<YYYY-MM-DD>        nano-dollars held in a day; mh:<YYYY-MM> in a month
---     h:<id>                 a hold: "<cost> <YYYY-MM-DD> <expires_at> <1 on the
---                            reservation's first scope, else 0>"
+--     h:<id>                 a hold: "<cost> <YYYY-MM-DD> <made at> <ttl> <1 on the
+--                            reservation's first scope, else 0>"; it expires at made at + ttl
 --     x:<id>                 a hold that expired unsettled (first scope only): "<forget at>";
 --                            its late settlement is applied once, then the marker goes
---     g                      generation: the id of the reservation that created the hash; a
+--     g                      generation: the id of the reservation that made the hash; a
 --                            settlement that finds another one knows the hash was lost
 --     n                      when the next scan for expired holds and markers is due
 --     e                      until when the hash lives (what its last EXPIRE asked for)
@@ -135,8 +135,9 @@ local function scan(live, now, forget_after)
   for f, v in pairs(values) do
     local kind = sub(f, 1, 2)
     if kind == 'h:' then
-      local cost, day, expires, first = match(v, '^(%S+) (%S+) (%S+) (%S+)$')
-      if tonumber(expires) <= now then
+      local cost, day, at, ttl, first = match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+      local expires = tonumber(at) + tonumber(ttl)
+      if expires <= now then
         dels[#dels + 1] = f
         local c = tonumber(cost)
         local dh, mh = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
@@ -149,7 +150,7 @@ local function scan(live, now, forget_after)
           due(forget)
         end
       else
-        due(tonumber(expires))
+        due(expires)
       end
     elseif kind == 'x:' then
       if tonumber(v) <= now then

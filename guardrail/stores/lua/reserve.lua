@@ -1,24 +1,26 @@
 -- reserve.lua: hold a call's worst-case cost and tokens on every scope, all or nothing.
 -- KEYS[i] = live hash of the request's i-th scope   {prefix}:{tag}:{scope}:s
 -- ARGV[1] = reservation id
--- ARGV[2] = "<now> <cost> <tokens> <expires_at> <keep until> <forget after> <today>": POSIX
---   seconds (the caller's clock, exact float text) for now, expires_at and keep until (how
---   long live hashes must at least live: past the month and any hold), cost to hold in
---   integer nano-dollars, tokens to take from the buckets, seconds an expired hold's
+-- ARGV[2] = "<now> <cost> <tokens> <ttl> <keep until> <forget after> <today>": POSIX
+--   seconds (the caller's clock, exact float text) for now and keep until (how long live
+--   hashes must at least live: past the month and any hold), cost to hold in integer
+--   nano-dollars, tokens to take from the buckets, seconds the hold lives (it expires at
+--   now + ttl, the same double the memory store computes), seconds an expired hold's
 --   marker is kept, today (YYYY-MM-DD, in the store's time zone)
 -- ARGV[2 + i] = scope i's limits, "<daily cap> <monthly cap> <tokens per minute> <tokens
 --   per day>" (caps in nano-dollars; "-" = no limit)
--- Returns the generation of the first scope's live hash when held (also when this id is
--- held already: a retried call), or the first limit without room: {0, scope index
+-- Returns the generation of the first scope's live hash (a string) when held (also when
+-- this id is held already: a retried call), or the first limit without room: {0, scope index
 -- (1-based), 1|2, spent, held} for daily|monthly spend, {0, scope index, 3|4, bucket
 -- level} for tokens per minute|day.
 
 --! include lib.lua
 
 local id = ARGV[1]
-local now_text, cost_text, tokens_text, expires_text, keep_text, forget_after, today =
+local now_text, cost_text, tokens_text, ttl_text, keep_text, forget_after, today =
   match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
 local now, cost, tokens = tonumber(now_text), tonumber(cost_text), tonumber(tokens_text)
+local expires = now + tonumber(ttl_text)
 local month = sub(today, 1, 7)
 local hold_field, day_field, month_field = 'h:' .. id, 'dh:' .. today, 'mh:' .. month
 local spent_field = 'ms:' .. month
@@ -39,7 +41,7 @@ for i = 1, nscopes do
     )
   end
   if i == 1 and v[HOLD] then
-    return v[G] -- held already: a retried call
+    return v[G] or '' -- held already: a retried call
   end
   live[i] = v
 end
@@ -97,7 +99,7 @@ for i = 1, nscopes do
   if not v[HOLD] then
     fields = {
       hold_field,
-      cost_text .. ' ' .. today .. ' ' .. expires_text .. ' ' .. (i == 1 and '1' or '0'),
+      cost_text .. ' ' .. today .. ' ' .. now_text .. ' ' .. ttl_text .. ' ' .. (i == 1 and '1' or '0'),
       day_field,
       int(tonumber(v[DH] or '0') + cost),
       month_field,
@@ -117,9 +119,9 @@ for i = 1, nscopes do
       end
     end
   end
-  if not v[N] or tonumber(expires_text) < tonumber(v[N]) then
+  if not v[N] or expires < tonumber(v[N]) then
     fields[#fields + 1] = 'n'
-    fields[#fields + 1] = expires_text
+    fields[#fields + 1] = fmt(expires)
   end
   if not v[G] then
     fields[#fields + 1] = 'g'

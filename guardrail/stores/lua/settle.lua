@@ -9,8 +9,8 @@
 -- ARGV[4] = "<reserved cost> <day> <actual cost> <input tokens> <output tokens> <tokens
 --   back> <day TTL> <settled-ids TTL> <now> <keep until>": costs in integer nano-dollars,
 --   the reservation's day (YYYY-MM-DD), tokens to give back to the buckets (reserved -
---   used; negative takes more), TTLs in seconds, now and keep until (how long live hashes
---   must at least live) in POSIX seconds
+--   used; negative takes more), TTLs in seconds, now (whole seconds: it only sets TTLs)
+--   and keep until (how long live hashes must at least live) in POSIX seconds
 -- Returns 1 when applied, 0 when this id was settled or released before (a replay).
 --
 -- Which settlement is the first: the one that takes the hold from the first scope's live
