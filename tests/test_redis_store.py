@@ -149,6 +149,26 @@ def test_settlement_after_redis_lost_the_scope_is_applied_once(store: RedisStore
 
 
 @redis_only
+def test_abandoned_holds_leave_a_marker_that_is_forgotten(
+    store: RedisStore, clock: ManualClock
+) -> None:
+    """A hold that expires unsettled is returned by the next look at its scope and leaves
+    a marker (so its late settlement is applied once); the marker goes after the
+    retention, so abandoned calls do not grow a tenant's state for ever."""
+    lim = ScopeLimits("gone", daily_nanos=1000)
+    live = f"{store.key_prefix('gone')}s"
+    store.reserve(req("dead", lim, cost=900))  # its worker dies
+    clock.advance(61)
+    assert store.usage("gone").reserved_usd == 0
+    fields = {k.decode() for k in store.client.hkeys(live)}
+    assert "x:dead" in fields and "h:dead" not in fields
+    clock.advance(store.retention_seconds + 61)
+    store.reserve(req("next", lim, cost=10))
+    fields = {k.decode() for k in store.client.hkeys(live)}
+    assert not any(f.startswith("x:") for f in fields) and "h:next" in fields
+
+
+@redis_only
 def test_scope_ids_are_escaped_and_cannot_collide(store: RedisStore) -> None:
     # The guard validates ids; the store must still not trust them.
     nasty = ["a:b", "a%3Ab", "x}:{y", "{t}", "*", "é", "a b", "_global"]
