@@ -1,5 +1,8 @@
-"""Review of the live-hash Redis store: regression tests for the bugs found (strict xfail,
-each naming its bug) and edge cases the rest of the suite does not cover (odd ids and
+"""Review of the live-hash Redis store: regression tests for the bugs a review found (settle
+and release trusted the caller's cost and day over the hold's; a fail-open settlement of a
+held id was applied twice on replay; the daily spend forgot yesterday for a host a little
+behind at midnight; a scan of thousands of expired holds overflowed Lua's unpack; monthly
+spend fields grew for ever), and edge cases the rest of the suite does not cover (odd ids and
 model names, multi-scope reservations whose holds were only partly scanned away, live
 hashes lost mid-flight, TTLs of every key). Deterministic: a ManualClock, no sleeps."""
 
@@ -71,12 +74,6 @@ def unheld(r: Reservation, now: float, day: str) -> Reservation:
 # -- bugs -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: settle/release take r.cost_nanos and r.day from the caller, not from the "
-    "hold; a reserve retried after midnight (the retry of from_url) gets today's day, so "
-    "settle takes the hold from today's held counter (negative) and yesterday's leaks",
-)
 def test_a_reserve_retried_after_midnight_settles_its_own_hold(
     store: Any, clock: ManualClock
 ) -> None:
@@ -91,12 +88,6 @@ def test_a_reserve_retried_after_midnight_settles_its_own_hold(
     assert store.usage("retry", date(2026, 11, 23)).reserved_usd == 0  # +600 leaked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a fail-open settlement or release (cost 0) of an id whose reserve did run "
-    "(its answer lost: timeouts) takes the hold but subtracts 0 from the held counters: "
-    "the hold's cost stays held for the rest of the day and month",
-)
 @pytest.mark.parametrize("op", ["settle", "release"])
 def test_a_fail_open_settlement_of_a_held_id_returns_the_hold(
     store: Any, clock: ManualClock, op: str
@@ -112,12 +103,6 @@ def test_a_fail_open_settlement_of_a_held_id_returns_the_hold(
     store.reserve(req("r2", lim, cost=900))  # at most 100 spent of 1000: 900 fits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a fail-open settlement (token '') that finds a hold or marker of its id "
-    "takes it without entering the done set; its replay then finds nothing, sees another "
-    "generation than '' and is applied a second time through the done set",
-)
 @pytest.mark.parametrize("expired", [False, True], ids=["held", "expired"])
 def test_a_fail_open_settlement_of_a_held_id_is_applied_once(
     store: Any, clock: ManualClock, expired: bool
@@ -134,11 +119,6 @@ def test_a_fail_open_settlement_of_a_held_id_is_applied_once(
     assert usage.requests == 1 and usage.spent_usd == Decimal(100) / USD  # Redis: twice
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ds keeps only the latest day's spend; a host a few seconds behind "
-    "across midnight sees 0 spent on its day and overruns the daily cap (memory refuses)",
-)
 def test_clock_a_little_behind_at_midnight_keeps_the_daily_cap(
     twin: Twin, clock: ManualClock
 ) -> None:
@@ -154,12 +134,6 @@ def test_clock_a_little_behind_at_midnight_keeps_the_daily_cap(
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: scan passes every expired hold to one HDEL/HSET through unpack(), which "
-    "Lua limits to ~8000 values: ~4000 expired first-scope holds make the scan fail after "
-    "its HDEL (markers lost), ~8000 make every call on the scope fail for good",
-)
 def test_a_scan_of_thousands_of_expired_holds(clock: ManualClock, tmp_path: Path) -> None:
     store = make_store("redis", clock, tmp_path)
     try:
@@ -173,11 +147,6 @@ def test_a_scan_of_thousands_of_expired_holds(clock: ManualClock, tmp_path: Path
         cleanup(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ms:<YYYY-MM> fields are never dropped, so an active scope's live hash "
-    "(which never expires) grows by one field per month for ever",
-)
 def test_the_live_hash_does_not_keep_every_month(store: Any, clock: ManualClock) -> None:
     lim = ScopeLimits("old", monthly_nanos=10**6)
     for n in range(15):  # a call a month for 15 months

@@ -196,7 +196,7 @@ class _DayInfo:
     """When a calendar day and its month end, in POSIX seconds; ``keep``: until when a
     live hash written that day must live (its month, plus the retention), and its text."""
 
-    __slots__ = ("day", "end", "keep", "keep_text", "month", "month_end", "start")
+    __slots__ = ("day", "end", "keep", "keep_text", "month", "month_end", "oldest_month", "start")
 
     def __init__(self, day: date, tz: tzinfo, retention_seconds: int) -> None:
         nxt = day + timedelta(days=1)
@@ -208,6 +208,8 @@ class _DayInfo:
         self.month_end = datetime(year, month, 1, tzinfo=tz).timestamp()
         self.keep = self.month_end + retention_seconds
         self.keep_text = repr(self.keep)
+        # Months before this one are past the retention: scans drop their spend.
+        self.oldest_month = (day - timedelta(days=retention_seconds // 86_400)).strftime("%Y-%m")
 
 
 class RedisStore:
@@ -436,7 +438,8 @@ class RedisStore:
             request.id,
             f"{float(now)!r} {_limit(request.cost_nanos, 'cost')} "
             f"{_limit(request.tokens, 'tokens')} {float(ttl)!r} "
-            f"{self._keep_text(info, now + ttl + 3600.0)} {self.retention_seconds} {info.day}",
+            f"{self._keep_text(info, now + ttl + 3600.0)} {self.retention_seconds} {info.day} "
+            f"{info.oldest_month}",
         ]
         keys = [self._live_key(lim.scope) for lim in request.scopes]
         args += [self._limits_arg(lim) for lim in request.scopes]
@@ -512,8 +515,8 @@ class RedisStore:
         done_ttl = max(3600, math.ceil(info.end - now) + self.dedup_seconds)
         keys = [self._live_key(scope) for scope in r.scopes]  # day and done keys: same slots
         numbers = (
-            f"{r.cost_nanos} {r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} "
-            f"{s.output_tokens} {r.tokens - s.tokens} {self._day_ttl(info, now)} {done_ttl} "
+            f"{r.day} {_limit(s.cost_nanos, 'cost')} {s.input_tokens} {s.output_tokens} "
+            f"{r.tokens} {self._day_ttl(info, now)} {done_ttl} "
             f"{math.floor(now)} {self._keep_text(info, now + 3600.0)}"
         )
         return keys, [r.id, s.model, r.token, numbers]
@@ -522,15 +525,16 @@ class RedisStore:
         if self._cluster:
             self._check_slots(r.scopes)
         keys = [self._live_key(scope) for scope in r.scopes]
-        numbers = f"{float(now)!r} {r.cost_nanos} {r.day} {r.tokens} {self.retention_seconds}"
-        return keys, [r.id, numbers]
+        oldest = self._today_info(now).oldest_month
+        return keys, [r.id, f"{float(now)!r} {r.day} {self.retention_seconds} {oldest}"]
 
     def _usage_call(
         self, scope: str, day: date | None, now: float
     ) -> tuple[list[str], list[str], str]:
         info = self._today_info(now) if day is None else self._day(self.windows.day_key(day))
         keys = [self._day_key(scope, info), self._live_key(scope)]
-        return keys, [f"{float(now)!r} {self.retention_seconds}"], info.day
+        oldest = self._today_info(now).oldest_month
+        return keys, [f"{float(now)!r} {self.retention_seconds} {oldest}"], info.day
 
     @staticmethod
     def _usage_result(scope: str, day: str, result: Any) -> UsageSummary:

@@ -6,12 +6,16 @@
 --                            reads it once and writes it once (and settle the same):
 --     m, d                   token buckets per minute and per day: "<level> <updated_at>
 --                            <capacity>"
---     ds                     "<YYYY-MM-DD> <spent>": nano-dollars spent in the latest day
---                            settled into (the daily cap's spend; history is in day hashes)
---     ms:<YYYY-MM>           nano-dollars spent in a month
+--     ds, dp                 "<YYYY-MM-DD> <spent>": nano-dollars spent in the latest day
+--                            settled into, and in the one before (the daily cap's spend,
+--                            also for a host whose clock is still on yesterday; history is
+--                            in day hashes)
+--     ms:<YYYY-MM>           nano-dollars spent in a month (months past the retention go)
 --     dh:<YYYY-MM-DD>        nano-dollars held in a day; mh:<YYYY-MM> in a month
 --     h:<id>                 a hold: "<cost> <YYYY-MM-DD> <made at> <ttl> <1 on the
---                            reservation's first scope, else 0>"; it expires at made at + ttl
+--                            reservation's first scope, else 0> <tokens>"; it expires at
+--                            made at + ttl. Settle and release give back what the hold
+--                            says, whatever the caller says.
 --     x:<id>                 a hold that expired unsettled (first scope only): "<forget at>";
 --                            its late settlement is applied once, then the marker goes
 --     g                      generation: the id of the reservation that made the hash; a
@@ -58,6 +62,27 @@ local function refill(level, at, now, cap, period)
     return l
   end
   return cap
+end
+
+-- The daily cap's spend on `day`, from the fields ds and dp.
+local function spent_on(day, ds, dp)
+  for _, slot in ipairs({ ds, dp }) do
+    if slot then
+      local d, x = match(slot, '^(%S+) (%S+)$')
+      if d == day then
+        return x
+      end
+    end
+  end
+  return '0'
+end
+
+-- HDEL or HSET `items` on `key`, at most 1000 arguments per call (Lua's unpack has a
+-- limit of about 8000).
+local function batched(command, key, items)
+  for first = 1, #items, 1000 do
+    call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
 end
 
 -- Seconds until a bucket at `level` is full again (a full bucket is the same as none).
@@ -115,9 +140,10 @@ end
 
 -- The rare path, when field n is due: expired holds go back to the held counters of their
 -- day and month (their first scope keeps a marker x:<id> for `forget_after` seconds, so a
--- late settlement is still applied, once), old markers and empty counters go. No sweeper
--- process is needed: every script runs this on the live hashes it touches.
-local function scan(live, now, forget_after)
+-- late settlement is still applied, once); old markers, months past the retention and
+-- empty counters go. No sweeper process is needed: every script runs this on the live
+-- hashes it touches.
+local function scan(live, now, forget_after, oldest_month)
   local flat = call('HGETALL', live)
   local values, freed, dels, sets = {}, {}, {}, {}
   local soonest, latest, e
@@ -135,7 +161,7 @@ local function scan(live, now, forget_after)
   for f, v in pairs(values) do
     local kind = sub(f, 1, 2)
     if kind == 'h:' then
-      local cost, day, at, ttl, first = match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+      local cost, day, at, ttl, first = match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+)')
       local expires = tonumber(at) + tonumber(ttl)
       if expires <= now then
         dels[#dels + 1] = f
@@ -158,6 +184,8 @@ local function scan(live, now, forget_after)
       else
         due(tonumber(v))
       end
+    elseif kind == 'ms' and sub(f, 4) < oldest_month then
+      dels[#dels + 1] = f -- a month past the retention
     end
   end
   -- Counters: take what the expired holds held; drop the empty ones.
@@ -184,12 +212,8 @@ local function scan(live, now, forget_after)
   else
     dels[#dels + 1] = 'n'
   end
-  if #dels > 0 then
-    call('HDEL', live, unpack(dels))
-  end
-  if #sets > 0 then
-    call('HSET', live, unpack(sets))
-  end
+  batched('HDEL', live, dels)
+  batched('HSET', live, sets)
   if e then
     call('EXPIRE', live, e)
   end

@@ -1,17 +1,17 @@
 -- release.lua: give a reservation back whole (the call failed without usage).
 -- KEYS[i] = live hash of the reservation's i-th scope   {prefix}:{tag}:{scope}:s
 -- ARGV[1] = reservation id
--- ARGV[2] = "<now> <reserved cost> <day> <reserved tokens> <forget after>": now in POSIX
---   seconds, cost in integer nano-dollars, the reservation's day (YYYY-MM-DD), tokens to
---   give back to the buckets, seconds an expired hold's marker is kept
--- Returns 1 when released, 0 when it was settled, released or expired already.
+-- ARGV[2] = "<now> <day> <forget after> <oldest month>": now in POSIX seconds, the
+--   reservation's day (YYYY-MM-DD), seconds an expired hold's marker is kept, the oldest
+--   month whose spend a scan keeps (YYYY-MM)
+-- Returns 1 when released, 0 when it was settled, released or expired already. What is
+-- given back (cost, tokens, and the day it was held on) is what the hold says.
 
 --! include lib.lua
 
 local id = ARGV[1]
-local now, cost, day, tokens, forget_after =
-  match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
-now, cost, tokens = tonumber(now), tonumber(cost), tonumber(tokens)
+local now, day, forget_after, oldest = match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+)$')
+now = tonumber(now)
 local hold_field = 'h:' .. id
 local day_field, month_field = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
 local N, HOLD, M, D, DH, MH = 1, 2, 3, 4, 5, 6
@@ -22,7 +22,7 @@ for i = 1, #KEYS do
   local key = KEYS[i]
   local v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
   if v[N] and tonumber(v[N]) <= now then
-    scan(key, now, tonumber(forget_after))
+    scan(key, now, tonumber(forget_after), oldest)
     v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
   end
   if i == 1 and not v[HOLD] then
@@ -30,19 +30,28 @@ for i = 1, #KEYS do
   end
   live[i] = v
 end
+local tokens
 for i = 1, #KEYS do
   local key, v = KEYS[i], live[i]
   local fields = {}
   if v[HOLD] then
+    local cost, held_day, hold_tokens = match(v[HOLD], '^(%S+) (%S+) %S+ %S+ %S+ (%S+)$')
+    tokens = tonumber(hold_tokens)
+    local dh, mh, dh_value, mh_value = day_field, month_field, v[DH], v[MH]
+    if held_day ~= day then -- held on another day than the caller says (a retried reserve)
+      dh, mh = 'dh:' .. held_day, 'mh:' .. sub(held_day, 1, 7)
+      local h = call('HMGET', key, dh, mh)
+      dh_value, mh_value = h[1], h[2]
+    end
     fields = {
-      day_field,
-      int(tonumber(v[DH] or '0') - cost),
-      month_field,
-      int(tonumber(v[MH] or '0') - cost),
+      dh,
+      int(tonumber(dh_value or '0') - tonumber(cost)),
+      mh,
+      int(tonumber(mh_value or '0') - tonumber(cost)),
     }
     call('HDEL', key, hold_field)
   end
-  if tokens ~= 0 then
+  if tokens ~= 0 then -- the first scope's hold says how many (every scope took as many)
     refund(fields, { v[M], v[D] }, tokens)
   end
   if #fields > 0 then

@@ -1,12 +1,14 @@
 -- reserve.lua: hold a call's worst-case cost and tokens on every scope, all or nothing.
 -- KEYS[i] = live hash of the request's i-th scope   {prefix}:{tag}:{scope}:s
 -- ARGV[1] = reservation id
--- ARGV[2] = "<now> <cost> <tokens> <ttl> <keep until> <forget after> <today>": POSIX
+-- ARGV[2] = "<now> <cost> <tokens> <ttl> <keep until> <forget after> <today> <oldest
+--   month>": POSIX
 --   seconds (the caller's clock, exact float text) for now and keep until (how long live
 --   hashes must at least live: past the month and any hold), cost to hold in integer
 --   nano-dollars, tokens to take from the buckets, seconds the hold lives (it expires at
 --   now + ttl, the same double the memory store computes), seconds an expired hold's
---   marker is kept, today (YYYY-MM-DD, in the store's time zone)
+--   marker is kept, today (YYYY-MM-DD, in the store's time zone), the oldest month whose
+--   spend a scan keeps (YYYY-MM: the retention)
 -- ARGV[2 + i] = scope i's limits, "<daily cap> <monthly cap> <tokens per minute> <tokens
 --   per day>" (caps in nano-dollars; "-" = no limit)
 -- Returns the generation of the first scope's live hash (a string) when held (also when
@@ -17,14 +19,14 @@
 --! include lib.lua
 
 local id = ARGV[1]
-local now_text, cost_text, tokens_text, ttl_text, keep_text, forget_after, today =
-  match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+local now_text, cost_text, tokens_text, ttl_text, keep_text, forget_after, today, oldest =
+  match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
 local now, cost, tokens = tonumber(now_text), tonumber(cost_text), tonumber(tokens_text)
 local expires = now + tonumber(ttl_text)
 local month = sub(today, 1, 7)
 local hold_field, day_field, month_field = 'h:' .. id, 'dh:' .. today, 'mh:' .. month
 local spent_field = 'ms:' .. month
-local N, M, D, G, E, DS, DH, MH, MS, HOLD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+local N, M, D, G, E, DS, DP, DH, MH, MS, HOLD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 local nscopes = #KEYS
 
 -- Read every scope's live hash (scanning it first when a scan is due).
@@ -32,12 +34,12 @@ local live = {}
 for i = 1, nscopes do
   local key = KEYS[i]
   local v = call(
-    'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', day_field, month_field, spent_field, hold_field
+    'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', 'dp', day_field, month_field, spent_field, hold_field
   )
   if v[N] and tonumber(v[N]) <= now then
-    scan(key, now, tonumber(forget_after))
+    scan(key, now, tonumber(forget_after), oldest)
     v = call(
-      'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', day_field, month_field, spent_field, hold_field
+      'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', 'dp', day_field, month_field, spent_field, hold_field
     )
   end
   if i == 1 and v[HOLD] then
@@ -56,13 +58,7 @@ for i = 1, nscopes do
     if cap then
       local spent, held
       if w == 1 then
-        spent, held = '0', v[DH] or '0'
-        if v[DS] then
-          local d, x = match(v[DS], '^(%S+) (%S+)$')
-          if d == today then
-            spent = x
-          end
-        end
+        spent, held = spent_on(today, v[DS], v[DP]), v[DH] or '0'
       else
         spent, held = v[MS] or '0', v[MH] or '0'
       end
@@ -99,7 +95,8 @@ for i = 1, nscopes do
   if not v[HOLD] then
     fields = {
       hold_field,
-      cost_text .. ' ' .. today .. ' ' .. now_text .. ' ' .. ttl_text .. ' ' .. (i == 1 and '1' or '0'),
+      cost_text .. ' ' .. today .. ' ' .. now_text .. ' ' .. ttl_text .. ' '
+        .. (i == 1 and '1 ' or '0 ') .. tokens_text,
       day_field,
       int(tonumber(v[DH] or '0') + cost),
       month_field,

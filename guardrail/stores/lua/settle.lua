@@ -5,41 +5,44 @@
 --   {prefix}:{tag}:{scope}:done:YYYY-MM-DD  settled ids (first scope; rarely, see below)
 -- ARGV[1] = reservation id
 -- ARGV[2] = model name (usage is aggregated per model: field "u:<model>" of the day hash)
--- ARGV[3] = the generation reserve returned for the first scope ("" if never reserved)
--- ARGV[4] = "<reserved cost> <day> <actual cost> <input tokens> <output tokens> <tokens
---   back> <day TTL> <settled-ids TTL> <now> <keep until>": costs in integer nano-dollars,
---   the reservation's day (YYYY-MM-DD), tokens to give back to the buckets (reserved -
---   used; negative takes more), TTLs in seconds, now (whole seconds: it only sets TTLs)
---   and keep until (how long live hashes must at least live) in POSIX seconds
+-- ARGV[3] = the generation reserve returned for the first scope ("" if the caller holds
+--   nothing: the call was let through while the store was down)
+-- ARGV[4] = "<day> <actual cost> <input tokens> <output tokens> <reserved tokens> <day TTL>
+--   <settled-ids TTL> <now> <keep until>": the reservation's day (YYYY-MM-DD), cost in
+--   integer nano-dollars, TTLs in seconds, now (whole seconds: it only sets TTLs) and keep
+--   until (how long live hashes must at least live) in POSIX seconds
 -- Returns 1 when applied, 0 when this id was settled or released before (a replay).
 --
 -- Which settlement is the first: the one that takes the hold from the first scope's live
--- hash, or its expiry marker; with neither, one whose reservation that hash never saw (a
--- call let through while the store was down, or a hash lost since: another generation)
--- is remembered in the settled-ids set; anything else is a replay.
+-- hash, or its expiry marker. Two kinds have none to take, or cannot tell: one whose
+-- caller holds nothing (ARGV[3] = ""), and one whose reservation that hash never saw (a
+-- hash lost since: another generation). Those are remembered in the settled-ids set.
+-- Anything else is a replay. The hold's own cost, day and tokens are given back.
 
 --! include lib.lua
 
 local id, model, generation = ARGV[1], ARGV[2], ARGV[3]
-local reserved_text, day, actual_text, inp, out, delta, day_ttl, done_ttl, now, keep_text =
-  match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-local reserved, actual = tonumber(reserved_text), tonumber(actual_text)
-inp, out, delta, now = tonumber(inp), tonumber(out), tonumber(delta), tonumber(now)
+local day, actual_text, inp, out, reserved_tokens, day_ttl, done_ttl, now, keep_text =
+  match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+local actual = tonumber(actual_text)
+inp, out, now = tonumber(inp), tonumber(out), tonumber(now)
 local month = sub(day, 1, 7)
 local hold_field, marker = 'h:' .. id, 'x:' .. id
 local day_field, month_field, spent_field = 'dh:' .. day, 'mh:' .. month, 'ms:' .. month
-local HOLD, MARKER, G, M, D, DH, MH, E, DS, MS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+local HOLD, MARKER, G, M, D, DH, MH, E, DS, DP, MS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 local usage = 'u:' .. model
 
 local function read(key)
   return call(
-    'HMGET', key, hold_field, marker, 'g', 'm', 'd', day_field, month_field, 'e', 'ds', spent_field
+    'HMGET', key, hold_field, marker, 'g', 'm', 'd', day_field, month_field, 'e', 'ds', 'dp',
+    spent_field
   )
 end
 
 local first = read(KEYS[1])
-if not (first[HOLD] or first[MARKER]) then
-  if first[G] == generation then
+local unheld = generation == ''
+if unheld or not (first[HOLD] or first[MARKER]) then
+  if not unheld and first[G] == generation then
     return 0 -- settled or released before
   end
   local done = sub(KEYS[1], 1, -2) .. 'done:' .. day
@@ -58,13 +61,22 @@ for i = 1, #KEYS do
   -- The live hash: drop the hold (if it is still there), count the spend, give tokens
   -- back or take more.
   local fields, dels = {}, {}
+  local tokens = tonumber(reserved_tokens)
   if v[HOLD] then
     dels[1] = hold_field
+    local cost, held_day, hold_tokens = match(v[HOLD], '^(%S+) (%S+) %S+ %S+ %S+ (%S+)$')
+    tokens = tonumber(hold_tokens)
+    local dh, mh, dh_value, mh_value = day_field, month_field, v[DH], v[MH]
+    if held_day ~= day then -- held on another day than the caller says (a retried reserve)
+      dh, mh = 'dh:' .. held_day, 'mh:' .. sub(held_day, 1, 7)
+      local h = call('HMGET', key, dh, mh)
+      dh_value, mh_value = h[1], h[2]
+    end
     fields = {
-      day_field,
-      int(tonumber(v[DH] or '0') - reserved),
-      month_field,
-      int(tonumber(v[MH] or '0') - reserved),
+      dh,
+      int(tonumber(dh_value or '0') - tonumber(cost)),
+      mh,
+      int(tonumber(mh_value or '0') - tonumber(cost)),
     }
   end
   if i == 1 and v[MARKER] then
@@ -72,20 +84,34 @@ for i = 1, #KEYS do
   end
   fields[#fields + 1] = spent_field
   fields[#fields + 1] = int(tonumber(v[MS] or '0') + actual)
-  -- ds follows the latest day settled into (a late settlement of an earlier day only
-  -- goes to that day's hash: no cap looks at a past day).
-  local ds_day, ds_spent
+  -- ds holds the latest day settled into, dp the one before: the daily cap's spend (a
+  -- settlement of an older day only goes to that day's hash).
+  local ds_day, ds_spent, dp_day, dp_spent
   if v[DS] then
     ds_day, ds_spent = match(v[DS], '^(%S+) (%S+)$')
+  end
+  if v[DP] then
+    dp_day, dp_spent = match(v[DP], '^(%S+) (%S+)$')
   end
   if ds_day == day then
     fields[#fields + 1] = 'ds'
     fields[#fields + 1] = day .. ' ' .. int(tonumber(ds_spent) + actual)
   elseif ds_day == nil or ds_day < day then
+    if ds_day then
+      fields[#fields + 1] = 'dp'
+      fields[#fields + 1] = v[DS]
+    end
     fields[#fields + 1] = 'ds'
+    fields[#fields + 1] = day .. ' ' .. actual_text
+  elseif dp_day == day then
+    fields[#fields + 1] = 'dp'
+    fields[#fields + 1] = day .. ' ' .. int(tonumber(dp_spent) + actual)
+  elseif dp_day == nil or dp_day < day then
+    fields[#fields + 1] = 'dp'
     fields[#fields + 1] = day .. ' ' .. actual_text
   end
   local want
+  local delta = tokens - inp - out
   if delta ~= 0 then
     local full = refund(fields, { v[M], v[D] }, delta)
     if full > 86400 - BUCKET_MARGIN then -- in debt: it may outlive the month's keep
