@@ -1097,6 +1097,7 @@ def _limits(scope: str, policy: Policy | None) -> ScopeLimits:
         ),
         tokens_per_minute=policy.tokens_per_minute,
         tokens_per_day=policy.tokens_per_day,
+        max_in_flight=policy.max_in_flight,
     )
 
 

@@ -119,7 +119,8 @@ class BudgetExceeded(GuardrailError):
     """Reserving the call's worst-case cost would exceed one of a tenant's limits.
 
     ``requested`` and ``remaining`` are in the limit's unit: USD (``Decimal``) for
-    spend limits, tokens (``int``) for token limits. ``retry_after`` is the number
+    spend limits, tokens (``int``) for token limits, calls (``int``) for
+    ``max_in_flight``. ``retry_after`` is the number
     of seconds until the limit has room again (the window resets or the bucket
     refills), when that is known.
     """
@@ -135,6 +136,7 @@ class BudgetExceeded(GuardrailError):
         resets_at: datetime | None = None,
         retry_after: float | None = None,
         detail: str = "",
+        unit: str | None = None,
     ) -> None:
         self.tenant = tenant
         self.limit = limit
@@ -143,7 +145,7 @@ class BudgetExceeded(GuardrailError):
         self.cap = cap
         self.resets_at = resets_at
         self.retry_after = retry_after
-        unit = "USD" if isinstance(cap, Decimal) else "tokens"
+        unit = unit or ("USD" if isinstance(cap, Decimal) else "tokens")
         msg = (
             f"tenant {tenant!r} would exceed {limit} ({cap} {unit}): "
             f"this call needs up to {requested} {unit}, {remaining} {unit} remain"

@@ -69,6 +69,9 @@ class Policy:
     monthly_spend_usd: Decimal | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
+    max_in_flight: int | None = None
+    """Most calls charged to the scope that may hold a reservation at once (started and not
+    yet settled); one more is refused with BudgetExceeded(limit="max_in_flight")."""
 
     # -- retries
     max_attempts: int = 3
@@ -97,6 +100,7 @@ class Policy:
             "max_history_messages",
             "tokens_per_minute",
             "tokens_per_day",
+            "max_in_flight",
             "loop_limit",
         ):
             _positive_int(name, getattr(self, name))
@@ -142,6 +146,7 @@ class Policy:
                 self.monthly_spend_usd,
                 self.tokens_per_minute,
                 self.tokens_per_day,
+                self.max_in_flight,
             )
         )
 

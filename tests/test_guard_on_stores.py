@@ -104,3 +104,21 @@ async def test_async_calls_on_the_store(server, store) -> None:
     close = getattr(store, "aclose", None)
     if close is not None:
         await close()
+
+
+def test_max_in_flight_refuses_a_call_while_others_are_open(server, store) -> None:
+    """Two streams open at once fill max_in_flight=2: a third call is refused before it is
+    sent; closing a stream gives its slot back."""
+    guard, client = guarded(server, store, Policy(max_in_flight=2, loop_limit=None))
+    user = client.for_tenant("streamer")
+    first = user.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, stream=True)
+    second = user.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, stream=True)
+    with pytest.raises(BudgetExceeded) as info:
+        user.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20)
+    assert info.value.limit == "max_in_flight" and info.value.cap == 2
+    assert "2 in flight" in str(info.value) and len(server.chat_requests) == 2
+    list(first)  # read to the end: settled
+    user.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20)
+    second.close()  # closed early: settled from what was read
+    user.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20)
+    assert guard.usage("streamer").requests == 4 and guard.usage("streamer").reserved_usd == 0

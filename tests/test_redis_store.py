@@ -336,6 +336,7 @@ limits_st = st.fixed_dictionaries(
         "monthly_nanos": st.one_of(st.none(), st.integers(0, 9000)),
         "tokens_per_minute": st.one_of(st.none(), st.integers(1, 400)),
         "tokens_per_day": st.one_of(st.none(), st.integers(1, 5000)),
+        "max_in_flight": st.one_of(st.none(), st.integers(1, 4)),
     }
 )
 op_st = st.one_of(

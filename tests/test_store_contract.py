@@ -465,3 +465,37 @@ def test_a_settlement_after_a_release_is_a_replay(twin: Twin) -> None:
     usage = ok(twin("usage", "final"))
     assert usage.spent_usd == 0 and usage.requests == 0 and usage.reserved_usd == 0
     ok(twin("reserve", req("r2", lim, cost=1000, tokens=100)))
+
+
+# -- calls in flight ------------------------------------------------------------------------
+
+
+def test_max_in_flight_counts_reservations_not_yet_settled(twin: Twin, clock: ManualClock) -> None:
+    lim = ScopeLimits("busy", daily_nanos=10**6, max_in_flight=2)
+    r1 = ok(twin("reserve", req("r1", lim, cost=1, ttl=60)))
+    r2 = ok(twin("reserve", req("r2", lim, cost=1, ttl=600)))
+    err = refused(twin("reserve", req("r3", lim, cost=1)), "max_in_flight")
+    assert (err["requested"], err["remaining"], err["cap"]) == (1, 0, 2)
+    twin("settle", r1, paid(1))  # a slot comes back
+    r4 = ok(twin("reserve", req("r4", lim, cost=1, ttl=60)))
+    refused(twin("reserve", req("r5", lim, cost=1)), "max_in_flight")
+    twin("release", r2)  # and another
+    ok(twin("reserve", req("r6", lim, cost=1, ttl=60)))
+    twin("settle", r1, paid(1))  # a replay gives nothing back
+    refused(twin("reserve", req("r7", lim, cost=1)), "max_in_flight")
+    clock.advance(60)  # r4 and r6 die unsettled: their slots come back when they expire
+    ok(twin("reserve", req("r8", lim, cost=1)))
+    ok(twin("reserve", req("r9", lim, cost=1)))
+    refused(twin("reserve", req("r10", lim, cost=1)), "max_in_flight")
+    twin("settle", r4, paid(1))  # late: applied, but its slot was already returned
+    refused(twin("reserve", req("r11", lim, cost=1)), "max_in_flight")
+
+
+def test_max_in_flight_of_a_parent_scope(twin: Twin) -> None:
+    user = ScopeLimits("u-9", max_in_flight=5)
+    org = ScopeLimits("org-9", max_in_flight=1)
+    r = ok(twin("reserve", req("r1", user, org)))
+    err = refused(twin("reserve", req("r2", ScopeLimits("u-8"), org)), "max_in_flight")
+    assert err["tenant"] == "org-9"
+    twin("release", r)
+    ok(twin("reserve", req("r3", ScopeLimits("u-8"), org)))

@@ -67,6 +67,7 @@ class ScopeLimits:
     monthly_nanos: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,19 @@ def bucket_level(
     """
     elapsed = max(0.0, now - updated_at)
     return min(float(capacity), level + elapsed * capacity / period)
+
+
+def in_flight_error(*, scope: str, in_flight: int, cap: int) -> BudgetExceeded:
+    """The BudgetExceeded for a scope that has ``cap`` calls in flight already."""
+    return BudgetExceeded(
+        tenant=scope,
+        limit="max_in_flight",
+        requested=1,
+        remaining=max(0, cap - in_flight),
+        cap=cap,
+        detail=f"{in_flight} in flight; one returns when it is settled or released",
+        unit="calls",
+    )
 
 
 def budget_error(

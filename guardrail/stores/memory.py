@@ -25,6 +25,7 @@ from guardrail.stores.base import (
     Windows,
     bucket_level,
     budget_error,
+    in_flight_error,
     nanos_to_usd,
     report_range,
 )
@@ -58,6 +59,7 @@ class _State:
         default_factory=lambda: defaultdict(_Aggregate)
     )
     holds: dict[str, _Hold] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expiry: list[tuple[float, str]] = field(default_factory=list)
     settled: dict[str, float] = field(default_factory=dict)
 
@@ -96,6 +98,7 @@ class MemoryStore:
         for scope in r.scopes:
             s.held[(scope, r.day)] -= r.cost_nanos
             s.held[(scope, r.month)] -= r.cost_nanos
+            s.in_flight[scope] -= 1
 
     def _bucket(self, scope: str, name: str, capacity: int, period: float, now: float) -> float:
         level, updated = self._s.buckets.get((scope, name), (float(capacity), now))
@@ -155,6 +158,10 @@ class MemoryStore:
                                 rate_period=period,
                             )
                         levels.append(((sc, name), level))
+                if lim.max_in_flight is not None and s.in_flight[sc] + 1 > lim.max_in_flight:
+                    raise in_flight_error(
+                        scope=sc, in_flight=s.in_flight[sc], cap=lim.max_in_flight
+                    )
             # Every check passed: take everything.
             for key, level in levels:
                 s.buckets[key] = (level - tokens, now)
@@ -173,6 +180,7 @@ class MemoryStore:
             for sc in scopes:
                 s.held[(sc, day)] += cost
                 s.held[(sc, month)] += cost
+                s.in_flight[sc] += 1
             s.holds[request.id] = _Hold(reservation)
             heapq.heappush(s.expiry, (reservation.expires_at, request.id))
             return reservation

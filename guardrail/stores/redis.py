@@ -50,6 +50,7 @@ from guardrail.stores.base import (
     UsageSummary,
     Windows,
     budget_error,
+    in_flight_error,
     nanos_to_usd,
     report_range,
 )
@@ -446,7 +447,8 @@ class RedisStore:
         return keys, args, info
 
     def _limits_arg(self, lim: ScopeLimits) -> str:
-        """``"<daily> <monthly> <per minute> <per day>"`` (cached: policies repeat)."""
+        """``"<daily> <monthly> <per minute> <per day> <in flight>"`` (cached: policies
+        repeat)."""
         entry = self._limits.get(id(lim))
         if entry is not None and entry[0] is lim:
             return entry[1]
@@ -454,7 +456,8 @@ class RedisStore:
             f"{_limit(lim.daily_nanos, 'daily cap')} "
             f"{_limit(lim.monthly_nanos, 'monthly cap')} "
             f"{_limit(lim.tokens_per_minute, 'tokens_per_minute')} "
-            f"{_limit(lim.tokens_per_day, 'tokens_per_day')}"
+            f"{_limit(lim.tokens_per_day, 'tokens_per_day')} "
+            f"{_limit(lim.max_in_flight, 'max_in_flight')}"
         )
         if len(self._limits) > 10_000:
             self._limits.clear()
@@ -479,6 +482,9 @@ class RedisStore:
             )
         lim: ScopeLimits = request.scopes[int(result[1]) - 1]
         code = int(result[2])
+        if code == 5:
+            assert lim.max_in_flight is not None
+            raise in_flight_error(scope=lim.scope, in_flight=int(result[3]), cap=lim.max_in_flight)
         name, period = _LIMITS[code - 1]
         if period is None:
             cap = lim.daily_nanos if code == 1 else lim.monthly_nanos

@@ -18,6 +18,7 @@
 --                            says, whatever the caller says.
 --     x:<id>                 a hold that expired unsettled (first scope only): "<forget at>";
 --                            its late settlement is applied once, then the marker goes
+--     f                      how many holds are in flight (the max_in_flight limit)
 --     g                      generation: the id of the reservation that made the hash; a
 --                            settlement that finds another one knows the hash was lost
 --     n                      when the next scan for expired holds and markers is due
@@ -147,6 +148,7 @@ local function scan(live, now, forget_after, oldest_month)
   local flat = call('HGETALL', live)
   local values, freed, dels, sets = {}, {}, {}, {}
   local soonest, latest, e
+  local gone = 0 -- holds that expired: no longer in flight
   local function due(t)
     if soonest == nil or t < soonest then
       soonest = t
@@ -165,6 +167,7 @@ local function scan(live, now, forget_after, oldest_month)
       local expires = tonumber(at) + tonumber(ttl)
       if expires <= now then
         dels[#dels + 1] = f
+        gone = gone + 1
         local c = tonumber(cost)
         local dh, mh = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
         freed[dh] = (freed[dh] or 0) + c
@@ -204,6 +207,10 @@ local function scan(live, now, forget_after, oldest_month)
       sets[#sets + 1] = f
       sets[#sets + 1] = int(left)
     end
+  end
+  if gone > 0 then
+    sets[#sets + 1] = 'f'
+    sets[#sets + 1] = int(tonumber(values['f'] or gone) - gone)
   end
   if soonest then
     sets[#sets + 1] = 'n'

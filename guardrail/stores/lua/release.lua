@@ -14,16 +14,16 @@ local now, day, forget_after, oldest = match(ARGV[2], '^(%S+) (%S+) (%S+) (%S+)$
 now = tonumber(now)
 local hold_field = 'h:' .. id
 local day_field, month_field = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
-local N, HOLD, M, D, DH, MH = 1, 2, 3, 4, 5, 6
+local N, HOLD, M, D, DH, MH, F = 1, 2, 3, 4, 5, 6, 7
 
 -- Expired holds go first: an expired reservation is gone, its tokens are not given back.
 local live = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
+  local v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field, 'f')
   if v[N] and tonumber(v[N]) <= now then
     scan(key, now, tonumber(forget_after), oldest)
-    v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field)
+    v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field, 'f')
   end
   if i == 1 and not v[HOLD] then
     return 0 -- not held: settled, released or expired (holds come and go on every scope)
@@ -48,6 +48,8 @@ for i = 1, #KEYS do
       int(tonumber(dh_value or '0') - tonumber(cost)),
       mh,
       int(tonumber(mh_value or '0') - tonumber(cost)),
+      'f',
+      int(tonumber(v[F] or '1') - 1),
     }
     call('HDEL', key, hold_field)
   end

@@ -10,11 +10,11 @@
 --   marker is kept, today (YYYY-MM-DD, in the store's time zone), the oldest month whose
 --   spend a scan keeps (YYYY-MM: the retention)
 -- ARGV[2 + i] = scope i's limits, "<daily cap> <monthly cap> <tokens per minute> <tokens
---   per day>" (caps in nano-dollars; "-" = no limit)
+--   per day> <calls in flight>" (caps in nano-dollars; "-" = no limit)
 -- Returns the generation of the first scope's live hash (a string) when held (also when
 -- this id is held already: a retried call), or the first limit without room: {0, scope index
 -- (1-based), 1|2, spent, held} for daily|monthly spend, {0, scope index, 3|4, bucket
--- level} for tokens per minute|day.
+-- level} for tokens per minute|day, {0, scope index, 5, calls in flight}.
 
 --! include lib.lua
 
@@ -26,21 +26,24 @@ local expires = now + tonumber(ttl_text)
 local month = sub(today, 1, 7)
 local hold_field, day_field, month_field = 'h:' .. id, 'dh:' .. today, 'mh:' .. month
 local spent_field = 'ms:' .. month
-local N, M, D, G, E, DS, DP, DH, MH, MS, HOLD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+local N, M, D, G, E, DS, DP, DH, MH, MS, HOLD, F = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 local nscopes = #KEYS
+
+local function read(key)
+  return call(
+    'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', 'dp', day_field, month_field, spent_field,
+    hold_field, 'f'
+  )
+end
 
 -- Read every scope's live hash (scanning it first when a scan is due).
 local live = {}
 for i = 1, nscopes do
   local key = KEYS[i]
-  local v = call(
-    'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', 'dp', day_field, month_field, spent_field, hold_field
-  )
+  local v = read(key)
   if v[N] and tonumber(v[N]) <= now then
     scan(key, now, tonumber(forget_after), oldest)
-    v = call(
-      'HMGET', key, 'n', 'm', 'd', 'g', 'e', 'ds', 'dp', day_field, month_field, spent_field, hold_field
-    )
+    v = read(key)
   end
   if i == 1 and v[HOLD] then
     return v[G] or '' -- held already: a retried call
@@ -52,7 +55,7 @@ end
 local levels = {}
 for i = 1, nscopes do
   local v = live[i]
-  local limits = { match(ARGV[2 + i], '^(%S+) (%S+) (%S+) (%S+)$') }
+  local limits = { match(ARGV[2 + i], '^(%S+) (%S+) (%S+) (%S+) (%S+)$') }
   for w = 1, 2 do
     local cap = tonumber(limits[w])
     if cap then
@@ -86,6 +89,10 @@ for i = 1, nscopes do
       levels[i][b] = { level, limits[2 + b] }
     end
   end
+  local most = tonumber(limits[5])
+  if most and not v[HOLD] and tonumber(v[F] or '0') + 1 > most then
+    return { 0, i, 5, v[F] or '0' }
+  end
 end
 
 -- Every check passed: take everything, one HSET per scope.
@@ -101,6 +108,8 @@ for i = 1, nscopes do
       int(tonumber(v[DH] or '0') + cost),
       month_field,
       int(tonumber(v[MH] or '0') + cost),
+      'f',
+      int(tonumber(v[F] or '0') + 1),
     }
   end
   local want

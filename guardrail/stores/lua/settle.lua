@@ -29,13 +29,13 @@ inp, out, now = tonumber(inp), tonumber(out), tonumber(now)
 local month = sub(day, 1, 7)
 local hold_field, marker = 'h:' .. id, 'x:' .. id
 local day_field, month_field, spent_field = 'dh:' .. day, 'mh:' .. month, 'ms:' .. month
-local HOLD, MARKER, G, M, D, DH, MH, E, DS, DP, MS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+local HOLD, MARKER, G, M, D, DH, MH, E, DS, DP, MS, F = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 local usage = 'u:' .. model
 
 local function read(key)
   return call(
     'HMGET', key, hold_field, marker, 'g', 'm', 'd', day_field, month_field, 'e', 'ds', 'dp',
-    spent_field
+    spent_field, 'f'
   )
 end
 
@@ -77,6 +77,8 @@ for i = 1, #KEYS do
       int(tonumber(dh_value or '0') - tonumber(cost)),
       mh,
       int(tonumber(mh_value or '0') - tonumber(cost)),
+      'f',
+      int(tonumber(v[F] or '1') - 1),
     }
   end
   if i == 1 and v[MARKER] then
