@@ -119,9 +119,9 @@ for i = 1, nscopes do
       local level = lc[1] - tokens
       fields[#fields + 1] = name
       fields[#fields + 1] = fmt(level) .. ' ' .. now_text .. ' ' .. lc[2]
-      local full = full_in(level, tonumber(lc[2]), PERIODS[b])
-      if full > 86400 - BUCKET_MARGIN then -- in debt: it may outlive the month's keep
-        want = now + full + BUCKET_MARGIN
+      local full = now + full_in(level, tonumber(lc[2]), PERIODS[b]) + BUCKET_MARGIN
+      if full > now + 86400 and (want == nil or full > want) then
+        want = full -- in debt: it may outlive the month's keep
       end
     end
   end
