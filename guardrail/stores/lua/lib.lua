@@ -65,6 +65,28 @@ local function refill(level, at, now, cap, period)
   return cap
 end
 
+-- The writes that return a hold (`hold`, the value of h:<id> in `key`) to the held
+-- counters and the in-flight count, whatever day the caller thinks it was held on:
+-- `day` and the counters read for it (`dh`, `mh`) and `in_flight` (field f). Returns the
+-- fields to HSET and the tokens the hold took.
+local function unhold(key, hold, day, dh, mh, in_flight)
+  local cost, held_day, tokens = match(hold, '^(%S+) (%S+) %S+ %S+ %S+ (%S+)$')
+  local dh_field, mh_field = 'dh:' .. held_day, 'mh:' .. sub(held_day, 1, 7)
+  if held_day ~= day then -- held on another day than the caller says (a retried reserve)
+    local h = call('HMGET', key, dh_field, mh_field)
+    dh, mh = h[1], h[2]
+  end
+  cost = tonumber(cost)
+  return {
+    dh_field,
+    int(tonumber(dh or '0') - cost),
+    mh_field,
+    int(tonumber(mh or '0') - cost),
+    'f',
+    int(tonumber(in_flight or '1') - 1),
+  }, tonumber(tokens)
+end
+
 -- The daily cap's spend on `day`, from the fields ds and dp.
 local function spent_on(day, ds, dp)
   for _, slot in ipairs({ ds, dp }) do

@@ -16,14 +16,18 @@ local hold_field = 'h:' .. id
 local day_field, month_field = 'dh:' .. day, 'mh:' .. sub(day, 1, 7)
 local N, HOLD, M, D, DH, MH, F = 1, 2, 3, 4, 5, 6, 7
 
+local function read(key)
+  return call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field, 'f')
+end
+
 -- Expired holds go first: an expired reservation is gone, its tokens are not given back.
 local live = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field, 'f')
+  local v = read(key)
   if v[N] and tonumber(v[N]) <= now then
     scan(key, now, tonumber(forget_after), oldest)
-    v = call('HMGET', key, 'n', hold_field, 'm', 'd', day_field, month_field, 'f')
+    v = read(key)
   end
   if i == 1 and not v[HOLD] then
     return 0 -- not held: settled, released or expired (holds come and go on every scope)
@@ -35,22 +39,7 @@ for i = 1, #KEYS do
   local key, v = KEYS[i], live[i]
   local fields = {}
   if v[HOLD] then
-    local cost, held_day, hold_tokens = match(v[HOLD], '^(%S+) (%S+) %S+ %S+ %S+ (%S+)$')
-    tokens = tonumber(hold_tokens)
-    local dh, mh, dh_value, mh_value = day_field, month_field, v[DH], v[MH]
-    if held_day ~= day then -- held on another day than the caller says (a retried reserve)
-      dh, mh = 'dh:' .. held_day, 'mh:' .. sub(held_day, 1, 7)
-      local h = call('HMGET', key, dh, mh)
-      dh_value, mh_value = h[1], h[2]
-    end
-    fields = {
-      dh,
-      int(tonumber(dh_value or '0') - tonumber(cost)),
-      mh,
-      int(tonumber(mh_value or '0') - tonumber(cost)),
-      'f',
-      int(tonumber(v[F] or '1') - 1),
-    }
+    fields, tokens = unhold(key, v[HOLD], day, v[DH], v[MH], v[F])
     call('HDEL', key, hold_field)
   end
   if tokens ~= 0 then -- the first scope's hold says how many (every scope took as many)

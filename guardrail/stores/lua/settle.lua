@@ -64,22 +64,7 @@ for i = 1, #KEYS do
   local tokens = tonumber(reserved_tokens)
   if v[HOLD] then
     dels[1] = hold_field
-    local cost, held_day, hold_tokens = match(v[HOLD], '^(%S+) (%S+) %S+ %S+ %S+ (%S+)$')
-    tokens = tonumber(hold_tokens)
-    local dh, mh, dh_value, mh_value = day_field, month_field, v[DH], v[MH]
-    if held_day ~= day then -- held on another day than the caller says (a retried reserve)
-      dh, mh = 'dh:' .. held_day, 'mh:' .. sub(held_day, 1, 7)
-      local h = call('HMGET', key, dh, mh)
-      dh_value, mh_value = h[1], h[2]
-    end
-    fields = {
-      dh,
-      int(tonumber(dh_value or '0') - tonumber(cost)),
-      mh,
-      int(tonumber(mh_value or '0') - tonumber(cost)),
-      'f',
-      int(tonumber(v[F] or '1') - 1),
-    }
+    fields, tokens = unhold(key, v[HOLD], day, v[DH], v[MH], v[F])
   end
   if i == 1 and v[MARKER] then
     dels[#dels + 1] = marker
