@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardrail import ManualClock
@@ -66,7 +66,7 @@ def summarize(messages: list[Any]) -> str:
 
 def main() -> None:
     rng = random.Random(6)
-    clock = ManualClock(datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc))
+    clock = ManualClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
     memory = ConversationMemory(
         MODEL,
         BUDGET,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["Clock", "ManualClock", "system_clock"]
 
@@ -51,4 +51,4 @@ class ManualClock:
             self._now = self._to_seconds(when)
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self(), tz=timezone.utc)
+        return datetime.fromtimestamp(self(), tz=UTC)

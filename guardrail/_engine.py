@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -666,7 +665,7 @@ class Engine:
                     try:  # every retry re-checks the budget
                         reservation = yield from self._reserve(plan.reservation_request())
                     except BudgetExceeded as exc:
-                        _add_note(last, f"guardrail stopped retrying: {exc}")
+                        last.add_note(f"guardrail stopped retrying: {exc}")
                         self._record(plan, "error", started, attempts, error=last)
                         raise last from exc
                     continue
@@ -1114,10 +1113,3 @@ def _last_error(state: RetryCallState) -> BaseException:
     outcome = state.outcome
     exc = outcome.exception() if outcome is not None else None
     return exc if exc is not None else RuntimeError("retry stopped without an error")
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:  # pragma: no cover - 3.10 has no add_note; keep the same attribute
-        setattr(exc, "__notes__", [*getattr(exc, "__notes__", []), note])  # noqa: B010

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC
 
 import pytest
 
@@ -51,11 +52,11 @@ def server(_session_server):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def clock():  # type: ignore[no-untyped-def]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from guardrail import ManualClock
 
-    return ManualClock(datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc))
+    return ManualClock(datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 
 from guardrail.testing import FakeAnthropicServer
+from tests._sdk_http import OVERLOADED, http_library, thinking_tokens
 
 MODEL = "claude-haiku-4-5"
 HI = [{"role": "user", "content": "Hi"}]
@@ -72,7 +72,7 @@ def test_stream_events_in_order_with_two_part_usage(fake: FakeAnthropicServer) -
     assert thinking == "Let me think." and text == fake.reply
     assert delta.usage.output_tokens > 1  # cumulative, thinking included
     assert delta.usage.output_tokens_details is not None
-    assert delta.usage.output_tokens_details.thinking_tokens > 0
+    assert thinking_tokens(delta.usage) > 0
 
 
 def test_message_stream_helper_accumulates(fake: FakeAnthropicServer) -> None:
@@ -96,7 +96,7 @@ def test_count_tokens_matches_the_messages_prompt(fake: FakeAnthropicServer) -> 
     ("status", "error", "kind"),
     [
         (429, anthropic.RateLimitError, "rate_limit_error"),
-        (529, anthropic.OverloadedError, "overloaded_error"),
+        (529, OVERLOADED, "overloaded_error"),
         (500, anthropic.InternalServerError, "api_error"),
         (400, anthropic.BadRequestError, "invalid_request_error"),
     ],
@@ -114,7 +114,8 @@ def test_prompt_too_long_is_a_400_without_a_code(fake: FakeAnthropicServer) -> N
     fake.enqueue_prompt_too_long()
     with pytest.raises(anthropic.BadRequestError) as info:
         sdk(fake).messages.create(model=MODEL, max_tokens=10, messages=HI)
-    assert "prompt is too long" in str(info.value) and info.value.error_code is None
+    assert "prompt is too long" in str(info.value)
+    assert getattr(info.value, "error_code", None) is None
     fake.context_window = 20  # the same answer from a configured window
     fake.prompt_tokens = 15
     with pytest.raises(anthropic.BadRequestError, match="prompt is too long"):
@@ -138,7 +139,7 @@ def test_disconnect_stream_cut_and_half_a_body(fake: FakeAnthropicServer) -> Non
         client.messages.create(model=MODEL, max_tokens=10, messages=HI)
     fake.enqueue_stream_cut(after_events=2)
     got = []
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(http_library(anthropic).RemoteProtocolError):
         for event in client.messages.create(model=MODEL, max_tokens=10, messages=HI, stream=True):
             got.append(event.type)
     assert got == ["message_start", "content_block_start"]

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 import tiktoken
@@ -24,7 +23,9 @@ from guardrail.testing import (
     ReceivedRequest,
     StreamCutScript,
 )
+from tests._sdk_http import cut_stream_errors, http_library, protocol_error
 
+HTTP = http_library(openai)
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 REPLY = "The quick brown fox jumps over the lazy dog."
 
@@ -224,7 +225,7 @@ def test_stream_wire_format(server: FakeOpenAIServer) -> None:
         "stream_options": {"include_usage": True},
         "max_tokens": 2,
     }
-    response = httpx2.post(f"{server.base_url}/chat/completions", json=request)
+    response = HTTP.post(f"{server.base_url}/chat/completions", json=request)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["transfer-encoding"] == "chunked"
@@ -284,7 +285,7 @@ def test_server_errors(server: FakeOpenAIServer, client: OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         chat(client)
     assert info.value.status_code == 503
-    assert info.value.message.endswith("overloaded!")
+    assert "overloaded!" in info.value.message
 
 
 def test_context_length_exceeded(server: FakeOpenAIServer, client: OpenAI) -> None:
@@ -319,7 +320,7 @@ def test_disconnect_raises_connection_error(server: FakeOpenAIServer, client: Op
     server.enqueue_disconnect()
     with pytest.raises(openai.APIConnectionError) as info:
         chat(client)
-    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
+    protocol_error(info.value, openai)
     assert chat(client).choices[0].message.content == REPLY
     assert len(server.chat_requests) == 2
 
@@ -328,11 +329,10 @@ def test_stream_cut_raises_while_iterating(server: FakeOpenAIServer, client: Ope
     server.enqueue_stream_cut(after_chunks=3)
     received = []
     stream = chat(client, stream=True, stream_options={"include_usage": True})
-    with pytest.raises(openai.APIConnectionError) as info:
+    with pytest.raises(cut_stream_errors(openai)) as info:
         for chunk in stream:
             received.append(chunk)
-    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
-    assert "incomplete chunked read" in str(info.value.__cause__)
+    assert "incomplete chunked read" in str(protocol_error(info.value, openai))
     assert len(received) == 3
     assert received[0].choices[0].delta.role == "assistant"
     assert all(c.usage is None for c in received)
@@ -361,7 +361,7 @@ def test_scripts_are_consumed_fifo_by_chat_requests_only(
         chat(client)
     with pytest.raises(openai.APIConnectionError):
         chat(client)
-    with pytest.raises(openai.APIConnectionError):
+    with pytest.raises(cut_stream_errors(openai)):
         list(chat(client, stream=True))
     assert server.pending_scripts == []
     assert chat(client).choices[0].message.content == REPLY
@@ -494,7 +494,7 @@ def test_models(server: FakeOpenAIServer, client: OpenAI) -> None:
 
 
 def test_unknown_path_is_a_404_in_openai_shape(server: FakeOpenAIServer) -> None:
-    response = httpx2.post(f"{server.base_url}/nope", json={})
+    response = HTTP.post(f"{server.base_url}/nope", json={})
     assert response.status_code == 404
     assert response.headers["x-request-id"].startswith("req_fake_")
     error = response.json()["error"]
@@ -603,9 +603,9 @@ async def test_async_faults(server: FakeOpenAIServer) -> None:
             model="gpt-4o", messages=MESSAGES, stream=True
         )
         received = []
-        with pytest.raises(openai.APIConnectionError) as cut:
+        with pytest.raises(cut_stream_errors(openai)) as cut:
             async for chunk in stream:
                 received.append(chunk)
-        assert isinstance(cut.value.__cause__, httpx2.RemoteProtocolError)
+        protocol_error(cut.value, openai)
         assert len(received) == 2
     assert len(server.chat_requests) == 3

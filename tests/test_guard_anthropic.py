@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 
@@ -29,6 +28,7 @@ from guardrail.anthropic import (
 from guardrail.stores.base import usd_to_nanos
 from guardrail.testing import FakeAnthropicServer
 from guardrail.tokens import CLAUDE_SAFETY_MARGIN
+from tests._sdk_http import OVERLOADED, http_library, thinking_tokens
 
 MODEL = "claude-haiku-4-5"  # 200K window, 64K output; $1 / $5 per MTok
 HI = [{"role": "user", "content": "Hello there"}]
@@ -160,7 +160,7 @@ def test_thinking_tokens_are_billed_as_output(fake) -> None:
     out = client.messages.create(model=MODEL, max_tokens=200, messages=HI)
     assert out.content[0].type == "thinking"
     (record,) = records
-    thinking = out.usage.output_tokens_details.thinking_tokens
+    thinking = thinking_tokens(out.usage)
     assert record.reasoning_tokens == thinking > 0
     assert record.output_tokens == out.usage.output_tokens > thinking
     assert record.cost_usd == (20 * Decimal(1) + out.usage.output_tokens * Decimal(5)) / 10**6
@@ -402,7 +402,7 @@ def test_a_low_estimate_corrected_by_the_count_can_still_be_refused(fake) -> Non
     ("script", "error", "retried"),
     [
         ({"status": 429}, anthropic.RateLimitError, True),
-        ({"status": 529}, anthropic.OverloadedError, True),
+        ({"status": 529}, OVERLOADED, True),
         ({"status": 500}, anthropic.InternalServerError, True),
         (
             {"status": 400, "message": "prompt is too long: 210000 tokens > 200000 maximum"},
@@ -446,7 +446,7 @@ def test_sdk_retries_are_off_so_one_layer_retries(fake, sleeps) -> None:
     for _ in range(6):
         fake.enqueue_error(529)
     guard, client = make(fake, Policy(max_attempts=2), sleep=sleeps.append)  # raw asks for 5
-    with pytest.raises(anthropic.OverloadedError):
+    with pytest.raises(OVERLOADED):
         client.messages.create(model=MODEL, max_tokens=100, messages=HI)
     assert len(fake.message_requests) == 2 and len(sleeps) == 1
 
@@ -549,7 +549,7 @@ def test_stream_dropped_connection_settles_and_raises(fake, after_events) -> Non
     fake.enqueue_stream_cut(after_events=after_events)
     records: list[guardrail.UsageRecord] = []
     guard, client = make(fake, sinks=[records.append])
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(http_library(anthropic).RemoteProtocolError):
         for _ in client.messages.create(model=MODEL, max_tokens=100, messages=HI, stream=True):
             pass
     record = records[-1]

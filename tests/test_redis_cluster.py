@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from tests._redis_helpers import HELLO, RedisCluster, unique_prefix
 # checks 127.0.0.1:6379; RedisCluster itself fails under CI without redis-server/redis-cli).
 pytestmark = pytest.mark.redis
 
-START = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TENANTS = [f"tenant-{i:02d}" for i in range(24)]
 COST = 400
 MODEL = "gpt-4o"

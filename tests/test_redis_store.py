@@ -7,7 +7,7 @@ import json
 import random
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from tests._redis_helpers import (
     unique_prefix,
 )
 
-START = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LUA = Path(__file__).parent.parent / "guardrail" / "stores" / "lua"
 
 redis_only = pytest.mark.redis
@@ -363,9 +363,9 @@ op_st = st.one_of(
 )
 start_st = st.sampled_from(
     [
-        datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc),
-        datetime(2026, 11, 30, 23, 58, 30, tzinfo=timezone.utc),  # the month is ending
-        datetime(2026, 3, 8, 6, 30, 0, 123456, tzinfo=timezone.utc),  # a DST night in NY
+        datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 23, 58, 30, tzinfo=UTC),  # the month is ending
+        datetime(2026, 3, 8, 6, 30, 0, 123456, tzinfo=UTC),  # a DST night in NY
     ]
 )
 

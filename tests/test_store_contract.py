@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +27,7 @@ from guardrail.stores.base import (
 )
 from tests._redis_helpers import KINDS, Twin, cleanup, make_store
 
-START = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 USD = 10**9  # nanos
 
 
@@ -82,7 +82,7 @@ def test_daily_cap(twin: Twin) -> None:
     assert err["tenant"] == "alice"
     assert err["requested"] == Decimal(600) / USD and err["remaining"] == Decimal(400) / USD
     assert err["cap"] == Decimal(1000) / USD
-    assert err["resets_at"] == datetime(2026, 11, 24, tzinfo=timezone.utc)
+    assert err["resets_at"] == datetime(2026, 11, 24, tzinfo=UTC)
     assert err["retry_after"] == 12 * 3600
     ok(twin("reserve", req("r3", lim, cost=400)))  # exactly the cap fits
     refused(twin("reserve", req("r4", lim, cost=1)), "daily_spend_usd")
@@ -94,7 +94,7 @@ def test_monthly_cap_is_a_calendar_month(twin: Twin, clock: ManualClock) -> None
     twin("settle", r, paid(700))
     clock.advance(6 * 86400)  # 2026-11-29: the same month
     err = refused(twin("reserve", req("r2", lim, cost=400)), "monthly_spend_usd")
-    assert err["resets_at"] == datetime(2026, 12, 1, tzinfo=timezone.utc)
+    assert err["resets_at"] == datetime(2026, 12, 1, tzinfo=UTC)
     clock.advance(2 * 86400)  # 2026-12-01
     ok(twin("reserve", req("r3", lim, cost=1000)))
     usage = ok(twin("usage", "bob"))
@@ -129,7 +129,7 @@ def test_day_rollover_keeps_the_month(twin: Twin, clock: ManualClock) -> None:
     lim = ScopeLimits("erin", daily_nanos=1000, monthly_nanos=1500)
     twin("settle", ok(twin("reserve", req("r1", lim, cost=900))), paid(800))
     refused(twin("reserve", req("r2", lim, cost=300)), "daily_spend_usd")
-    clock.set(datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc))  # midnight: a new day
+    clock.set(datetime(2026, 11, 24, 0, 0, tzinfo=UTC))  # midnight: a new day
     usage = ok(twin("usage", "erin"))
     assert usage.day == "2026-11-24" and usage.spent_usd == 0
     assert usage.month_spent_usd == Decimal(800) / USD
@@ -140,7 +140,7 @@ def test_day_rollover_keeps_the_month(twin: Twin, clock: ManualClock) -> None:
 
 
 def test_windows_follow_the_store_time_zone(kind: str, tmp_path: Any) -> None:
-    clock = ManualClock(datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc))  # 22:00 in NY
+    clock = ManualClock(datetime(2026, 11, 24, 3, 0, tzinfo=UTC))  # 22:00 in NY
     store = make_store(kind, clock, tmp_path, timezone="America/New_York")
     try:
         twin = Twin(store, MemoryStore(clock=clock, timezone="America/New_York"))
@@ -227,7 +227,7 @@ def test_release_after_expiry_gives_no_tokens_back(twin: Twin, clock: ManualCloc
 def test_expired_reservation_of_yesterday_returns_to_yesterday(
     twin: Twin, clock: ManualClock
 ) -> None:
-    clock.set(datetime(2026, 11, 23, 23, 59, tzinfo=timezone.utc))
+    clock.set(datetime(2026, 11, 23, 23, 59, tzinfo=UTC))
     lim = ScopeLimits("kim", daily_nanos=1000, monthly_nanos=2000)
     ok(twin("reserve", req("r1", lim, cost=900, ttl=600)))
     clock.advance(3600)  # 2026-11-24 00:59: a new day, the hold of the 23rd expired

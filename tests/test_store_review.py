@@ -9,7 +9,7 @@ hashes lost mid-flight, TTLs of every key). Deterministic: a ManualClock, no sle
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from guardrail import ManualClock, MemoryStore
 from guardrail.stores.base import Reservation, ReservationRequest, ScopeLimits, Settlement
 from tests._redis_helpers import Twin, cleanup, make_store
 
-START = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 USD = 10**9
 REDIS_KINDS = ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -77,7 +77,7 @@ def unheld(r: Reservation, now: float, day: str) -> Reservation:
 def test_a_reserve_retried_after_midnight_settles_its_own_hold(
     store: Any, clock: ManualClock
 ) -> None:
-    clock.set(datetime(2026, 11, 23, 23, 59, 59, tzinfo=timezone.utc))
+    clock.set(datetime(2026, 11, 23, 23, 59, 59, tzinfo=UTC))
     lim = ScopeLimits("retry", daily_nanos=1000)
     request = req("r1", lim, cost=600)
     store.reserve(request)  # the script ran, but its answer was lost
@@ -122,7 +122,7 @@ def test_a_fail_open_settlement_of_a_held_id_is_applied_once(
 def test_clock_a_little_behind_at_midnight_keeps_the_daily_cap(
     twin: Twin, clock: ManualClock
 ) -> None:
-    clock.set(datetime(2026, 11, 23, 23, 59, 50, tzinfo=timezone.utc))
+    clock.set(datetime(2026, 11, 23, 23, 59, 50, tzinfo=UTC))
     lim = ScopeLimits("skew", daily_nanos=1000)
     r1 = ok(twin("reserve", req("a", lim, cost=900)))
     twin("settle", r1, Settlement(900, 1, 1, "m"))  # 900 of 1000 spent on the 23rd

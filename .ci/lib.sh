@@ -1,0 +1,46 @@
+# Shared by .ci/run and .ci/latest (sourced, not run).
+
+OLDEST_PYTHON="$(sed -n 's/^requires-python = ">=\([0-9.]*\)".*/\1/p' pyproject.toml)"
+NEWEST_PYTHON=3.13  # the newest CPython this project is tested on (and its classifiers say)
+
+# A python of one minor release (3.13): pyenv's versions folder first (its shims answer
+# for versions that are not selected, then fail), else the PATH.
+python_of() {
+  local version=$1 root candidate
+  root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+  for candidate in $(ls -d "$root"/versions/"$version".*/bin/python"$version" 2>/dev/null | sort -V -r) \
+    "$(command -v "python$version" || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys' >/dev/null 2>&1; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  echo "no Python $version on this machine (PATH or pyenv)" >&2
+  return 1
+}
+
+ensure_redis() {
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  redis-cli -h 127.0.0.1 -p 6379 ping
+}
+
+# suite NAME PYTHON [CONSTRAINTS]: a fresh venv under .ci/venvs/NAME, the README's install
+# (constrained by the lock file given, else unconstrained), then the README's test command.
+suite() {
+  local name=$1 python=$2 lock=${3:-} venv=".ci/venvs/$1"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -c 'import sys; print("python", sys.version.split()[0])'
+  if [ -n "$lock" ]; then
+    PIP_CONSTRAINT="$(pwd)/$lock" "$venv/bin/pip" install -q -e '.[dev]'
+  else
+    PIP_CONSTRAINT="" "$venv/bin/pip" install -q --upgrade -e '.[dev]'
+  fi
+  "$venv/bin/pip" list --format=freeze 2>/dev/null \
+    | grep -iE '^(openai|anthropic|tiktoken|tenacity|redis|genai-prices)==' | tr '\n' ' '
+  echo
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider
+}
