@@ -207,8 +207,8 @@ def guardrail_figures(sizes: list[int], turns: int, model: str) -> dict[str, Any
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import tiktoken
 
-    from guardrail.models import model_info
-    from guardrail.tokens import clear_caches, count_messages
+    from guardrail.catalog.models import model_info
+    from guardrail.counting.messages import clear_caches, count_messages
 
     encode = tiktoken.get_encoding(model_info(model).encoding).encode_ordinary
     out: dict[str, Any] = {}

@@ -44,10 +44,10 @@ import tiktoken
 from openai.types.chat import ChatCompletion
 
 import guardrail
-from guardrail._drivers import SyncDriver
-from guardrail.openai import _ADAPTER
+from guardrail.counting.messages import clear_caches
+from guardrail.engine.drivers import SyncDriver
+from guardrail.providers.openai.client import _ADAPTER
 from guardrail.testing import FakeOpenAIServer
-from guardrail.tokens import clear_caches
 
 MODEL = "gpt-4o"
 SEED = 20261123
@@ -240,7 +240,7 @@ def make_guard() -> guardrail.Guard:
 
 def in_process_call(guard: guardrail.Guard, response: ChatCompletion) -> Callable[[dict], Any]:
     """What ``client.chat.completions.create(**kwargs)`` does minus HTTP (see
-    ``guardrail.openai._GuardedCall.__call__``): prepare, then drive the flow."""
+    ``guardrail.providers.openai.client._GuardedCall.__call__``): prepare, then drive the flow."""
     engine, store, sleep = guard.engine, guard.store, guard.sleep
 
     def send(_kwargs: dict[str, Any]) -> ChatCompletion:

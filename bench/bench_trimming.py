@@ -51,7 +51,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import tiktoken
 
 import guardrail
-from guardrail.tokens import clear_caches
+from guardrail.counting.messages import clear_caches
 
 MODEL = "gpt-4o"
 ENCODING = "o200k_base"

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardrail import ManualClock
-from guardrail.memory import ConversationMemory
-from guardrail.tokens import count_messages
+from guardrail.counting.messages import count_messages
+from guardrail.prompt.memory import ConversationMemory
 
 MODEL = "gpt-4o-mini"
 BUDGET = 3_000  # the memory's share of the prompt; the model's window is far larger

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from guardrail.budget import PromptBuilder
-from guardrail.packing import Document, pack_documents
-from guardrail.tokens import count_messages
-from guardrail.truncation import truncate_text
+from guardrail.counting.messages import count_messages
+from guardrail.prompt.budget import PromptBuilder
+from guardrail.prompt.packing import Document, pack_documents
+from guardrail.prompt.truncation import truncate_text
 
 MODEL = "gpt-4o-mini"
 SYSTEM = (

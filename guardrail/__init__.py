@@ -5,18 +5,12 @@ model's window, reserved against the tenant's budgets, sent with one bounded ret
 policy and settled with the provider's actual usage.
 """
 
+from guardrail import _moved
 from guardrail._clock import ManualClock
-from guardrail._engine import TrimEvent
-from guardrail.budget import (
-    Allocation,
-    BudgetPart,
-    PartAllocation,
-    PartReport,
-    Prompt,
-    PromptBuilder,
-    TokenBudget,
-    allocate,
-)
+from guardrail.catalog.models import ModelInfo, list_models, model_info, register_model
+from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.counting.messages import count_messages, count_text
+from guardrail.engine.core import TrimEvent
 from guardrail.errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -30,18 +24,27 @@ from guardrail.errors import (
     UnknownModelError,
 )
 from guardrail.guard import Guard, wrap
-from guardrail.memory import ConversationMemory, RedisConversationMemory
-from guardrail.models import ModelInfo, list_models, model_info, register_model
-from guardrail.packing import Document, PackResult, pack_documents
+from guardrail.observe.sinks import JsonLinesSink, UsageRecord
 from guardrail.policy import Policy
-from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
-from guardrail.sinks import JsonLinesSink, UsageRecord
+from guardrail.prompt.budget import (
+    Allocation,
+    BudgetPart,
+    PartAllocation,
+    PartReport,
+    Prompt,
+    PromptBuilder,
+    TokenBudget,
+    allocate,
+)
+from guardrail.prompt.memory import ConversationMemory, RedisConversationMemory
+from guardrail.prompt.packing import Document, PackResult, pack_documents
+from guardrail.prompt.trimming import TrimResult, fit_messages, trim_messages
+from guardrail.prompt.truncation import truncate_text
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.stores.redis import RedisStore
-from guardrail.tokens import count_messages, count_text
-from guardrail.trimming import TrimResult, fit_messages, trim_messages
-from guardrail.truncation import truncate_text
+
+_moved.install()
 
 __version__ = "0.1.0"
 

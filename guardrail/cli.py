@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TextIO
 
+from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo, list_models, model_info
+from guardrail.catalog.pricing import estimate_cost, prices_per_million
 from guardrail.errors import GuardrailError, PriceUnavailable, UnknownModelError
-from guardrail.models import FALLBACK_ENCODING, ModelInfo, list_models, model_info
-from guardrail.pricing import estimate_cost, prices_per_million
 
 __all__ = ["main"]
 
@@ -181,7 +181,7 @@ def _measure(info: ModelInfo, tokens: int) -> Measure:
 
 
 def _count_text(text: str, info: ModelInfo) -> int:
-    from guardrail.tokens import count_text  # imported here: it loads tiktoken's tables
+    from guardrail.counting.messages import count_text  # imported here: it loads tiktoken's tables
 
     return count_text(text, info.name)
 

@@ -15,14 +15,14 @@ from datetime import date
 from typing import Any
 
 from guardrail._clock import Clock, system_clock
-from guardrail._engine import Engine, StoreErrorMode, TrimEvent
+from guardrail.engine.core import Engine, StoreErrorMode, TrimEvent
 from guardrail.errors import ConfigurationError
+from guardrail.observe.sinks import JsonLinesSink, Sink
 from guardrail.policy import Policy, PolicySource
-from guardrail.sinks import JsonLinesSink, Sink
+from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, bound_tenant, validate_scope_id
-from guardrail.trimming import Summarizer
 
 __all__ = ["Guard", "wrap"]
 
@@ -96,16 +96,16 @@ class Guard:
     def wrap(self, client: Any, **options: Any) -> Any:
         """Guard an ``OpenAI``/``AsyncOpenAI`` or ``Anthropic``/``AsyncAnthropic`` client
         (the one line to add). Anthropic clients take ``exact_count=False`` to count
-        prompts locally only (see :mod:`guardrail.anthropic`)."""
+        prompts locally only (see :mod:`guardrail.providers.anthropic.client`)."""
         module = type(client).__module__.split(".")[0]
         if module == "anthropic":
-            from guardrail.anthropic import GuardedAnthropic
+            from guardrail.providers.anthropic.client import GuardedAnthropic
 
             return GuardedAnthropic(client, self, **options)
         if options:
             raise ConfigurationError(f"unexpected options for {type(client).__name__}: {options}")
         if module == "openai" or hasattr(client, "chat"):
-            from guardrail.openai import GuardedOpenAI
+            from guardrail.providers.openai.client import GuardedOpenAI
 
             return GuardedOpenAI(client, self)
         raise ConfigurationError(

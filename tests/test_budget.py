@@ -13,16 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardrail.budget import (
+from guardrail.catalog.models import model_info
+from guardrail.counting.messages import count_messages, count_text
+from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.prompt.budget import (
     BudgetPart,
     PromptBuilder,
     TokenBudget,
     allocate,
 )
-from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.models import model_info
-from guardrail.packing import Document
-from guardrail.tokens import count_messages, count_text
+from guardrail.prompt.packing import Document
 from tests.test_truncation import texts
 
 # --------------------------------------------------------------------------- allocate

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from guardrail.catalog.models import model_info
+from guardrail.catalog.pricing import estimate_cost, prices_per_million
 from guardrail.cli import main, usd
-from guardrail.models import model_info
-from guardrail.pricing import estimate_cost, prices_per_million
-from guardrail.tokens import count_text
+from guardrail.counting.messages import count_text
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_A = "The quick brown fox jumps over the lazy dog.\n"

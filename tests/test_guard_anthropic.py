@@ -19,7 +19,8 @@ import pytest
 
 import guardrail
 from guardrail import BudgetExceeded, ContextWindowExceeded, Guard, Policy
-from guardrail.anthropic import (
+from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN
+from guardrail.providers.anthropic.client import (
     NONSTREAMING_MAX_TOKENS,
     PDF_PAGE_TOKENS,
     TOOL_USE_SYSTEM_PROMPT_TOKENS,
@@ -27,7 +28,6 @@ from guardrail.anthropic import (
 )
 from guardrail.stores.base import usd_to_nanos
 from guardrail.testing import FakeAnthropicServer
-from guardrail.tokens import CLAUDE_SAFETY_MARGIN
 from tests._sdk_http import OVERLOADED, http_library, thinking_tokens
 
 MODEL = "claude-haiku-4-5"  # 200K window, 64K output; $1 / $5 per MTok

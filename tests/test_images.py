@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from guardrail import images
-from guardrail.errors import InvalidRequestError
-from guardrail.images import (
+from guardrail.catalog.models import model_info
+from guardrail.counting import images
+from guardrail.counting.images import (
     image_size,
     image_size_from_bytes,
     image_tokens,
@@ -27,8 +27,8 @@ from guardrail.images import (
     tokens_for_size,
     worst_case_tokens,
 )
-from guardrail.models import model_info
-from guardrail.tokens import TokenCounter
+from guardrail.counting.messages import TokenCounter
+from guardrail.errors import InvalidRequestError
 
 GPT_4O: dict[str, Any] = {"kind": "tile", "base": 85, "tile": 170}
 GPT_4O_MINI: dict[str, Any] = {"kind": "tile", "base": 2833, "tile": 5667}

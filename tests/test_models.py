@@ -1,4 +1,4 @@
-"""The model catalog (guardrail.models), tested as a demanding user would."""
+"""The model catalog (guardrail.catalog.models), tested as a demanding user would."""
 
 from __future__ import annotations
 
@@ -16,13 +16,7 @@ import pytest
 import tiktoken
 from genai_prices import data_snapshot
 
-from guardrail.errors import (
-    ConfigurationError,
-    GuardrailError,
-    PriceUnavailable,
-    UnknownModelError,
-)
-from guardrail.models import (
+from guardrail.catalog.models import (
     FALLBACK_ENCODING,
     ModelInfo,
     list_models,
@@ -31,7 +25,13 @@ from guardrail.models import (
     register_model,
     unregister_model,
 )
-from guardrail.pricing import estimate_cost, prices_per_million
+from guardrail.catalog.pricing import estimate_cost, prices_per_million
+from guardrail.errors import (
+    ConfigurationError,
+    GuardrailError,
+    PriceUnavailable,
+    UnknownModelError,
+)
 
 DATA_ALARM = (
     "the installed {sdk} SDK lists {name!r} and genai-prices can price it, but "

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guardrail.counting.messages import count_text
 from guardrail.errors import InvalidRequestError
-from guardrail.packing import Document, PackResult, as_document, pack_documents
-from guardrail.tokens import count_text
+from guardrail.prompt.packing import Document, PackResult, as_document, pack_documents
 from tests.test_truncation import PIECES, texts
 
 MODEL = "gpt-4o"

@@ -1,4 +1,4 @@
-"""USD costs (guardrail.pricing): exact Decimals, checked by hand and against genai-prices."""
+"""USD costs (guardrail.catalog.pricing): exact Decimals, checked by hand and with genai-prices."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 from openai.types import CompletionUsage
 
-from guardrail import pricing
-from guardrail.errors import InvalidRequestError, PriceUnavailable
-from guardrail.models import list_models, model_info, register_model, unregister_model
-from guardrail.pricing import (
+from guardrail.catalog import pricing
+from guardrail.catalog.models import list_models, model_info, register_model, unregister_model
+from guardrail.catalog.pricing import (
     TokenUsage,
     estimate_cost,
     prices_per_million,
     usage_cost,
     usage_from_sdk,
 )
+from guardrail.errors import InvalidRequestError, PriceUnavailable
 
 MTOK = Decimal(1_000_000)
 

@@ -30,7 +30,7 @@ from tests._redis_helpers import (
 )
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-LUA = Path(__file__).parent.parent / "guardrail" / "stores" / "lua"
+LUA = Path(__file__).parent.parent / "guardrail" / "stores" / "redis" / "lua"
 
 redis_only = pytest.mark.redis
 

@@ -17,9 +17,8 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardrail.errors import GuardrailError, InvalidRequestError, UnknownModelError
-from guardrail.models import model_info
-from guardrail.tokens import (
+from guardrail.catalog.models import model_info
+from guardrail.counting.messages import (
     CLAUDE_SAFETY_MARGIN,
     REPLY_PRIMING,
     TOKENS_PER_TOOL_CALL,
@@ -29,6 +28,7 @@ from guardrail.tokens import (
     count_text,
     counter_for,
 )
+from guardrail.errors import GuardrailError, InvalidRequestError, UnknownModelError
 
 # The OpenAI cookbook "How to count tokens with tiktoken", section 6: checked there against
 # the API's usage.prompt_tokens.

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import guardrail
 from guardrail import ContextWindowExceeded, fit_messages, trim_messages
-from guardrail.tokens import counter_for
+from guardrail.counting.messages import counter_for
 
 MODEL = "gpt-4o"
 

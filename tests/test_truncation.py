@@ -9,9 +9,9 @@ import tiktoken
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from guardrail.counting.messages import count_text, counter_for
 from guardrail.errors import InvalidRequestError
-from guardrail.tokens import count_text, counter_for
-from guardrail.truncation import DEFAULT_MARKERS, _Encoder, _head, _tail, truncate_text
+from guardrail.prompt.truncation import DEFAULT_MARKERS, _Encoder, _head, _tail, truncate_text
 
 MODELS = ["gpt-4o", "gpt-4", "claude-sonnet-4-5"]
 STRATEGIES = ["end", "start", "middle", "sentence"]

@@ -25,7 +25,7 @@ Where OpenAI publishes nothing, guardrail picks these rules (they err high unles
   its tool result, gpt-4: 35 prompt tokens) leaves no room for the ~18 tokens of the id;
   this formula gives 37 for it (2 high, from the per-call overhead).
 * **content parts**: ``text`` and ``refusal`` parts cost their text. ``image_url`` parts
-  cost OpenAI's vision formula (:mod:`guardrail.images`; remote URLs and ``detail="auto"``
+  cost OpenAI's vision formula (:mod:`guardrail.counting.images`; remote URLs and ``detail="auto"``
   count the worst case). ``input_audio`` parts cost :data:`AUDIO_TOKENS_PER_SECOND` per
   second of audio (duration read from a WAV header, from the first MP3 frame's bitrate, or
   assumed at 16 kbit/s for other formats). ``file`` parts cost their ``filename`` only:
@@ -57,8 +57,8 @@ from typing import Any
 
 import tiktoken
 
-from guardrail.errors import InvalidRequestError
-from guardrail.images import (
+from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo, model_info
+from guardrail.counting.images import (
     ANTHROPIC_IMAGE_RULE,
     Base64Reader,
     image_size_from_base64,
@@ -66,7 +66,7 @@ from guardrail.images import (
     tokens_for_size,
     worst_case_tokens,
 )
-from guardrail.models import FALLBACK_ENCODING, ModelInfo, model_info
+from guardrail.errors import InvalidRequestError
 
 __all__ = [
     "AUDIO_TOKENS_PER_SECOND",
@@ -247,8 +247,8 @@ class TokenCounter:
     )
 
     def __init__(self, model: str | ModelInfo, *, strict: bool = False, cache: bool = True):
-        """``model`` is a name (resolved with :func:`~guardrail.models.model_info`) or a
-        :class:`~guardrail.models.ModelInfo`. ``strict=True`` raises
+        """``model`` is a name (resolved with :func:`~guardrail.catalog.models.model_info`) or a
+        :class:`~guardrail.catalog.models.ModelInfo`. ``strict=True`` raises
         :class:`~guardrail.errors.UnknownModelError` for unknown names. ``cache=False`` gives
         this counter a private cache instead of the one shared per encoding.
         """

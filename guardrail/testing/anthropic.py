@@ -56,7 +56,7 @@ from urllib.parse import unquote
 
 import tiktoken
 
-from guardrail._fake_http import (
+from guardrail.testing.http import (
     DelayScript,
     DisconnectScript,
     ErrorScript,

@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, Union
 
+from guardrail.catalog.models import ModelInfo
+from guardrail.counting.messages import TokenCounter, counter_for
 from guardrail.errors import InvalidRequestError
-from guardrail.models import ModelInfo
-from guardrail.tokens import TokenCounter, counter_for
-from guardrail.truncation import (
+from guardrail.prompt.truncation import (
     Strategy,
     _Encoder,
     _largest,

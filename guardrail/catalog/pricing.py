@@ -19,8 +19,8 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
+from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.errors import InvalidRequestError, PriceUnavailable
-from guardrail.models import ModelInfo, model_info
 
 __all__ = ["TokenUsage", "estimate_cost", "prices_per_million", "usage_cost", "usage_from_sdk"]
 

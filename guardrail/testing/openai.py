@@ -55,7 +55,7 @@ from urllib.parse import unquote
 
 import tiktoken
 
-from guardrail._fake_http import (
+from guardrail.testing.http import (
     SCRIPT_TYPES,
     DelayScript,
     DisconnectScript,
@@ -139,8 +139,8 @@ class ReceivedRequest:
 
 
 def default_prompt_tokens(request_json: dict[str, Any]) -> int:
-    """Count prompt tokens with :func:`guardrail.tokens.count_messages` (imported lazily)."""
-    from guardrail.tokens import count_messages  # type: ignore[import-not-found,unused-ignore]
+    """Count prompt tokens with :func:`guardrail.count_messages` (imported lazily)."""
+    from guardrail.counting.messages import count_messages
 
     return int(
         count_messages(
@@ -629,7 +629,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
     Args:
         reply: The assistant's reply, or a function computing it from the request body.
         prompt_tokens: ``usage.prompt_tokens``: an int, or a function of the request body.
-            The default counts with :func:`guardrail.tokens.count_messages`.
+            The default counts with :func:`guardrail.counting.messages.count_messages`.
         cached_tokens: ``usage.prompt_tokens_details.cached_tokens``, reported verbatim.
         reasoning_tokens: ``usage.completion_tokens_details.reasoning_tokens``; they are added
             to ``completion_tokens`` and, like the real API, count against
@@ -813,8 +813,3 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
             finish_reason=finish_reason,
             usage=usage,
         )
-
-
-from guardrail._fake_anthropic import FakeAnthropicServer  # noqa: E402
-
-__all__ += ["FakeAnthropicServer"]

@@ -1,12 +1,13 @@
-"""Helpers shared by the SDK wrappers (:mod:`guardrail.openai`, :mod:`guardrail.anthropic`)."""
+"""Helpers shared by the guarded SDK clients (:mod:`guardrail.providers.openai`,
+:mod:`guardrail.providers.anthropic`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guardrail._drivers import AsyncDriver, SyncDriver
-from guardrail._engine import ProviderAdapter
+from guardrail.engine.core import ProviderAdapter
+from guardrail.engine.drivers import AsyncDriver, SyncDriver
 from guardrail.errors import InvalidRequestError
 from guardrail.tenancy import TenantBinding
 

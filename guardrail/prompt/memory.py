@@ -8,7 +8,7 @@ and reply priming included; add your tool definitions' tokens to the budget your
 * the rest is a **sliding window over whole turns**: a turn starts at a user message and
   runs to the next one (the assistant's reply, its tool calls and their results). When a
   new message does not fit, the oldest turns go first. Only when the newest turn alone is
-  too big do its own oldest parts go, by the units of :mod:`guardrail.trimming` (an
+  too big do its own oldest parts go, by the units of :mod:`guardrail.prompt.trimming` (an
   assistant tool call stays with its results), keeping the turn's user message and its
   newest unit;
 * a message that cannot fit even then raises
@@ -39,11 +39,17 @@ from importlib import resources
 from typing import Any
 
 from guardrail._clock import Clock, system_clock
+from guardrail.catalog.models import ModelInfo
+from guardrail.counting.messages import TokenCounter, counter_for
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.models import ModelInfo
-from guardrail.tokens import TokenCounter, counter_for
-from guardrail.trimming import Message, Summarizer, _summary_message, continues_unit, field_of
-from guardrail.truncation import _truncate
+from guardrail.prompt.trimming import (
+    Message,
+    Summarizer,
+    _summary_message,
+    continues_unit,
+    field_of,
+)
+from guardrail.prompt.truncation import _truncate
 
 __all__ = ["ConversationMemory", "RedisConversationMemory"]
 
@@ -365,7 +371,7 @@ class ConversationMemory:
 
 
 def _lua(name: str) -> str:
-    folder = resources.files("guardrail") / "stores" / "lua"
+    folder = resources.files("guardrail.prompt") / "lua"
     return folder.joinpath(name).read_text(encoding="utf-8")
 
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from guardrail.catalog.models import ModelInfo
+from guardrail.counting.messages import TokenCounter, counter_for
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.models import ModelInfo
-from guardrail.packing import (
+from guardrail.prompt.packing import (
     DEFAULT_MIN_TOKENS_FOR_PARTIAL,
     Document,
     DocumentLike,
@@ -47,9 +48,8 @@ from guardrail.packing import (
     _pack,
     as_document,
 )
-from guardrail.tokens import TokenCounter, counter_for
-from guardrail.trimming import Message, _units, field_of
-from guardrail.truncation import STRATEGIES, Strategy, _truncate
+from guardrail.prompt.trimming import Message, _units, field_of
+from guardrail.prompt.truncation import STRATEGIES, Strategy, _truncate
 
 __all__ = [
     "Allocation",
@@ -369,7 +369,7 @@ class PromptBuilder:
     * **context**: documents packed best-first (:func:`~guardrail.pack_documents`) into one
       message, ``context_template`` with ``{context}`` replaced, role ``context_role``;
     * **history**: the most recent whole units (an assistant tool call stays with its
-      results, :mod:`guardrail.trimming`'s rule), contiguous. Without a ``user`` input, the
+      results, :mod:`guardrail.prompt.trimming`'s rule), contiguous. Without a ``user`` input, the
       history's latest turn (from its last user message) is required;
     * **user**: cut with ``user_truncation`` when it does not fit whole, unless
       ``truncate_user=False``, when a user input that does not fit is an error.
@@ -454,7 +454,7 @@ class PromptBuilder:
         """Messages for one request that fit ``context_window - reserve_output``.
 
         ``examples`` are few-shot messages kept whole; ``context`` documents (see
-        :data:`~guardrail.packing.DocumentLike`); ``history`` earlier messages, oldest
+        :data:`~guardrail.prompt.packing.DocumentLike`); ``history`` earlier messages, oldest
         first; ``tools`` are counted as a fixed part (pass the same ``tools`` to the API).
         Raises :class:`~guardrail.errors.ContextWindowExceeded` when the fixed parts (and
         the required user input or latest turn) do not fit.

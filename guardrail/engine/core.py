@@ -26,6 +26,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from guardrail._clock import Clock, system_clock
+from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo, model_info
+from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
+from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.errors import (
     BudgetExceeded,
     ContextWindowExceeded,
@@ -34,11 +38,9 @@ from guardrail.errors import (
     LoopDetected,
     StoreUnavailable,
 )
-from guardrail.models import FALLBACK_ENCODING, ModelInfo, model_info
+from guardrail.observe.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
 from guardrail.policy import Policy, PolicySource
-from guardrail.pricing import TokenUsage, estimate_cost, usage_cost
-from guardrail.retry import is_retryable, retrying_for
-from guardrail.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
+from guardrail.prompt.trimming import Summarizer, TrimResult, field_of, fit_messages
 from guardrail.stores.base import (
     Reservation,
     ReservationRequest,
@@ -48,8 +50,6 @@ from guardrail.stores.base import (
     usd_to_nanos,
 )
 from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding, tenant_from_hint
-from guardrail.tokens import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
-from guardrail.trimming import Summarizer, TrimResult, field_of, fit_messages
 
 __all__ = ["Engine", "Plan"]
 
@@ -176,7 +176,7 @@ class ProviderAdapter(Protocol):
 class FitsMessages(Protocol):
     """An adapter whose provider shapes a conversation differently from Chat Completions
     (Anthropic: the system prompt outside ``messages``, tool results inside user messages)
-    trims it itself; the others get :func:`guardrail.trimming.fit_messages`."""
+    trims it itself; the others get :func:`guardrail.prompt.trimming.fit_messages`."""
 
     def fit(
         self,

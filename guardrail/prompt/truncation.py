@@ -2,7 +2,7 @@
 
 :func:`truncate_text` keeps part of a text so that the result, **marker included**, counts
 at most ``max_tokens`` for the model (an estimate for Claude models, see
-:mod:`guardrail.tokens`). Strategies are named after *what is cut*:
+:mod:`guardrail.counting.messages`). Strategies are named after *what is cut*:
 
 ``"end"``
     keep the beginning, cut the end: ``"The quick brown…"``.
@@ -23,7 +23,7 @@ How it stays exact and valid:
   binary search (a handful of encodes of at most ``max_tokens`` worth of text, never a
   character-by-character loop). Tokens are not additive across a cut or a marker, so every
   candidate is re-counted as the final string, and the result is counted once more by the
-  model's :class:`~guardrail.tokens.TokenCounter` before it is returned.
+  model's :class:`~guardrail.counting.messages.TokenCounter` before it is returned.
 * A token can hold part of a multi-byte character (an emoji is often two tokens). Token
   slices are decoded to bytes (``decode_bytes``) and an incomplete character at the edge of
   the cut is dropped, so the result is always whole characters: no ``U+FFFD`` is introduced,
@@ -46,9 +46,9 @@ from typing import Literal, get_args
 
 import tiktoken
 
+from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
+from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
 from guardrail.errors import InvalidRequestError
-from guardrail.models import FALLBACK_ENCODING, ModelInfo
-from guardrail.tokens import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
 
 __all__ = ["DEFAULT_MARKERS", "Strategy", "truncate_text"]
 

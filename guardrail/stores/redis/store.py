@@ -81,7 +81,7 @@ _REPLAY_BACKOFF = 1.0  # seconds between replay attempts while Redis keeps faili
 @functools.cache
 def script_source(name: str) -> str:
     """The Lua text of one script, with its ``--! include`` lines expanded."""
-    folder = resources.files("guardrail") / "stores" / "lua"
+    folder = resources.files("guardrail.stores.redis") / "lua"
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return _INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text(encoding="utf-8"), text)
 

@@ -34,8 +34,8 @@ from itertools import accumulate, islice, repeat
 from operator import add, itemgetter
 from typing import Any, cast
 
+from guardrail.counting.messages import TOKENS_PER_MESSAGE, TokenCounter, counter_for
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
-from guardrail.tokens import TOKENS_PER_MESSAGE, TokenCounter, counter_for
 
 __all__ = ["Summarizer", "TrimResult", "fit_messages", "trim_messages"]
 
@@ -80,7 +80,7 @@ _NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError)
 def continues_unit(head: Any, message: Any) -> bool:
     """Whether ``message`` belongs to the unit that ``head`` opened: tool (and legacy
     function) results stay with the assistant call right before them, and a run of results
-    whose call is gone stays together. Shared with :mod:`guardrail.memory`."""
+    whose call is gone stays together. Shared with :mod:`guardrail.prompt.memory`."""
     if field_of(message, "role") not in _RESULT_ROLES:
         return False
     role = field_of(head, "role")

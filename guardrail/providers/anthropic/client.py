@@ -15,7 +15,7 @@ Counting. Anthropic publishes no tokenizer for its current models, so guardrail 
 counts of a prompt:
 
 * the **local estimate** (no I/O): every string counted with ``o200k_base`` times
-  :data:`~guardrail.tokens.CLAUDE_SAFETY_MARGIN`, plus the rules below for what is not
+  :data:`~guardrail.counting.messages.CLAUDE_SAFETY_MARGIN`, plus the rules below for what is not
   text (images, PDF pages, the tool-use system prompt);
 * the **exact count**: Anthropic's ``POST /v1/messages/count_tokens`` on the same client,
   made once per call after the estimate's reservation is held (so a refused call sends
@@ -42,19 +42,19 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from guardrail._engine import RequestView, StreamTally
-from guardrail._sdk import given, model_and_messages, public, run_async, run_sync
-from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.images import (
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.images import (
     ANTHROPIC_IMAGE_RULE,
     image_size_from_base64,
     tokens_for_size,
     worst_case_tokens,
 )
-from guardrail.pricing import TokenUsage
+from guardrail.counting.messages import TokenCounter
+from guardrail.engine.core import RequestView, StreamTally
+from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.prompt.trimming import Summarizer, TrimResult, field_of
+from guardrail.providers.common import given, model_and_messages, public, run_async, run_sync
 from guardrail.tenancy import TenantBinding
-from guardrail.tokens import TokenCounter
-from guardrail.trimming import Summarizer, TrimResult, field_of
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
@@ -170,7 +170,7 @@ class AnthropicView(RequestView):
 class AnthropicAdapter:
     """Reads and rewrites Messages API requests, counts them locally, trims them, reads
     usage from responses and stream events. ``exact_count`` makes the engine also ask
-    the provider's ``count_tokens`` (a :class:`~guardrail._engine.CountTokens` step)."""
+    the provider's ``count_tokens`` (a :class:`~guardrail.engine.core.CountTokens` step)."""
 
     provider = "anthropic"
 

@@ -11,7 +11,7 @@ Where each figure comes from:
   tiktoken 0.14 has no entry for it; every OpenAI chat model since gpt-4o uses
   ``o200k_base``, so that is assumed until tiktoken says otherwise).
 * Claude models use ``encoding="claude"``: Anthropic publishes no local tokenizer, so
-  local counts for them are estimates (see :mod:`guardrail.tokens`).
+  local counts for them are estimates (see :mod:`guardrail.counting.messages`).
 
 Names resolve to a family by their longest known prefix, after dropping a provider
 prefix (``azure/``, ``openai/``), a fine-tune wrapper (``ft:gpt-4o-mini:org::id``) and
@@ -73,7 +73,7 @@ class ModelInfo:
 
 @functools.cache
 def _data() -> dict[str, Any]:
-    text = resources.files("guardrail").joinpath("data/models.json").read_text("utf-8")
+    text = resources.files("guardrail.catalog").joinpath("data/models.json").read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 

@@ -23,7 +23,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from guardrail._engine import (
+from guardrail.engine.core import (
     CountTokens,
     OpenStream,
     Plan,
@@ -37,7 +37,7 @@ from guardrail._engine import (
     StreamTally,
 )
 from guardrail.errors import BudgetExceeded
-from guardrail.sinks import Outcome
+from guardrail.observe.sinks import Outcome
 from guardrail.stores.base import Store
 
 __all__ = ["AsyncDriver", "AsyncGuardedStream", "GuardedStream", "SyncDriver"]

@@ -13,13 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from guardrail._drivers import parse_async_raw, parsed_raw
-from guardrail._engine import RequestView, StreamTally
-from guardrail._sdk import given, model_and_messages, public, run_async, run_sync
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.messages import TokenCounter
+from guardrail.engine.core import RequestView, StreamTally
+from guardrail.engine.drivers import parse_async_raw, parsed_raw
 from guardrail.errors import InvalidRequestError
-from guardrail.pricing import TokenUsage
+from guardrail.providers.common import given, model_and_messages, public, run_async, run_sync
 from guardrail.tenancy import TenantBinding
-from guardrail.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
