@@ -10,7 +10,7 @@ from guardrail._clock import ManualClock
 from guardrail.catalog.models import ModelInfo, list_models, model_info, register_model
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import count_messages, count_text
-from guardrail.engine.core import TrimEvent
+from guardrail.engine.plan import TrimEvent
 from guardrail.errors import (
     BudgetExceeded,
     ConfigurationError,

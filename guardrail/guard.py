@@ -15,7 +15,8 @@ from datetime import date
 from typing import Any
 
 from guardrail._clock import Clock, system_clock
-from guardrail.engine.core import Engine, StoreErrorMode, TrimEvent
+from guardrail.engine.core import Engine, StoreErrorMode
+from guardrail.engine.plan import TrimEvent
 from guardrail.errors import ConfigurationError
 from guardrail.observe.sinks import JsonLinesSink, Sink
 from guardrail.policy import Policy, PolicySource

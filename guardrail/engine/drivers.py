@@ -23,19 +23,19 @@ from collections.abc import (
 )
 from typing import Any
 
-from guardrail.engine.core import (
+from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.operations import (
     CountTokens,
     OpenStream,
-    Plan,
-    ProviderAdapter,
     Release,
     Reserve,
     Send,
     Settle,
     Sleep,
     StreamEnd,
-    StreamTally,
 )
+from guardrail.engine.plan import Plan
+from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import BudgetExceeded
 from guardrail.observe.sinks import Outcome
 from guardrail.stores.base import Store

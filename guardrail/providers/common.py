@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.core import ProviderAdapter
+from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.drivers import AsyncDriver, SyncDriver
 from guardrail.errors import InvalidRequestError
 from guardrail.tenancy import TenantBinding

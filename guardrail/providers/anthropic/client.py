@@ -50,7 +50,8 @@ from guardrail.counting.images import (
     worst_case_tokens,
 )
 from guardrail.counting.messages import TokenCounter
-from guardrail.engine.core import RequestView, StreamTally
+from guardrail.engine.adapter import RequestView
+from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult, field_of
 from guardrail.providers.common import given, model_and_messages, public, run_async, run_sync
@@ -170,7 +171,7 @@ class AnthropicView(RequestView):
 class AnthropicAdapter:
     """Reads and rewrites Messages API requests, counts them locally, trims them, reads
     usage from responses and stream events. ``exact_count`` makes the engine also ask
-    the provider's ``count_tokens`` (a :class:`~guardrail.engine.core.CountTokens` step)."""
+    the provider's ``count_tokens`` (a :class:`~guardrail.engine.operations.CountTokens` step)."""
 
     provider = "anthropic"
 

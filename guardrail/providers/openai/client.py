@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.messages import TokenCounter
-from guardrail.engine.core import RequestView, StreamTally
+from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parse_async_raw, parsed_raw
+from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import InvalidRequestError
 from guardrail.providers.common import given, model_and_messages, public, run_async, run_sync
 from guardrail.tenancy import TenantBinding

@@ -1,0 +1,96 @@
+"""What differs between providers: the adapter a provider gives the engine.
+
+An adapter is pure functions over one provider's requests and responses; the engine asks
+it to read a request into a :class:`RequestView`, count it, rewrite it (model, trimmed
+messages, output bound) and read usage back from responses and stream chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.messages import TokenCounter
+from guardrail.engine.stream_tally import StreamTally
+from guardrail.prompt.trimming import Summarizer, TrimResult
+
+__all__ = ["FitsMessages", "ProviderAdapter", "RequestView"]
+
+
+@dataclass(frozen=True)
+class RequestView:
+    model: str
+    messages: list[Mapping[str, Any]]
+    tools: list[Mapping[str, Any]] | None
+    requested_output: int | None
+    stream: bool
+    tenant_hint: str | None
+    choices: int = 1
+    """``n``: every choice may produce the whole output, so the worst case multiplies."""
+    output_required: bool = False
+    """The API requires an output bound (Anthropic's ``max_tokens``): when the caller sets
+    none, the reserved output is sent as the bound."""
+    default_output_cap: int | None = None
+    """When the caller sets no output bound, choose at most this many tokens (the
+    Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
+    reserved_searches: int = 0
+    """Server-side web searches the request allows (billed per search): reserved too."""
+    prompt_cache_write: Literal["5m", "1h"] | None = None
+    """The request asks the provider to write its prompt cache (Anthropic ``cache_control``):
+    those tokens are billed at the cache-write price, so the worst case prices the whole
+    prompt at it (``"1h"`` writes cost more than ``"5m"``)."""
+
+
+class ProviderAdapter(Protocol):
+    """Reads and rewrites one provider's requests and responses. Pure functions only.
+
+    Optional: an adapter with ``exact_count = True`` has the flow ask the provider for its
+    own count of the prompt (a :class:`CountTokens` operation) before sending; one with a
+    ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself.
+    """
+
+    provider: str
+
+    def read(self, kwargs: Mapping[str, Any]) -> RequestView: ...
+
+    def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int: ...
+
+    def rewrite(
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        model: str,
+        messages: list[Mapping[str, Any]],
+        max_output: int | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """New kwargs, and whether the caller will not expect a usage-only stream chunk."""
+        ...
+
+    def usage(self, response: Any) -> TokenUsage | None: ...
+
+    def request_id(self, response: Any) -> str | None: ...
+
+    def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
+        """Record a stream chunk's text and usage; False hides it from the caller."""
+        ...
+
+
+@runtime_checkable
+class FitsMessages(Protocol):
+    """An adapter whose provider shapes a conversation differently from Chat Completions
+    (Anthropic: the system prompt outside ``messages``, tool results inside user messages)
+    trims it itself; the others get :func:`guardrail.prompt.trimming.fit_messages`."""
+
+    def fit(
+        self,
+        view: RequestView,
+        messages: Sequence[Any],
+        counter: TokenCounter,
+        max_tokens: int,
+        *,
+        max_history_messages: int | None,
+        summarizer: Summarizer | None,
+        model_name: str,
+    ) -> TrimResult: ...

@@ -1,0 +1,393 @@
+"""One call's flow: reserve -> send (with retries) -> settle, as a generator.
+
+``run`` yields each piece of I/O as an operation (:mod:`guardrail.engine.operations`) and
+receives its result, the way httpx's ``Auth.auth_flow`` works; the sync and async drivers
+perform them (:mod:`guardrail.engine.drivers`), so no decision is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from tenacity import DoAttempt, DoSleep, RetryCallState
+
+from guardrail.catalog.models import FALLBACK_ENCODING
+from guardrail.catalog.pricing import TokenUsage, usage_cost
+from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN, counter_for
+from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.operations import (
+    CountTokens,
+    Op,
+    OpenStream,
+    Release,
+    Reserve,
+    Send,
+    Settle,
+    Sleep,
+    StreamEnd,
+)
+from guardrail.engine.plan import Plan, input_budget, worst_case_cost
+from guardrail.engine.retry import is_retryable, retrying_for
+from guardrail.engine.stream_tally import StreamTally
+from guardrail.errors import BudgetExceeded, ContextWindowExceeded, GuardrailError, StoreUnavailable
+from guardrail.observe.sinks import Outcome
+from guardrail.policy import Policy
+from guardrail.stores.base import Reservation, ReservationRequest, Settlement, usd_to_nanos
+
+if TYPE_CHECKING:
+    from guardrail.engine.core import Engine
+
+__all__ = ["run"]
+
+_log = logging.getLogger("guardrail")
+
+
+def run(
+    engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+) -> Generator[Op, Any, Any]:
+    """Reserve, send with retries, settle. Yields operations; returns the response."""
+    started = time.monotonic()
+    reservation: Reservation | None = None
+    try:
+        plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
+    except BudgetExceeded as exc:
+        engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
+        raise
+    if getattr(adapter, "exact_count", False) is True:
+        plan, reservation = yield from _count_exactly(engine, plan, reservation, started)
+    # tenacity's first answer is always "attempt" (no ``before`` hook), so its state is
+    # built only once an attempt has failed, with its clock started at the first one.
+    state: RetryCallState | None = None
+    first_attempt_at = time.monotonic()
+    attempts = 0
+    while True:
+        if state is None:
+            action: Any = DoAttempt()
+        else:
+            try:  # tenacity decides: attempt, sleep, or give up (re-raising the SDK's error)
+                action = state.retry_object.iter(state)
+            except Exception as exc:
+                engine.recorder.record(plan, "error", started, attempts, error=exc)
+                raise
+            if isinstance(action, DoSleep):
+                last = _last_error(state)
+                state.prepare_for_next_attempt()
+                yield Sleep(float(action))
+                try:  # every retry re-checks the budget
+                    reservation = yield from _reserve(engine, plan.reservation_request())
+                except BudgetExceeded as exc:
+                    last.add_note(f"guardrail stopped retrying: {exc}")
+                    engine.recorder.record(plan, "error", started, attempts, error=last)
+                    raise last from exc
+                continue
+        if not isinstance(action, DoAttempt):  # pragma: no cover - reraise=True raises
+            return action
+        attempts += 1
+        try:
+            response = yield Send(plan.kwargs)
+        except BaseException as exc:
+            billed = _billed_usage(adapter, plan, exc)
+            if billed is None:
+                # Failed without usage (an HTTP error, or cancelled by the caller): the
+                # reservation goes back whole.
+                yield from _release(reservation)
+            elif not is_retryable(exc):
+                # The provider answered and billed (a completion cut at its length or
+                # content filter): settle it as the call's outcome, then re-raise.
+                yield from _settle(
+                    engine,
+                    plan,
+                    reservation,
+                    billed,
+                    started,
+                    attempts,
+                    "error",
+                    adapter.request_id(getattr(exc, "completion", None)),
+                    error=exc,
+                )
+                raise
+            else:
+                # A timeout or a dropped connection after the request left: the provider
+                # probably processed (and bills) the prompt. Settle that, never $0.
+                yield from _settle(
+                    engine,
+                    plan,
+                    reservation,
+                    billed,
+                    started,
+                    attempts,
+                    "error",
+                    None,
+                    source="local_count",
+                    error=exc,
+                )
+            reservation = None
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, CancelledError
+                engine.recorder.record(plan, "cancelled", started, attempts, error=exc)
+                raise
+            if state is None:
+                state = _retry_state(plan.policy, first_attempt_at)
+            state.set_exception((type(exc), exc, exc.__traceback__))
+            continue
+        break
+    if not plan.stream:
+        try:
+            usage = adapter.usage(response)
+        except Exception as exc:  # a raw response whose parse fails (cut at its length)
+            usage = _billed_usage(adapter, plan, exc)
+        yield from _settle(
+            engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
+        )
+        return response
+    tally = _stream_tally(plan)
+    end: StreamEnd = yield OpenStream(response, tally)
+    source: Literal["provider", "local_count"] = "provider"
+    if tally.usage is not None:
+        usage = tally.usage
+    else:  # ended early: the provider's prompt-side usage if it came, our output count
+        start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_tokens)
+        usage = replace(start, output_tokens=max(start.output_tokens, tally.output_tokens))
+        source = "local_count"
+    yield from _settle(
+        engine,
+        plan,
+        reservation,
+        usage,
+        started,
+        attempts,
+        end.outcome,
+        tally.request_id,
+        source=source,
+        error=end.error,
+    )
+    return None
+
+
+def _count_exactly(
+    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
+) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
+    """Ask the provider to count the prompt, once the estimate's reservation is held.
+
+    The reservation becomes ``max(estimate, exact)``: an estimate that was high stays
+    held (and is refunded at settlement); one that was low is corrected before anything
+    is sent, and the window is checked again. A failed count keeps the estimate. The
+    estimate is reserved first so that a budget refusal sends nothing at all.
+    """
+    try:
+        exact = yield CountTokens(plan.kwargs)
+    except Exception as exc:
+        _log.warning(
+            "guardrail: the provider's token count failed (%r); reserving the local "
+            "estimate of %d prompt tokens",
+            exc,
+            plan.prompt_tokens,
+        )
+        return plan, reservation
+    except BaseException as exc:  # cancelled while counting: nothing was sent
+        yield from _release(reservation)
+        engine.recorder.record(plan, "cancelled", started, 0, error=exc)
+        raise
+    if isinstance(exact, bool) or not isinstance(exact, int) or exact < 0:
+        _log.warning("guardrail: ignoring a token count of %r", exact)
+        return plan, reservation
+    plan = replace(plan, exact_prompt_tokens=exact)
+    if exact <= plan.prompt_tokens:
+        return plan, reservation
+    budget, limit_name = input_budget(plan.model, plan.policy, plan.reserved_output)
+    if exact > budget:
+        yield from _release(reservation)
+        refused = ContextWindowExceeded(
+            model=plan.model.name,
+            prompt_tokens=exact,
+            reserved_output_tokens=plan.reserved_output,
+            limit=budget + (plan.reserved_output if limit_name.startswith("the c") else 0),
+            limit_name=limit_name,
+            tenant=plan.tenant,
+            detail=f"by the provider's own count (the local estimate was "
+            f"{plan.prompt_tokens}); nothing was sent",
+        )
+        engine.recorder.record(plan, "rejected", started, 0, error=refused)
+        raise refused
+    bigger = replace(
+        plan,
+        prompt_tokens=exact,
+        cost_usd=worst_case_cost(
+            plan.model,
+            exact,
+            plan.reserved_output_total,
+            plan.prompt_cache_write,
+            plan.reserved_searches,
+        ),
+    )
+    yield from _release(reservation)
+    try:
+        return bigger, (yield from _reserve(engine, bigger.reservation_request()))
+    except BudgetExceeded as exc:
+        engine.recorder.record(bigger, "rejected", started, 0, error=exc)
+        raise
+
+
+def _reserve_first(
+    engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
+    try:
+        return plan, (yield from _reserve(engine, plan.reservation_request()))
+    except BudgetExceeded as refused:
+        for cheaper in engine.planner.cheaper_plans(adapter, kwargs, plan):
+            try:
+                return cheaper, (yield from _reserve(engine, cheaper.reservation_request()))
+            except BudgetExceeded:
+                continue
+        raise refused from None
+
+
+def _reserve(engine: Engine, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
+    try:
+        reservation: Reservation = yield Reserve(request)
+    except GuardrailError:
+        raise
+    except Exception as exc:
+        scope = request.scopes[0].scope if request.scopes else None
+        if engine.on_store_error == "fail_closed":
+            raise StoreUnavailable(
+                f"budget store failed on reserve: {exc!r}", tenant=scope
+            ) from exc
+        _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
+        return _unheld(engine, request)
+    return reservation
+
+
+def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
+    """A reservation the store never granted (fail-open): nothing to release, but the
+    call's actual usage is still settled (or spooled by the store) afterwards."""
+    now = engine.clock()
+    day, month = engine.windows.keys(now)
+    return Reservation(
+        id=request.id,
+        scopes=tuple(s.scope for s in request.scopes),
+        cost_nanos=0,
+        tokens=0,
+        day=day,
+        month=month,
+        created_at=now,
+        expires_at=now,
+        model=request.model,
+    )
+
+
+def _release(reservation: Reservation | None) -> Generator[Op, Any, None]:
+    if reservation is None:
+        return
+    try:
+        yield Release(reservation)
+    except Exception as exc:  # the TTL will return it; never mask the call's own error
+        _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
+
+
+def _settle(
+    engine: Engine,
+    plan: Plan,
+    reservation: Reservation | None,
+    usage: TokenUsage | None,
+    started: float,
+    attempts: int,
+    outcome: Outcome,
+    request_id: str | None,
+    *,
+    source: Literal["provider", "local_count", "none"] = "provider",
+    error: BaseException | None = None,
+) -> Generator[Op, Any, None]:
+    if usage is None:  # a provider answer without usage: bill the prompt we counted
+        usage, source = TokenUsage(input_tokens=plan.prompt_tokens), "local_count"
+    usage = _sane(usage)
+    try:
+        cost = usage_cost(plan.model, usage)
+    except GuardrailError as exc:
+        # Usage we cannot price must not lose a paid call: charge the worst case.
+        _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)
+        cost = plan.cost_usd
+    if reservation is not None:
+        settlement = Settlement(
+            cost_nanos=usd_to_nanos(cost),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            model=plan.model.name,
+        )
+        try:
+            yield Settle(reservation, settlement)
+        except Exception as exc:
+            _log.error("guardrail: could not settle reservation %s: %r", reservation.id, exc)
+    engine.recorder.record(
+        plan,
+        outcome,
+        started,
+        attempts,
+        usage=usage,
+        cost=cost,
+        request_id=request_id,
+        source=source,
+        error=error,
+        reservation_id=reservation.id if reservation else None,
+    )
+
+
+def _sane(usage: TokenUsage) -> TokenUsage:
+    """Provider usage with no negative counts and no more cached than input tokens."""
+    fields = {k: max(0, int(v)) for k, v in vars(usage).items()}
+    fields["cached_input_tokens"] = min(fields["cached_input_tokens"], fields["input_tokens"])
+    fields["reasoning_tokens"] = min(fields["reasoning_tokens"], fields["output_tokens"])
+    return TokenUsage(**fields)
+
+
+def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> TokenUsage | None:
+    """What a failed attempt costs: the usage an exception carries (the OpenAI SDK's
+    ``LengthFinishReasonError`` has the completion), the counted prompt after a timeout or a
+    dropped connection (the request left; the provider bills what it processed), or None
+    for an HTTP error answer and for a cancellation (released whole)."""
+    completion = getattr(exc, "completion", None)
+    if completion is not None:
+        try:
+            carried = adapter.usage(completion)
+        except Exception:
+            carried = None
+        if carried is not None:
+            return carried
+    if (
+        isinstance(exc, Exception)
+        and is_retryable(exc)
+        and getattr(exc, "status_code", None) is None
+    ):
+        return TokenUsage(input_tokens=plan.prompt_tokens)
+    return None
+
+
+def _stream_tally(plan: Plan) -> StreamTally:
+    info = plan.model
+    if info.exact_tokenizer:
+        return StreamTally(counter_for(info), plan.reserved_output_total, plan.hide_usage_chunk)
+    # No local tokenizer (Claude): count with the stand-in encoding, apply the margin once.
+    return StreamTally(
+        counter_for(replace(info, encoding=FALLBACK_ENCODING)),
+        plan.reserved_output_total,
+        plan.hide_usage_chunk,
+        margin=CLAUDE_SAFETY_MARGIN,
+    )
+
+
+def _retry_state(policy: Policy, first_attempt_at: float) -> RetryCallState:
+    """tenacity's state for a call whose first attempt started at ``first_attempt_at``."""
+    retrying = retrying_for(policy.max_attempts, policy.max_retry_seconds)
+    retrying.begin()
+    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.start_time = first_attempt_at  # as if built right before the first attempt
+    return state
+
+
+def _last_error(state: RetryCallState) -> BaseException:
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    return exc if exc is not None else RuntimeError("retry stopped without an error")

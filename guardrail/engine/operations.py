@@ -1,0 +1,77 @@
+"""The operations a call's flow yields to its driver.
+
+The flow (:mod:`guardrail.engine.flow`) decides; a driver (:mod:`guardrail.engine.drivers`)
+performs each operation and sends its result (or its exception) back into the flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from guardrail.engine.stream_tally import StreamTally
+from guardrail.observe.sinks import Outcome
+from guardrail.stores.base import Reservation, ReservationRequest, Settlement
+
+__all__ = [
+    "CountTokens",
+    "Op",
+    "OpenStream",
+    "Release",
+    "Reserve",
+    "Send",
+    "Settle",
+    "Sleep",
+    "StreamEnd",
+]
+
+
+@dataclass(frozen=True)
+class Reserve:
+    request: ReservationRequest
+
+
+@dataclass(frozen=True)
+class Release:
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class Settle:
+    reservation: Reservation
+    settlement: Settlement
+
+
+@dataclass(frozen=True)
+class Send:
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd`."""
+
+    stream: Any
+    tally: StreamTally
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class CountTokens:
+    """Ask the provider for its own count of the prompt about to be sent (Anthropic's
+    ``messages.count_tokens``); the flow resumes with an int, or with the error."""
+
+    kwargs: dict[str, Any]
+
+
+Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens

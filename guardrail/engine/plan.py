@@ -1,0 +1,341 @@
+"""Planning a call: the model, the counted and fitted prompt, the reserved output and the
+worst-case cost, before anything is reserved or sent (no I/O)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from guardrail.catalog.models import ModelInfo, model_info
+from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.counting.messages import TokenCounter, counter_for
+from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView
+from guardrail.errors import ContextWindowExceeded, GuardrailError
+from guardrail.policy import Policy
+from guardrail.prompt.trimming import Summarizer, TrimResult, field_of, fit_messages
+from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
+from guardrail.tenancy import TenantBinding
+
+__all__ = ["Plan", "Planner", "TrimEvent", "input_budget", "worst_case_cost"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    binding: TenantBinding
+    scopes: tuple[ScopeLimits, ...]
+    policy: Policy
+    model: ModelInfo
+    requested_model: str
+    kwargs: dict[str, Any]
+    prompt_tokens: int
+    reserved_output: int
+    cost_usd: Decimal
+    trim: TrimResult | None
+    stream: bool
+    hide_usage_chunk: bool
+    fingerprint: tuple[Any, ...]
+    fallback_reason: str | None = None
+    choices: int = 1
+    exact_prompt_tokens: int | None = None
+    prompt_cache_write: Literal["5m", "1h"] | None = None
+    reserved_searches: int = 0
+    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
+
+    @property
+    def reserved_output_total(self) -> int:
+        """Output reserved across all ``n`` choices."""
+        return self.reserved_output * self.choices
+
+    @property
+    def tenant(self) -> str:
+        return self.binding.tenant
+
+    @property
+    def scope_ids(self) -> tuple[str, ...]:
+        return tuple(s.scope for s in self.scopes)
+
+    def reservation_request(self) -> ReservationRequest:
+        return ReservationRequest(
+            # 128 bits from the OS's CSPRNG, like uuid4() without the UUID object.
+            id=os.urandom(16).hex(),
+            scopes=self.scopes,
+            cost_nanos=usd_to_nanos(self.cost_usd),
+            tokens=self.prompt_tokens + self.reserved_output_total,
+            ttl_seconds=self.policy.reservation_ttl_seconds,
+            model=self.model.name,
+        )
+
+
+@dataclass(frozen=True)
+class TrimEvent:
+    """Told to ``Guard(on_trim=...)`` when a guarded call's history was trimmed."""
+
+    tenant: str
+    model: str
+    result: TrimResult
+
+    @property
+    def dropped(self) -> list[Mapping[str, Any]]:
+        return self.result.dropped
+
+
+class Planner:
+    """Plans calls: fits a request to its model and the policy, or finds a fallback."""
+
+    def __init__(self, summarizer: Summarizer | None = None) -> None:
+        self.summarizer = summarizer
+
+    def _reserved_output(
+        self, view: RequestView, info: ModelInfo, policy: Policy
+    ) -> tuple[int, int | None]:
+        """(tokens to reserve, max output to send or None to leave the request alone)."""
+        cap = info.max_output_tokens
+        if policy.max_output_tokens is not None:
+            cap = min(cap, policy.max_output_tokens)
+        asked = view.requested_output
+        if asked is None:
+            if view.default_output_cap is not None:
+                cap = min(cap, view.default_output_cap)
+            if policy.default_output_tokens is None:
+                # The model's own cap needs no sending; a tighter one (the policy's) does,
+                # or the reservation would not bound what the call can cost.
+                bound = view.output_required or cap < info.max_output_tokens
+                return cap, (cap if bound else None)
+            chosen = min(policy.default_output_tokens, cap)
+            return chosen, chosen
+        if asked <= cap:
+            return asked, None
+        if policy.output_over_cap == "reject":
+            raise ContextWindowExceeded(
+                model=info.name,
+                prompt_tokens=0,
+                reserved_output_tokens=asked,
+                limit=cap,
+                limit_name="the output cap",
+                detail="asked for more output than the policy or "
+                "model allows (output_over_cap='reject'); nothing was sent",
+            )
+        return cap, cap
+
+    def plan(
+        self,
+        adapter: ProviderAdapter,
+        kwargs: Mapping[str, Any],
+        view: RequestView,
+        model: str,
+        binding: TenantBinding,
+        policy: Policy,
+        scopes: tuple[ScopeLimits, ...],
+        *,
+        fallback_reason: str | None = None,
+        allow_model_fallback: bool = True,
+    ) -> Plan:
+        info = model_info(model)
+        counter = counter_for(info)
+        reserved, send_output = self._reserved_output(view, info, policy)
+        budget, limit_name = input_budget(info, policy, reserved)
+        messages = view.messages
+        prompt = adapter.count(counter, view, messages)
+        trim: TrimResult | None = None
+        over_history = (
+            policy.max_history_messages is not None
+            and sum(1 for m in messages if field_of(m, "role") not in ("system", "developer"))
+            > policy.max_history_messages
+        )
+        if prompt > budget or over_history:
+            if prompt > budget and allow_model_fallback and policy.fallback_before_trim:
+                bigger = self._larger_model_plan(
+                    adapter, kwargs, view, binding, policy, scopes, info
+                )
+                if bigger is not None:
+                    return bigger
+            if policy.trim or over_history:
+                try:
+                    trim = _fit(
+                        adapter,
+                        view,
+                        messages,
+                        counter,
+                        budget if policy.trim else 1 << 62,
+                        max_history_messages=policy.max_history_messages,
+                        summarizer=self.summarizer if policy.trim else None,
+                        model_name=info.name,
+                    )
+                except ContextWindowExceeded:
+                    trim = None
+                if trim is not None:
+                    messages, prompt = trim.messages, adapter.count(counter, view, trim.messages)
+            if prompt > budget:
+                if allow_model_fallback:
+                    bigger = self._larger_model_plan(
+                        adapter, kwargs, view, binding, policy, scopes, info
+                    )
+                    if bigger is not None:
+                        return bigger
+                raise ContextWindowExceeded(
+                    model=info.name,
+                    prompt_tokens=prompt,
+                    reserved_output_tokens=reserved,
+                    limit=budget + (reserved if limit_name.startswith("the context") else 0),
+                    limit_name=limit_name,
+                    tenant=binding.tenant,
+                    detail=(
+                        "trimming could not make it fit"
+                        if policy.trim
+                        else "set Policy(trim=True) to drop the oldest history"
+                    )
+                    + "; nothing was sent",
+                )
+        new_kwargs, hide_usage = adapter.rewrite(
+            kwargs,
+            model=model,
+            messages=list(messages) if trim else view.messages,
+            max_output=send_output,
+        )
+        cost = worst_case_cost(
+            info, prompt, reserved * view.choices, view.prompt_cache_write, view.reserved_searches
+        )
+        last = field_of(messages[-1], "content") if messages else None
+        fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
+        return Plan(
+            binding=binding,
+            scopes=scopes,
+            policy=policy,
+            model=info,
+            requested_model=view.model,
+            kwargs=new_kwargs,
+            prompt_tokens=prompt,
+            reserved_output=reserved,
+            cost_usd=cost,
+            trim=trim if trim is not None and trim.dropped_count else None,
+            stream=view.stream,
+            hide_usage_chunk=hide_usage,
+            fingerprint=fingerprint,
+            fallback_reason=fallback_reason,
+            choices=view.choices,
+            prompt_cache_write=view.prompt_cache_write,
+            reserved_searches=view.reserved_searches,
+        )
+
+    def _larger_model_plan(
+        self,
+        adapter: ProviderAdapter,
+        kwargs: Mapping[str, Any],
+        view: RequestView,
+        binding: TenantBinding,
+        policy: Policy,
+        scopes: tuple[ScopeLimits, ...],
+        current: ModelInfo,
+    ) -> Plan | None:
+        for name in policy.fallback_models:
+            if model_info(name).context_window <= current.context_window:
+                continue
+            try:
+                return self.plan(
+                    adapter,
+                    kwargs,
+                    view,
+                    name,
+                    binding,
+                    policy,
+                    scopes,
+                    fallback_reason=f"prompt did not fit {current.name}'s context window",
+                    allow_model_fallback=False,
+                )
+            except ContextWindowExceeded:
+                continue
+        return None
+
+    def cheaper_plans(
+        self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
+    ) -> Generator[Plan, None, None]:
+        """Fallback plans on cheaper models, for a reservation the budget refused."""
+        view = adapter.read(kwargs)
+        for name in plan.policy.fallback_models:
+            try:
+                candidate = self.plan(
+                    adapter,
+                    kwargs,
+                    view,
+                    name,
+                    plan.binding,
+                    plan.policy,
+                    plan.scopes,
+                    fallback_reason=f"{plan.model.name} did not fit the budget",
+                    allow_model_fallback=False,
+                )
+            except ContextWindowExceeded:
+                continue
+            if candidate.cost_usd < plan.cost_usd:
+                yield candidate
+
+    # -- the call
+
+
+def worst_case_cost(
+    info: ModelInfo,
+    prompt: int,
+    output: int,
+    cache_write: Literal["5m", "1h"] | None = None,
+    searches: int = 0,
+) -> Decimal:
+    """The most a call can cost: every prompt token at the input price (or, when the request
+    writes the prompt cache, at the cache-write price, whichever is higher), every reserved
+    output token at the output price, and every web search it allows."""
+    plain = estimate_cost(info, prompt, output)
+    if cache_write is None and not searches:
+        return plain
+    worst = TokenUsage(
+        input_tokens=prompt,
+        output_tokens=output,
+        cache_write_tokens=prompt if cache_write else 0,
+        cache_write_1h_tokens=prompt if cache_write == "1h" else 0,
+        web_searches=searches,
+    )
+    try:
+        return max(plain, usage_cost(info, worst))
+    except GuardrailError:  # no cache-write or search price known: the plain price is all
+        return plain
+
+
+def input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
+    """The most prompt tokens a call may send, and the name of the limit that sets it."""
+    budget = info.context_window - reserved_output
+    if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
+        return policy.max_input_tokens, "the policy's max_input_tokens"
+    return budget, f"the context window of {info.name}"
+
+
+def _fit(
+    adapter: ProviderAdapter,
+    view: RequestView,
+    messages: Sequence[Any],
+    counter: TokenCounter,
+    max_tokens: int,
+    *,
+    max_history_messages: int | None,
+    summarizer: Summarizer | None,
+    model_name: str,
+) -> TrimResult:
+    if isinstance(adapter, FitsMessages):
+        return adapter.fit(
+            view,
+            messages,
+            counter,
+            max_tokens,
+            max_history_messages=max_history_messages,
+            summarizer=summarizer,
+            model_name=model_name,
+        )
+    return fit_messages(
+        messages,
+        counter,
+        max_tokens,
+        tools=view.tools,
+        max_history_messages=max_history_messages,
+        summarizer=summarizer,
+        model_name=model_name,
+    )

@@ -1,0 +1,100 @@
+"""Usage records: what the engine tells the sinks about every call, refusals included."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, Literal
+
+from guardrail._clock import Clock
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.engine.plan import Plan
+from guardrail.observe.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
+from guardrail.tenancy import TenantBinding
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Builds a :class:`UsageRecord` for each call and hands it to the sinks."""
+
+    def __init__(self, sinks: Sequence[Sink], clock: Clock) -> None:
+        self.sinks = list(sinks)
+        self.clock = clock
+
+    def record_refusal(self, binding: TenantBinding, model: str, exc: BaseException) -> None:
+        emit(
+            self.sinks,
+            UsageRecord(
+                tenant=binding.tenant,
+                scopes=(binding.tenant, *binding.parents),
+                model=model,
+                requested_model=model,
+                outcome="rejected",
+                error=f"{type(exc).__name__}: {exc}",
+                timestamp=self.clock(),
+            ),
+        )
+
+    def records_wanted(self) -> bool:
+        """Whether any sink would use a usage record (the logging check is a cached lookup,
+        so turning the ``guardrail.usage`` logger on later takes effect at once)."""
+        return not all(map(_sink_ignores_records, self.sinks))
+
+    def record(
+        self,
+        plan: Plan,
+        outcome: Outcome,
+        started: float,
+        attempts: int,
+        *,
+        usage: TokenUsage | None = None,
+        cost: Decimal = Decimal(0),
+        request_id: str | None = None,
+        source: Literal["provider", "local_count", "none"] = "none",
+        error: BaseException | None = None,
+        reservation_id: str | None = None,
+    ) -> None:
+        if not self.records_wanted():
+            return
+        usage = usage or TokenUsage()
+        extra: dict[str, Any] = {}
+        if plan.exact_prompt_tokens is not None:
+            extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if usage.cache_write_tokens:
+            extra["cache_write_tokens"] = usage.cache_write_tokens
+            extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        emit(
+            self.sinks,
+            UsageRecord(
+                tenant=plan.tenant,
+                scopes=plan.scope_ids,
+                model=plan.model.name,
+                requested_model=plan.requested_model,
+                outcome=outcome,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost,
+                reserved_usd=plan.cost_usd,
+                latency_seconds=time.monotonic() - started,
+                attempts=attempts,
+                trimmed_messages=plan.trim.dropped_count if plan.trim else 0,
+                request_id=request_id,
+                reservation_id=reservation_id,
+                usage_source=source,
+                fallback_reason=plan.fallback_reason,
+                error=None if error is None else f"{type(error).__name__}: {error}",
+                timestamp=self.clock(),
+                extra=extra,
+            ),
+        )
+
+
+def _sink_ignores_records(sink: Sink) -> bool:
+    """True for the built-in JSON-lines sink while its logger drops INFO, the default: it
+    would build the record only to throw it away."""
+    return type(sink) is JsonLinesSink and not sink.logger.isEnabledFor(logging.INFO)
