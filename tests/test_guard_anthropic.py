@@ -20,7 +20,7 @@ import pytest
 import guardrail
 from guardrail import BudgetExceeded, ContextWindowExceeded, Guard, Policy
 from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN
-from guardrail.providers.anthropic.client import (
+from guardrail.providers.anthropic import (
     NONSTREAMING_MAX_TOKENS,
     PDF_PAGE_TOKENS,
     TOOL_USE_SYSTEM_PROMPT_TOKENS,

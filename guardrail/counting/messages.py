@@ -80,6 +80,7 @@ __all__ = [
     "count_messages",
     "count_text",
     "counter_for",
+    "field_of",
 ]
 
 TOKENS_PER_MESSAGE = 3
@@ -214,6 +215,14 @@ def clear_caches() -> None:
         _caches.clear()
     with _counters_lock:
         _counters.clear()
+
+
+def field_of(message: Any, name: str) -> Any:
+    """A message field, whether the message is a dict or an SDK object (a
+    ``ChatCompletionMessage`` appended to the history straight from a response)."""
+    if type(message) is dict or isinstance(message, Mapping):
+        return message.get(name)
+    return getattr(message, name, None)
 
 
 def _where(index: int | None) -> str:

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
-from guardrail.counting.messages import TokenCounter, counter_for
+from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView
 from guardrail.errors import ContextWindowExceeded, GuardrailError
 from guardrail.policy import Policy
-from guardrail.prompt.trimming import Summarizer, TrimResult, field_of, fit_messages
+from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
 from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
 from guardrail.tenancy import TenantBinding
 

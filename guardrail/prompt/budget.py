@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 from guardrail.catalog.models import ModelInfo
-from guardrail.counting.messages import TokenCounter, counter_for
+from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.prompt.packing import (
     DEFAULT_MIN_TOKENS_FOR_PARTIAL,
@@ -48,7 +48,7 @@ from guardrail.prompt.packing import (
     _pack,
     as_document,
 )
-from guardrail.prompt.trimming import Message, _units, field_of
+from guardrail.prompt.trimming import Message, _units
 from guardrail.prompt.truncation import STRATEGIES, Strategy, _truncate
 
 __all__ = [

@@ -40,14 +40,13 @@ from typing import Any
 
 from guardrail._clock import Clock, system_clock
 from guardrail.catalog.models import ModelInfo
-from guardrail.counting.messages import TokenCounter, counter_for
+from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
 from guardrail.prompt.trimming import (
     Message,
     Summarizer,
     _summary_message,
     continues_unit,
-    field_of,
 )
 from guardrail.prompt.truncation import _truncate
 

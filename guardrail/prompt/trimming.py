@@ -34,7 +34,7 @@ from itertools import accumulate, islice, repeat
 from operator import add, itemgetter
 from typing import Any, cast
 
-from guardrail.counting.messages import TOKENS_PER_MESSAGE, TokenCounter, counter_for
+from guardrail.counting.messages import TOKENS_PER_MESSAGE, TokenCounter, counter_for, field_of
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
 
 __all__ = ["Summarizer", "TrimResult", "fit_messages", "trim_messages"]
@@ -56,14 +56,6 @@ class TrimResult:
     @property
     def dropped_count(self) -> int:
         return len(self.dropped)
-
-
-def field_of(message: Any, name: str) -> Any:
-    """A message field, whether the message is a dict or an SDK object (a
-    ``ChatCompletionMessage`` appended to the history straight from a response)."""
-    if type(message) is dict or isinstance(message, Mapping):
-        return message.get(name)
-    return getattr(message, name, None)
 
 
 _RESULT_ROLES = ("tool", "function")

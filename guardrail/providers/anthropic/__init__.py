@@ -1,24 +1,34 @@
-"""Guarded ``Anthropic`` / ``AsyncAnthropic`` clients (see :mod:`.client`)."""
+"""Guarded ``Anthropic`` / ``AsyncAnthropic`` clients.
 
-from guardrail.providers.anthropic.client import (
+:mod:`.client` is the guarded client, :mod:`.adapter` reads and rewrites Messages API
+calls for the engine, :mod:`.exact_count` asks ``messages.count_tokens``; the local
+estimate's rules are in :mod:`guardrail.counting.claude`.
+"""
+
+from guardrail.counting.claude import (
     DOCUMENT_ASSUMED_PAGES,
-    NONSTREAMING_MAX_TOKENS,
     PDF_PAGE_TOKENS,
     REQUEST_OVERHEAD_TOKENS,
     TOKENS_PER_MESSAGE,
     TOOL_USE_SYSTEM_PROMPT_TOKENS,
-    AnthropicAdapter,
-    GuardedAnthropic,
-    TokenCountCache,
 )
+from guardrail.providers.anthropic.adapter import (
+    NONSTREAMING_MAX_TOKENS,
+    WEB_SEARCH_ASSUMED_USES,
+    AnthropicAdapter,
+)
+from guardrail.providers.anthropic.client import GuardedAnthropic
+from guardrail.providers.anthropic.exact_count import COUNT_TIMEOUT_SECONDS, TokenCountCache
 
 __all__ = [
+    "COUNT_TIMEOUT_SECONDS",
     "DOCUMENT_ASSUMED_PAGES",
     "NONSTREAMING_MAX_TOKENS",
     "PDF_PAGE_TOKENS",
     "REQUEST_OVERHEAD_TOKENS",
     "TOKENS_PER_MESSAGE",
     "TOOL_USE_SYSTEM_PROMPT_TOKENS",
+    "WEB_SEARCH_ASSUMED_USES",
     "AnthropicAdapter",
     "GuardedAnthropic",
     "TokenCountCache",

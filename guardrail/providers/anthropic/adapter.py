@@ -1,0 +1,419 @@
+"""Reads and rewrites Messages API requests and responses for the engine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.claude import message_tokens, plain, request_tokens
+from guardrail.counting.messages import TokenCounter, field_of
+from guardrail.engine.adapter import RequestView
+from guardrail.engine.stream_tally import StreamTally
+from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.prompt.trimming import Summarizer, TrimResult
+from guardrail.providers.common import given, model_and_messages
+
+__all__ = [
+    "NONSTREAMING_MAX_TOKENS",
+    "WEB_SEARCH_ASSUMED_USES",
+    "AnthropicAdapter",
+    "AnthropicView",
+    "materialized",
+]
+
+NONSTREAMING_MAX_TOKENS = 21_333
+"""The largest ``max_tokens`` the Anthropic SDK sends without streaming at its default
+timeout (it refuses a request it expects to take over 10 minutes: 60 min * n / 128,000).
+Used as the bound guardrail chooses when the caller set none on a non-streaming call."""
+
+WEB_SEARCH_ASSUMED_USES = 10
+"""Searches reserved for a web-search server tool without ``max_uses`` (an assumption:
+set ``max_uses`` to make the bound exact). Actual searches are settled at their price."""
+
+
+def _allowed_searches(tools: Any) -> int:
+    """Web searches a request's server tools allow: their ``max_uses``, or the assumption."""
+    total = 0
+    for tool in tools or ():
+        kind = _field(tool, "type")
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            uses = _field(tool, "max_uses")
+            ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
+            total += uses if ok else WEB_SEARCH_ASSUMED_USES
+    return total
+
+
+def _nonstreaming_cap(model: str) -> int:
+    """The bound the SDK accepts without streaming: its general 10-minute rule, and its
+    per-model table (Opus 4 and 4.1 refuse more than 8,192 without streaming)."""
+    try:
+        from anthropic._constants import MODEL_NONSTREAMING_TOKENS
+    except ImportError:  # an SDK without the table
+        return NONSTREAMING_MAX_TOKENS
+    limit = MODEL_NONSTREAMING_TOKENS.get(model)
+    return NONSTREAMING_MAX_TOKENS if limit is None else min(NONSTREAMING_MAX_TOKENS, limit)
+
+
+def _type(value: object) -> str:
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class AnthropicView(RequestView):
+    """A :class:`RequestView` that also carries the top-level ``system`` prompt."""
+
+    system: Any = None
+
+
+def _fixed_tokens(counter: TokenCounter, view: RequestView) -> int:
+    """What every version of the conversation costs: system prompt, tools, overhead."""
+    system = view.system if isinstance(view, AnthropicView) else None
+    return request_tokens(counter, system, view.tools)
+
+
+class AnthropicAdapter:
+    """Reads and rewrites Messages API requests, counts them locally, trims them, reads
+    usage from responses and stream events. ``exact_count`` makes the engine also ask
+    the provider's ``count_tokens`` (a :class:`~guardrail.engine.operations.CountTokens` step)."""
+
+    provider = "anthropic"
+
+    def __init__(self, *, exact_count: bool = True) -> None:
+        self.exact_count = exact_count
+
+    def read(self, kwargs: Mapping[str, Any]) -> AnthropicView:
+        model, messages = model_and_messages(kwargs)
+        tools: Any = kwargs.get("tools")
+        if given(tools) and (not isinstance(tools, Sequence) or isinstance(tools, str)):
+            raise InvalidRequestError(f"tools must be a list of tool dicts, got {_type(tools)}")
+        system: Any = kwargs.get("system")
+        requested: int | None = None
+        max_tokens = kwargs.get("max_tokens")
+        if given(max_tokens):
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise InvalidRequestError(f"max_tokens must be a positive int, got {max_tokens!r}")
+            requested = max_tokens
+        stream = kwargs.get("stream") is True
+        metadata = kwargs.get("metadata")
+        hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+        if kwargs.get("speed") == "fast":
+            raise ConfigurationError(
+                "speed='fast' is billed at a premium the price data does not know, so "
+                "guardrail cannot bound its cost; send it through client.unwrapped, or "
+                "register a model whose prices include the premium"
+            )
+        return AnthropicView(
+            model=model,
+            messages=list(messages),
+            tools=list(tools) if given(tools) else None,
+            requested_output=requested,
+            stream=stream,
+            tenant_hint=hint if isinstance(hint, str) and hint else None,
+            output_required=True,
+            default_output_cap=(
+                None if stream or given(kwargs.get("timeout")) else _nonstreaming_cap(model)
+            ),
+            system=system if given(system) else None,
+            prompt_cache_write=_cache_write(
+                kwargs.get("cache_control"), system, messages, tools if given(tools) else None
+            ),
+            reserved_searches=_allowed_searches(tools if given(tools) else None),
+        )
+
+    def rewrite(
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        model: str,
+        messages: list[Mapping[str, Any]],
+        max_output: int | None,
+    ) -> tuple[dict[str, Any], bool]:
+        new = dict(kwargs)
+        new["model"] = model
+        new["messages"] = messages
+        if max_output is not None:
+            new["max_tokens"] = max_output
+        return new, False
+
+    def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
+        total = _fixed_tokens(counter, view)
+        for i, message in enumerate(messages):
+            total += message_tokens(counter, message, f"messages[{i}]")
+        return total
+
+    def fit(
+        self,
+        view: RequestView,
+        messages: Sequence[Any],
+        counter: TokenCounter,
+        max_tokens: int,
+        *,
+        max_history_messages: int | None,
+        summarizer: Summarizer | None,
+        model_name: str,
+    ) -> TrimResult:
+        """The most recent whole turns that fit ``max_tokens`` with the system prompt and
+        tools. A turn starts at a user message that is not only tool results, so a
+        ``tool_use`` is never separated from its ``tool_result`` and the kept window starts
+        with the user. The latest turn always stays (else ContextWindowExceeded)."""
+        sizes = [message_tokens(counter, m, f"messages[{i}]") for i, m in enumerate(messages)]
+        starts = [i for i, m in enumerate(messages) if _opens_turn(m)] or [0]
+        if starts[0] != 0:
+            starts.insert(0, 0)
+        turns = [(b, e) for b, e in zip(starts, [*starts[1:], len(messages)], strict=True)]
+        latest = turns[-1][0]
+        required = _fixed_tokens(counter, view) + sum(sizes[latest:])
+        if required > max_tokens:
+            raise ContextWindowExceeded(
+                model=model_name or "?",
+                prompt_tokens=required,
+                reserved_output_tokens=0,
+                limit=max_tokens,
+                limit_name="the prompt budget",
+                detail="the system prompt, tools and the latest turn alone do not fit; "
+                "nothing was sent",
+            )
+        budget, kept_count, keep_from = max_tokens - required, len(messages) - latest, latest
+        for begin, end in reversed(turns[:-1]):
+            cost = sum(sizes[begin:end])
+            if cost > budget or (
+                max_history_messages is not None and kept_count + end - begin > max_history_messages
+            ):
+                break
+            budget, kept_count, keep_from = budget - cost, kept_count + end - begin, begin
+        kept, dropped = list(messages[keep_from:]), list(messages[:keep_from])
+        total = max_tokens - budget
+        if not dropped or summarizer is None:
+            return TrimResult(kept, total, dropped)
+        summary = _summary_message(summarizer(dropped))
+        summary_tokens = message_tokens(counter, summary, "summary")
+        kept_turns = [t for t in turns if t[0] >= keep_from]
+        while total + summary_tokens > max_tokens and len(kept_turns) > 1:
+            begin, end = kept_turns.pop(0)  # make room: drop the oldest kept turn
+            total -= sum(sizes[begin:end])
+            keep_from = end
+        kept, dropped = list(messages[keep_from:]), list(messages[:keep_from])
+        if total + summary_tokens > max_tokens:
+            return TrimResult(kept, total, dropped)
+        return TrimResult([summary, *kept], total + summary_tokens, dropped, summary)
+
+    def usage(self, response: Any) -> TokenUsage | None:
+        if hasattr(response, "parse") and not hasattr(response, "usage"):
+            response = response.parse()  # with_raw_response: the SDK caches the parse
+        return _read_usage(getattr(response, "usage", None))
+
+    def request_id(self, response: Any) -> str | None:
+        rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
+        if rid is None and hasattr(response, "headers"):
+            rid = response.headers.get("request-id")
+        if rid is None and hasattr(response, "parse") and not hasattr(response, "usage"):
+            rid = getattr(response.parse(), "id", None)
+        return str(rid) if rid else getattr(response, "id", None)
+
+    def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
+        """Count a stream event: ``message_start`` gives the prompt-side usage, text,
+        thinking and tool-input deltas are counted as they arrive, and ``message_delta``
+        gives the final (cumulative) usage. Every event is shown to the caller."""
+        kind = getattr(chunk, "type", None)
+        if kind == "content_block_delta":
+            delta = chunk.delta
+            dtype = getattr(delta, "type", None)
+            if dtype == "text_delta":
+                tally.add_text(delta.text)
+            elif dtype == "input_json_delta":
+                tally.add_text(delta.partial_json)
+            elif dtype == "thinking_delta":
+                tally.add_text(delta.thinking)
+        elif kind == "content_block_start":
+            block = chunk.content_block
+            for name in ("name", "text", "thinking"):
+                value = getattr(block, name, None)
+                if isinstance(value, str):
+                    tally.add_text(value)
+        elif kind == "message_start":
+            message = chunk.message
+            tally.request_id = tally.request_id or getattr(message, "id", None)
+            tally.input_usage = _read_usage(getattr(message, "usage", None))
+        elif kind == "message_delta":
+            usage = getattr(chunk, "usage", None)
+            # Without the prompt side (no readable message_start, no input in the delta)
+            # this would bill the prompt as 0: leave it to the engine's local settlement.
+            if usage is not None and (
+                tally.input_usage is not None or _input_count(usage) is not None
+            ):
+                tally.usage = _final_usage(tally.input_usage, usage)
+        return True
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # an SDK object missing a required field
+        return None
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the provider, clamped to >= 0; None when it is not a number.
+    The call was made and billed: a malformed usage must never fail its settlement."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return max(0, int(value))
+
+
+def _input_count(usage: Any) -> int | None:
+    """``usage.input_tokens``; None when missing, unreadable or negative (a prompt of 0
+    would be billed as free: the engine bills its own count of the prompt instead)."""
+    value = _field(usage, "input_tokens")
+    count = _count(value)
+    return None if count is None or value < 0 else count
+
+
+def _read_usage(usage: Any) -> TokenUsage | None:
+    """An Anthropic ``usage`` (a response's, or ``message_start``'s) as a :class:`TokenUsage`:
+    ``input_tokens`` excludes cache reads and writes, which are added; the 1-hour writes come
+    from ``cache_creation``. Every other field is clamped to >= 0 (a missing one is 0).
+    None when ``input_tokens`` itself is missing, unreadable or negative: the engine then
+    bills its own count of the prompt rather than a prompt of 0."""
+    if usage is None:
+        return None
+    creation = _field(usage, "cache_creation")
+    details = _field(usage, "output_tokens_details")
+    uncached = _input_count(usage)
+    read = _count(_field(usage, "cache_read_input_tokens"))
+    written = _count(_field(usage, "cache_creation_input_tokens"))
+    output = _count(_field(usage, "output_tokens"))
+    if uncached is None:
+        return None
+    w5 = _count(_field(creation, "ephemeral_5m_input_tokens")) or 0
+    w1 = _count(_field(creation, "ephemeral_1h_input_tokens")) or 0
+    # The total and its split disagreeing (or the total missing): bill the larger.
+    written = max(written or 0, w5 + w1)
+    output = output or 0
+    thinking = _count(_field(details, "thinking_tokens")) or 0
+    read = read or 0
+    searches = _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0
+    return TokenUsage(
+        input_tokens=uncached + read + written,
+        output_tokens=output,
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(w1, written),
+        reasoning_tokens=min(thinking, output),
+        web_searches=searches,
+    )
+
+
+def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
+    """``message_delta`` usage (cumulative) over ``message_start``'s: the delta's fields
+    win where it has them; the 1-hour cache-write split only comes with the start. Every
+    field is clamped to >= 0."""
+    start = start or TokenUsage()
+
+    def get(name: str) -> int | None:
+        return _count(_field(usage, name))
+
+    cached = get("cache_read_input_tokens")
+    cached = start.cached_input_tokens if cached is None else cached
+    written = get("cache_creation_input_tokens")
+    written = start.cache_write_tokens if written is None else written
+    uncached = _input_count(usage)
+    if uncached is None:
+        uncached = max(0, start.input_tokens - start.cached_input_tokens - start.cache_write_tokens)
+    output = get("output_tokens") or 0
+    thinking = _count(_field(_field(usage, "output_tokens_details"), "thinking_tokens"))
+    return TokenUsage(
+        input_tokens=uncached + cached + written,
+        output_tokens=output,
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(start.cache_write_1h_tokens, written),
+        reasoning_tokens=min(start.reasoning_tokens if thinking is None else thinking, output),
+        web_searches=max(
+            start.web_searches,
+            _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0,
+        ),
+    )
+
+
+def _cache_write(*parts: Any) -> Literal["5m", "1h"] | None:
+    """Whether a request writes the prompt cache, and for how long: any ``cache_control``
+    (top level, on a system block, a message's content block or a tool) is a write, at
+    the 1-hour price if any asks ``"ttl": "1h"``. Tool inputs (the caller's JSON) are not
+    looked into."""
+    found: Literal["5m", "1h"] | None = None
+    stack: list[Any] = [{"cache_control": parts[0]}, *parts[1:]]
+    while stack:
+        item = plain(stack.pop())
+        if isinstance(item, Mapping):
+            control = plain(item.get("cache_control"))
+            if isinstance(control, Mapping):
+                if control.get("ttl") == "1h":
+                    return "1h"
+                found = "5m"
+            stack.extend(v for k, v in item.items() if k not in ("cache_control", "input"))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+def _one_shot(value: Any) -> bool:
+    """An iterable the SDK accepts but that may be read only once (a generator, a map)."""
+    return (
+        isinstance(value, Iterable)
+        and not isinstance(value, (str, bytes, bytearray, Sequence, Mapping))
+        and not hasattr(value, "model_dump")
+    )
+
+
+def materialized(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``messages``, ``tools``, ``system`` and message ``content`` given as
+    one-shot iterables turned into lists: the guard reads them (to count) and the SDK reads
+    them again (to send), so both must see the same, whole list."""
+    new = dict(kwargs)
+    for key in ("messages", "tools", "system"):
+        if _one_shot(new.get(key)):
+            new[key] = list(new[key])
+    messages = new.get("messages")
+    if isinstance(messages, (list, tuple)) and any(
+        isinstance(m, Mapping) and _one_shot(m.get("content")) for m in messages
+    ):
+        new["messages"] = [
+            {**m, "content": list(m["content"])}
+            if isinstance(m, Mapping) and _one_shot(m.get("content"))
+            else m
+            for m in messages
+        ]
+    return new
+
+
+def _opens_turn(message: Any) -> bool:
+    """A user message that is not only tool results starts a new turn."""
+    if field_of(message, "role") != "user":
+        return False
+    content = field_of(message, "content")
+    if not isinstance(content, (list, tuple)) or not content:
+        return True
+    return any(plain(b).get("type") != "tool_result" for b in content if _is_block(b))
+
+
+def _is_block(block: Any) -> bool:
+    return isinstance(plain(block), Mapping)
+
+
+def _summary_message(summary: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    # Anthropic has no system role inside messages: a summary is a user message (the API
+    # merges it with the user turn that follows).
+    if isinstance(summary, str):
+        return {"role": "user", "content": f"Summary of the earlier conversation: {summary}"}
+    if isinstance(summary, Mapping) and "content" in summary:
+        if summary.get("role") in ("user", "assistant"):
+            return summary
+        return {"role": "user", "content": summary["content"]}
+    raise InvalidRequestError("summarizer must return a str or a message dict with content")
