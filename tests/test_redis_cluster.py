@@ -485,7 +485,7 @@ async def test_async_scripts_reload_after_script_flush_on_every_node(
 
 def test_default_spool_is_named_after_the_cluster(cluster: RedisCluster, client: Any) -> None:
     """Two clusters behind one prefix must not share a spool (and replay each other's)."""
-    from guardrail.stores.redis.store import _location
+    from guardrail.stores.redis.connection import location as _location
 
     where = _location(client)
     assert where.startswith("cluster:") and "?" not in where

@@ -210,7 +210,7 @@ def test_cluster_needs_one_hash_tag_per_call(tmp_path: Path) -> None:
     pytest.importorskip("lupa")
     user, org = ScopeLimits("u1"), ScopeLimits("org-7")
     store = RedisStore(fakeredis.FakeRedis(), spool_path=tmp_path / "s")
-    store._cluster = True  # as if the client were a redis.cluster.RedisCluster
+    store.codec.cluster = True  # as if the client were a redis.cluster.RedisCluster
     store.reserve(req("r0", user))  # one scope: always fine
     with pytest.raises(ConfigurationError, match="hash tag"):
         store.reserve(req("r1", user, org))
@@ -218,7 +218,7 @@ def test_cluster_needs_one_hash_tag_per_call(tmp_path: Path) -> None:
     grouped = RedisStore(
         fakeredis.FakeRedis(), hash_tag=tags.__getitem__, spool_path=tmp_path / "t"
     )
-    grouped._cluster = True
+    grouped.codec.cluster = True
     r = grouped.reserve(req("r2", user, org, cost=5))
     assert grouped.key_prefix("u1") == "guardrail:{org-7}:u1:"
     grouped.settle(r, Settlement(3, 1, 1, "m"))

@@ -1,5 +1,11 @@
-"""The Redis store (see :mod:`.store`): Lua scripts (``lua/``), one live hash per scope."""
+"""The Redis store: budgets shared by every process and host that talks to one Redis.
 
-from guardrail.stores.redis.store import SCRIPTS, RedisStore, script_source
+:mod:`.store` is the :class:`RedisStore` (running the scripts, the spool, both faces);
+:mod:`.keys` names the keys, :mod:`.codec` packs the scripts' arguments and unpacks their
+results, :mod:`.scripts` loads the Lua (``lua/``), :mod:`.connection` makes clients.
+"""
+
+from guardrail.stores.redis.scripts import SCRIPTS, script_source
+from guardrail.stores.redis.store import RedisStore
 
 __all__ = ["SCRIPTS", "RedisStore", "script_source"]
