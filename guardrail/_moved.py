@@ -27,7 +27,7 @@ MOVED = {
     "guardrail.packing": "guardrail.prompt.packing",
     "guardrail.pricing": "guardrail.catalog.pricing",
     "guardrail.sinks": "guardrail.observe.sinks",
-    "guardrail.tokens": "guardrail.counting.messages",
+    "guardrail.tokens": "guardrail.counting",
     "guardrail.trimming": "guardrail.prompt.trimming",
     "guardrail.truncation": "guardrail.prompt.truncation",
 }

@@ -23,11 +23,11 @@ from guardrail.counting.messages import (
     REPLY_PRIMING,
     TOKENS_PER_TOOL_CALL,
     TokenCounter,
-    _TextCache,
     count_messages,
     count_text,
     counter_for,
 )
+from guardrail.counting.text import TextCache
 from guardrail.errors import GuardrailError, InvalidRequestError, UnknownModelError
 
 # The OpenAI cookbook "How to count tokens with tiktoken", section 6: checked there against
@@ -535,7 +535,7 @@ def test_cache_is_shared_by_counters_of_one_encoding() -> None:
 
 def test_cache_is_bounded_and_stays_correct() -> None:
     encoding = tiktoken.get_encoding("o200k_base")
-    cache = _TextCache(encoding.encode_ordinary, max_entries=16, max_chars=400)
+    cache = TextCache(encoding.encode_ordinary, max_entries=16, max_chars=400)
     texts = [f"text number {i} " * (i % 5 + 1) for i in range(200)]
     for text in texts * 2:
         assert cache[text] == len(encoding.encode_ordinary(text))

@@ -46,26 +46,27 @@ message seen before costs a couple of dictionary lookups, not a re-encode.
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from itertools import islice
 from operator import itemgetter
 from typing import Any
 
-import tiktoken
-
-from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo, model_info
-from guardrail.counting.images import (
-    ANTHROPIC_IMAGE_RULE,
-    Base64Reader,
-    image_size_from_base64,
-    image_tokens,
-    tokens_for_size,
-    worst_case_tokens,
+from guardrail.catalog.models import ModelInfo, model_info
+from guardrail.counting.images import ANTHROPIC_IMAGE_RULE
+from guardrail.counting.media import (
+    AUDIO_TOKENS_PER_SECOND,
+    anthropic_image_tokens,
+    audio_tokens,
+    image_url_tokens,
 )
+from guardrail.counting.text import (
+    CLAUDE_SAFETY_MARGIN,
+    clear_text_caches,
+    new_cache,
+    shared_cache,
+)
+from guardrail.counting.tools import MAX_DEPTH, tool_tokens
 from guardrail.errors import InvalidRequestError
 
 __all__ = [
@@ -95,124 +96,18 @@ OpenAI does not publish how calls are rendered. 3 mirrors the per-message overhe
 2 above what the one published single-call measurement implies, a margin kept on purpose
 for parallel calls, which OpenAI renders through a wrapper whose size nobody publishes.
 """
-CLAUDE_SAFETY_MARGIN = 1.25
-"""Claude estimates: ``ceil(o200k_base tokens * 1.25)`` per string (Claude's tokenizer
-produces more tokens than o200k_base for most text)."""
-AUDIO_TOKENS_PER_SECOND = 10
-"""Input audio: one token per 100 ms (OpenAI's Realtime figure for user audio; the Chat
-Completions docs give none)."""
-_ASSUMED_AUDIO_BYTES_PER_SECOND = 2000  # 16 kbit/s: low for speech codecs, so it errs high
 
-CACHE_MAX_ENTRIES = 50_000
-"""Strings whose counts each per-encoding cache keeps."""
-CACHE_MAX_CHARS = 32 * 1024 * 1024
-"""Total characters of the strings a cache keeps alive (it holds references to them)."""
-CACHE_MAX_STRING = 1024 * 1024
-"""Strings longer than this are encoded every time: encoding dominates, and keeping one
-alive would cost more memory than the cache is worth."""
 
-_MAX_DEPTH = 64
 _ROLE = itemgetter("role")
 _CONTENT = itemgetter("content")
 # What the fast path's C-level map/sum can raise when a message is not a plain
 # {"role": str, "content": str} dict; the checked path then says what is wrong.
 _NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError)
-_SCHEMA_SKIP = frozenset(
-    (
-        *("type", "description", "enum", "properties", "items", "required", "title"),
-        *("additionalProperties", "anyOf", "oneOf", "allOf", "$defs", "definitions", "strict"),
-    )
-)
-
-
-class _TextCache(dict[str, int]):
-    """``cache[text]`` is the token count of ``text``: a hit is one C-level dict lookup.
-
-    A miss encodes in ``__missing__`` and stores the count. Bounded by entries and by total
-    characters; when full, the oldest eighth is dropped (insertion order). Not an LRU: moving
-    an entry on every hit would cost more than the lookup itself. Inserts and evictions take
-    a lock; lookups need none (a dict read is atomic), so concurrent counting is safe.
-    """
-
-    __slots__ = ("_chars", "_encode", "_lock", "_margin", "max_chars", "max_entries")
-
-    def __init__(
-        self,
-        encode: Callable[[str], Sequence[int]],
-        margin: float | None = None,
-        max_entries: int = CACHE_MAX_ENTRIES,
-        max_chars: int = CACHE_MAX_CHARS,
-    ) -> None:
-        super().__init__()
-        self._encode = encode
-        self._margin = margin
-        self._lock = threading.Lock()
-        self._chars = 0
-        self.max_entries = max_entries
-        self.max_chars = max_chars
-
-    def __missing__(self, text: str) -> int:
-        if not isinstance(text, str):
-            # Reached only from the fast path with a non-str value: makes it fall back.
-            raise TypeError(f"expected a string, got {type(text).__name__}")
-        n = len(self._encode(text))
-        if self._margin is not None:
-            n = math.ceil(n * self._margin)
-        size = len(text)
-        if size <= CACHE_MAX_STRING:
-            with self._lock:
-                if text not in self:
-                    if len(self) >= self.max_entries or self._chars + size > self.max_chars:
-                        self._evict(size)
-                    self[text] = n
-                    self._chars += size
-        return n
-
-    def _evict(self, incoming: int) -> None:
-        # Called with the lock held. Drop the oldest eighth, more if the characters demand.
-        drop = max(1, len(self) // 8)
-        for key in list(islice(iter(self), drop)):
-            self._chars -= len(key)
-            del self[key]
-        while self and self._chars + incoming > self.max_chars:
-            key = next(iter(self))
-            self._chars -= len(key)
-            del self[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            super().clear()
-            self._chars = 0
-
-
-_caches_lock = threading.Lock()
-_caches: dict[str, _TextCache] = {}
-
-
-def _new_cache(encoding: str) -> _TextCache:
-    if encoding == "claude":
-        enc = tiktoken.get_encoding(FALLBACK_ENCODING)
-        return _TextCache(enc.encode_ordinary, CLAUDE_SAFETY_MARGIN)
-    # encode_ordinary: special-token text such as "<|endoftext|>" is ordinary user text.
-    return _TextCache(tiktoken.get_encoding(encoding).encode_ordinary)
-
-
-def _shared_cache(encoding: str) -> _TextCache:
-    cache = _caches.get(encoding)
-    if cache is None:
-        with _caches_lock:
-            cache = _caches.get(encoding)
-            if cache is None:
-                cache = _caches[encoding] = _new_cache(encoding)
-    return cache
 
 
 def clear_caches() -> None:
     """Empty the token-count caches and the counter cache (for tests and benchmarks)."""
-    with _caches_lock:
-        for cache in _caches.values():
-            cache.clear()
-        _caches.clear()
+    clear_text_caches()
     with _counters_lock:
         _counters.clear()
 
@@ -245,7 +140,6 @@ class TokenCounter:
         "_cache",
         "_image_rule",
         "_text",
-        "_tool",
         "encoding",
         "exact",
         "info",
@@ -253,6 +147,7 @@ class TokenCounter:
         "reply_priming",
         "tokens_per_message",
         "tokens_per_name",
+        "tool_constants",
     )
 
     def __init__(self, model: str | ModelInfo, *, strict: bool = False, cache: bool = True):
@@ -270,11 +165,11 @@ class TokenCounter:
         self.reply_priming = REPLY_PRIMING
         self.tokens_per_message = TOKENS_PER_MESSAGE
         self.tokens_per_name = TOKENS_PER_NAME
-        self._cache = _shared_cache(info.encoding) if cache else _new_cache(info.encoding)
+        self._cache = shared_cache(info.encoding) if cache else new_cache(info.encoding)
         # The bound C method: the hot path calls it directly, no Python frame in between.
         self._text: Callable[[str], int] = self._cache.__getitem__
         constants = info.tool_constants or {}
-        self._tool = {
+        self.tool_constants = {
             k: int(constants.get(k, v))
             for k, v in (
                 ("func_init", 7),
@@ -340,34 +235,12 @@ class TokenCounter:
         if total < 0:
             total = self._messages_loop(messages)
         if tools:
-            total += self.tools(tools)
+            total += tool_tokens(self, tools)
         return total + REPLY_PRIMING
 
     def tools(self, tools: Sequence[Any] | None) -> int:
         """Tokens of the ``tools`` (or legacy ``functions``) definitions of a request."""
-        if not tools:
-            return 0
-        if not isinstance(tools, Sequence) or isinstance(tools, (str, bytes)):
-            raise InvalidRequestError(
-                f"tools must be a list of tool definitions, not {_type(tools)}"
-            )
-        c = self._tool
-        total = 0
-        for j, tool in enumerate(tools):
-            where = f"tools[{j}]"
-            if not isinstance(tool, Mapping):
-                raise InvalidRequestError(f"{where} must be a dict, got {_type(tool)}")
-            kind = tool.get("type", "function")
-            if kind == "function" and "function" in tool:
-                fn = tool["function"]
-                where += ".function"
-            elif "name" in tool and "type" not in tool:
-                fn = tool  # a legacy `functions` entry
-            else:
-                total += c["func_init"] + self._strings(tool, where, 0, skip_type=True)
-                continue
-            total += c["func_init"] + self._function(fn, where)
-        return total + c["func_end"]
+        return tool_tokens(self, tools)
 
     # ------------------------------------------------------------------ messages
 
@@ -432,7 +305,7 @@ class TokenCounter:
             elif isinstance(value, str):
                 total += text(value)  # the cookbook counts every string value
             else:
-                total += self._strings(value, f"{where}.{key}", 0)
+                total += self.nested(value, f"{where}.{key}", 0)
         return total
 
     def _content(self, content: object, where: str) -> int:
@@ -461,9 +334,9 @@ class TokenCounter:
                 raise InvalidRequestError(f"{where}.{kind} must be a string, got {_type(value)}")
             return self._text(value)
         if kind == "image_url":
-            return self._image_url(part.get("image_url"), f"{where}.image_url")
+            return image_url_tokens(part.get("image_url"), f"{where}.image_url", self._image_rule)
         if kind == "input_audio":
-            return self._audio(part.get("input_audio"), f"{where}.input_audio")
+            return audio_tokens(part.get("input_audio"), f"{where}.input_audio")
         if kind == "file":
             file = part.get("file")
             if not isinstance(file, Mapping):
@@ -472,51 +345,8 @@ class TokenCounter:
             # The document itself is read server-side (text and page images): not countable.
             return self._text(name) if isinstance(name, str) else 0
         if kind == "image" and isinstance(part.get("source"), Mapping):
-            return self._anthropic_image(part["source"], f"{where}.source")
-        return self._strings(part, where, 0, skip_type=True)
-
-    def _image_url(self, value: object, where: str) -> int:
-        detail: object = None
-        if isinstance(value, Mapping):
-            url = value.get("url")
-            detail = value.get("detail")
-        else:
-            url = value  # some clients send the URL string directly
-        if not isinstance(url, str):
-            raise InvalidRequestError(f"{where}.url must be a string, got {_type(url)}")
-        if detail is not None and not isinstance(detail, str):
-            raise InvalidRequestError(f"{where}.detail must be a string, got {_type(detail)}")
-        try:
-            return image_tokens(url, detail, self._image_rule)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(f"{where}: {exc}") from None
-
-    def _anthropic_image(self, source: Mapping[str, Any], where: str) -> int:
-        rule = self._image_rule
-        if source.get("type") == "base64" and isinstance(source.get("data"), str):
-            try:
-                size = image_size_from_base64(source["data"])
-            except InvalidRequestError as exc:
-                raise InvalidRequestError(f"{where}: {exc}") from None
-            if size is not None:
-                return tokens_for_size(size[0], size[1], None, rule)
-        elif source.get("type") == "url" and isinstance(source.get("url"), str):
-            return image_tokens(source["url"], None, rule)
-        return worst_case_tokens(None, rule)
-
-    def _audio(self, value: object, where: str) -> int:
-        if not isinstance(value, Mapping):
-            raise InvalidRequestError(f"{where} must be a dict, got {_type(value)}")
-        data, fmt = value.get("data"), value.get("format")
-        if not isinstance(data, str):
-            raise InvalidRequestError(f"{where}.data must be a base64 string, got {_type(data)}")
-        if fmt is not None and not isinstance(fmt, str):
-            raise InvalidRequestError(f"{where}.format must be a string, got {_type(fmt)}")
-        try:
-            seconds = _audio_seconds(Base64Reader(data))
-        except ValueError as exc:  # binascii.Error is a ValueError
-            raise InvalidRequestError(f"{where}.data is not valid base64: {exc}") from None
-        return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+            return anthropic_image_tokens(part["source"], f"{where}.source", self._image_rule)
+        return self.nested(part, where, 0, skip_type=True)
 
     def _tool_calls(self, calls: object, where: str) -> int:
         if calls is None:
@@ -551,10 +381,10 @@ class TokenCounter:
             )
         return TOKENS_PER_TOOL_CALL + self._text(name) + self._text(args)
 
-    def _strings(self, value: object, where: str, depth: int, skip_type: bool = False) -> int:
+    def nested(self, value: object, where: str, depth: int = 0, skip_type: bool = False) -> int:
         """Tokens of every string (and dict key) in an unknown structure: errs high."""
-        if depth > _MAX_DEPTH:
-            raise InvalidRequestError(f"{where} is nested more than {_MAX_DEPTH} levels deep")
+        if depth > MAX_DEPTH:
+            raise InvalidRequestError(f"{where} is nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, str):
             return self._text(value)
         if value is None or isinstance(value, (bool, int, float, Decimal)):
@@ -566,154 +396,15 @@ class TokenCounter:
                     continue
                 if isinstance(key, str):
                     total += self._text(key)
-                total += self._strings(item, where, depth + 1)
+                total += self.nested(item, where, depth + 1)
             return total
         if isinstance(value, (list, tuple)):
             for item in value:
-                total += self._strings(item, where, depth + 1)
+                total += self.nested(item, where, depth + 1)
             return total
         raise InvalidRequestError(f"{where} has a value of unsupported type {_type(value)}")
 
     # ------------------------------------------------------------------ tools
-
-    def _function(self, fn: object, where: str) -> int:
-        if not isinstance(fn, Mapping):
-            raise InvalidRequestError(f"{where} must be a dict, got {_type(fn)}")
-        name = fn.get("name")
-        if not isinstance(name, str):
-            raise InvalidRequestError(f"{where}.name must be a string, got {_type(name)}")
-        desc = _description(fn.get("description"), f"{where}.description")
-        total = self._text(f"{name}:{desc}")
-        params = fn.get("parameters")
-        if params is None:
-            return total
-        if not isinstance(params, Mapping):
-            raise InvalidRequestError(f"{where}.parameters must be a dict, got {_type(params)}")
-        total += self._properties(params.get("properties"), f"{where}.parameters", 0)
-        for defs_key in ("$defs", "definitions"):
-            defs = params.get(defs_key)
-            if isinstance(defs, Mapping):
-                for def_name, schema in defs.items():
-                    total += self._schema_extra(schema, f"{where}.parameters.{defs_key}", 1)
-                    if isinstance(def_name, str):
-                        total += self._text(def_name)
-        return total
-
-    def _properties(self, props: object, where: str, depth: int) -> int:
-        if props is None:
-            return 0
-        if not isinstance(props, Mapping):
-            raise InvalidRequestError(f"{where}.properties must be a dict, got {_type(props)}")
-        if not props:
-            return 0
-        if depth > _MAX_DEPTH:
-            raise InvalidRequestError(f"{where} is nested more than {_MAX_DEPTH} levels deep")
-        c = self._tool
-        total = c["prop_init"]
-        for key, schema in props.items():
-            w = f"{where}.properties.{key}"
-            if not isinstance(schema, Mapping):
-                raise InvalidRequestError(f"{w} must be a dict, got {_type(schema)}")
-            total += c["prop_key"]
-            kind = schema.get("type", "")
-            if isinstance(kind, (list, tuple)):
-                kind = " | ".join(str(k) for k in kind)
-            elif not isinstance(kind, str):
-                raise InvalidRequestError(f"{w}.type must be a string, got {_type(kind)}")
-            desc = _description(schema.get("description"), f"{w}.description")
-            total += self._text(f"{key}:{kind}:{desc}")
-            total += self._schema_extra(schema, w, depth + 1)
-        return total
-
-    def _schema_extra(self, schema: object, where: str, depth: int) -> int:
-        """What a property schema holds beyond the cookbook's name/type/description."""
-        if not isinstance(schema, Mapping):
-            return 0
-        total = 0
-        if "enum" in schema:
-            total += self._enum(schema["enum"], f"{where}.enum")
-        total += self._properties(schema.get("properties"), where, depth)
-        items = schema.get("items")
-        if isinstance(items, Mapping):
-            total += self._schema_extra(items, f"{where}.items", depth + 1)
-        for variants_key in ("anyOf", "oneOf", "allOf"):
-            variants = schema.get(variants_key)
-            if isinstance(variants, (list, tuple)):
-                for variant in variants:
-                    if isinstance(variant, Mapping):
-                        kind = variant.get("type")
-                        if isinstance(kind, str):
-                            total += self._text(kind)
-                        total += self._schema_extra(variant, where, depth + 1)
-        for key, value in schema.items():
-            if key not in _SCHEMA_SKIP and isinstance(key, str):
-                total += self._text(f"{key}:{_json(value)}")
-        return total
-
-    def _enum(self, values: object, where: str) -> int:
-        if not isinstance(values, (list, tuple)):
-            raise InvalidRequestError(f"{where} must be a list, got {_type(values)}")
-        c = self._tool
-        total = c["enum_init"]
-        for item in values:
-            total += c["enum_item"] + self._text(item if isinstance(item, str) else _json(item))
-        return total
-
-
-def _description(desc: object, where: str) -> str:
-    if desc is None:
-        return ""
-    if not isinstance(desc, str):
-        raise InvalidRequestError(f"{where} must be a string, got {_type(desc)}")
-    # The cookbook drops one trailing period.
-    return desc[:-1] if desc.endswith(".") else desc
-
-
-def _json(value: object) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-# ---------------------------------------------------------------------- audio
-
-# MPEG audio layer III bitrates (kbit/s) by bitrate index: MPEG-1, then MPEG-2/2.5.
-_MP3_KBPS = (
-    (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0),
-    (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 0),
-)
-
-
-def _audio_seconds(reader: Base64Reader) -> float:
-    """Duration of base64 audio: from a WAV header, the first MP3 frame, or a low bitrate."""
-    head = reader.read(0, 64)
-    size = reader.size
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        pos = 12
-        byte_rate = 0
-        while pos + 8 <= min(size, 1 << 20):
-            chunk = reader.read(pos, 16)
-            if len(chunk) < 8:
-                break
-            cid, length = chunk[:4], int.from_bytes(chunk[4:8], "little")
-            if cid == b"fmt " and len(chunk) >= 16:
-                byte_rate = int.from_bytes(reader.read(pos + 16, 4), "little")
-            elif cid == b"data" and byte_rate > 0:
-                length = min(length, size - pos - 8)
-                return length / byte_rate
-            pos += 8 + length + (length & 1)
-    elif head[:3] == b"ID3" or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xfa"):
-        pos = 0
-        if head[:3] == b"ID3" and len(head) >= 10:
-            pos = 10 + ((head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9])
-        frame = reader.read(pos, 4)
-        if len(frame) == 4 and frame[0] == 0xFF and frame[1] & 0xE0 == 0xE0:
-            mpeg1 = (frame[1] >> 3) & 0x3 == 0x3
-            kbps = _MP3_KBPS[0 if mpeg1 else 1][frame[2] >> 4]
-            if kbps:
-                return (size - pos) * 8 / (kbps * 1000)
-    return size / _ASSUMED_AUDIO_BYTES_PER_SECOND
 
 
 # ---------------------------------------------------------------------- module functions
