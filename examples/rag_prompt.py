@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from guardrail.counting.messages import count_messages
-from guardrail.prompt.budget import PromptBuilder
+from guardrail.prompt.builder import PromptBuilder
 from guardrail.prompt.packing import Document, pack_documents
 from guardrail.prompt.truncation import truncate_text
 

@@ -30,12 +30,10 @@ from guardrail.prompt.budget import (
     Allocation,
     BudgetPart,
     PartAllocation,
-    PartReport,
-    Prompt,
-    PromptBuilder,
     TokenBudget,
     allocate,
 )
+from guardrail.prompt.builder import PartReport, Prompt, PromptBuilder
 from guardrail.prompt.memory import ConversationMemory, RedisConversationMemory
 from guardrail.prompt.packing import Document, PackResult, pack_documents
 from guardrail.prompt.trimming import TrimResult, fit_messages, trim_messages
