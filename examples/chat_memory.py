@@ -18,7 +18,7 @@ from typing import Any
 
 from guardrail import ManualClock
 from guardrail.counting.messages import count_messages
-from guardrail.prompt.memory import ConversationMemory
+from guardrail.prompt.conversation import ConversationMemory
 
 MODEL = "gpt-4o-mini"
 BUDGET = 3_000  # the memory's share of the prompt; the model's window is far larger

@@ -26,7 +26,7 @@ from guardrail.errors import (
 from guardrail.guard import Guard, wrap
 from guardrail.observe.sinks import JsonLinesSink, UsageRecord
 from guardrail.policy import Policy
-from guardrail.prompt.budget import (
+from guardrail.prompt.allocation import (
     Allocation,
     BudgetPart,
     PartAllocation,
@@ -34,7 +34,7 @@ from guardrail.prompt.budget import (
     allocate,
 )
 from guardrail.prompt.builder import PartReport, Prompt, PromptBuilder
-from guardrail.prompt.memory import ConversationMemory, RedisConversationMemory
+from guardrail.prompt.conversation import ConversationMemory, RedisConversationMemory
 from guardrail.prompt.packing import Document, PackResult, pack_documents
 from guardrail.prompt.trimming import TrimResult, fit_messages, trim_messages
 from guardrail.prompt.truncation import truncate_text

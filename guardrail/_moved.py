@@ -19,9 +19,9 @@ from types import ModuleType
 
 MOVED = {
     "guardrail.anthropic": "guardrail.providers.anthropic",
-    "guardrail.budget": "guardrail.prompt.budget",
+    "guardrail.budget": "guardrail.prompt",
     "guardrail.images": "guardrail.counting.images",
-    "guardrail.memory": "guardrail.prompt.memory",
+    "guardrail.memory": "guardrail.prompt.conversation",
     "guardrail.models": "guardrail.catalog.models",
     "guardrail.openai": "guardrail.providers.openai",
     "guardrail.packing": "guardrail.prompt.packing",

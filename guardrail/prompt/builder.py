@@ -1,7 +1,7 @@
 """Prompts that are sure to fit.
 
 :class:`PromptBuilder` builds OpenAI-style messages on top of the allocation
-(:mod:`guardrail.prompt.budget`): it allocates, renders each
+(:mod:`guardrail.prompt.allocation`): it allocates, renders each
 part into its grant (documents packed with :func:`~guardrail.pack_documents`, history as
 a sliding window of whole tool-call units, the user input cut with
 :func:`~guardrail.truncate_text`), hands what a part left unused to the parts that were
@@ -19,7 +19,7 @@ from typing import Any
 from guardrail.catalog.models import ModelInfo
 from guardrail.counting.messages import field_of
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.prompt.budget import (
+from guardrail.prompt.allocation import (
     Allocation,
     BudgetPart,
     TokenBudget,

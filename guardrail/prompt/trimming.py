@@ -72,7 +72,7 @@ _NOT_SIMPLE = (KeyError, TypeError, AttributeError, IndexError)
 def continues_unit(head: Any, message: Any) -> bool:
     """Whether ``message`` belongs to the unit that ``head`` opened: tool (and legacy
     function) results stay with the assistant call right before them, and a run of results
-    whose call is gone stays together. Shared with :mod:`guardrail.prompt.memory`."""
+    whose call is gone stays together. Shared with :mod:`guardrail.prompt.conversation`."""
     if field_of(message, "role") not in _RESULT_ROLES:
         return False
     role = field_of(head, "role")

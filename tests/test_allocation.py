@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from guardrail.catalog.models import model_info
 from guardrail.counting.messages import count_messages, count_text
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.prompt.budget import BudgetPart, TokenBudget, allocate
+from guardrail.prompt.allocation import BudgetPart, TokenBudget, allocate
 from guardrail.prompt.builder import PromptBuilder
 from guardrail.prompt.packing import Document
 from tests.test_truncation import texts

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from guardrail import ManualClock
 from guardrail.counting.messages import TokenCounter, count_messages, counter_for
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
-from guardrail.prompt.memory import ConversationMemory, RedisConversationMemory
+from guardrail.prompt.conversation import ConversationMemory, RedisConversationMemory
 from guardrail.prompt.trimming import fit_messages
 from tests.conftest import REDIS_HOST, REDIS_PORT
 from tests.test_truncation import texts
