@@ -19,7 +19,7 @@ import pytest
 
 import guardrail
 from guardrail import BudgetExceeded, ContextWindowExceeded, Guard, Policy
-from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN
+from guardrail.counting import CLAUDE_SAFETY_MARGIN
 from guardrail.providers.anthropic import (
     NONSTREAMING_MAX_TOKENS,
     PDF_PAGE_TOKENS,

@@ -115,3 +115,40 @@ def test_wrap_shortcut(server) -> None:
     )
     client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert client._guard.usage("default").requests == 1
+
+
+# The module paths the docs named before the layout (guardrail._moved answers for them).
+OLD_PATHS = {
+    "guardrail.tokens": ["count_messages", "count_text", "TokenCounter", "CLAUDE_SAFETY_MARGIN"],
+    "guardrail.budget": ["allocate", "BudgetPart", "TokenBudget", "PromptBuilder", "Prompt"],
+    "guardrail.memory": ["ConversationMemory", "RedisConversationMemory"],
+    "guardrail.trimming": ["trim_messages", "fit_messages", "TrimResult"],
+    "guardrail.truncation": ["truncate_text"],
+    "guardrail.packing": ["pack_documents", "Document"],
+    "guardrail.models": ["model_info", "list_models", "register_model", "ModelInfo"],
+    "guardrail.pricing": ["estimate_cost", "usage_cost", "TokenUsage"],
+    "guardrail.sinks": ["UsageRecord", "JsonLinesSink"],
+    "guardrail.images": ["tokens_for_size"],
+    "guardrail.openai": ["GuardedOpenAI"],
+    "guardrail.anthropic": ["GuardedAnthropic", "PDF_PAGE_TOKENS", "TokenCountCache"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(OLD_PATHS))
+def test_old_module_paths_keep_working_with_a_warning(path: str) -> None:
+    import importlib
+    import sys
+
+    from guardrail._moved import MOVED
+
+    sys.modules.pop(path, None)
+    with pytest.warns(DeprecationWarning, match=f"{path} is now {MOVED[path]}"):
+        module = importlib.import_module(path)
+    for name in OLD_PATHS[path]:
+        assert getattr(module, name) is getattr(importlib.import_module(MOVED[path]), name)
+    assert set(OLD_PATHS) == set(MOVED)
+
+
+def test_an_unknown_module_is_still_an_import_error() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        __import__("guardrail.no_such_module")

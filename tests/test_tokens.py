@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardrail.catalog.models import model_info
-from guardrail.counting.messages import (
+from guardrail.counting import (
     CLAUDE_SAFETY_MARGIN,
     REPLY_PRIMING,
     TOKENS_PER_TOOL_CALL,

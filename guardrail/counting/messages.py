@@ -55,13 +55,11 @@ from typing import Any
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.counting.images import ANTHROPIC_IMAGE_RULE
 from guardrail.counting.media import (
-    AUDIO_TOKENS_PER_SECOND,
     anthropic_image_tokens,
     audio_tokens,
     image_url_tokens,
 )
 from guardrail.counting.text import (
-    CLAUDE_SAFETY_MARGIN,
     clear_text_caches,
     new_cache,
     shared_cache,
@@ -70,8 +68,6 @@ from guardrail.counting.tools import MAX_DEPTH, tool_tokens
 from guardrail.errors import InvalidRequestError
 
 __all__ = [
-    "AUDIO_TOKENS_PER_SECOND",
-    "CLAUDE_SAFETY_MARGIN",
     "REPLY_PRIMING",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",

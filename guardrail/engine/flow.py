@@ -17,7 +17,8 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from guardrail.catalog.models import FALLBACK_ENCODING
 from guardrail.catalog.pricing import TokenUsage, usage_cost
-from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN, counter_for
+from guardrail.counting.messages import counter_for
+from guardrail.counting.text import CLAUDE_SAFETY_MARGIN
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.operations import (
     CountTokens,

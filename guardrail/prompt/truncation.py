@@ -47,7 +47,8 @@ from typing import Literal, get_args
 import tiktoken
 
 from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
-from guardrail.counting.messages import CLAUDE_SAFETY_MARGIN, TokenCounter, counter_for
+from guardrail.counting.messages import TokenCounter, counter_for
+from guardrail.counting.text import CLAUDE_SAFETY_MARGIN
 from guardrail.errors import InvalidRequestError
 
 __all__ = ["DEFAULT_MARKERS", "Strategy", "truncate_text"]
