@@ -1,5 +1,7 @@
-"""Guarded ``OpenAI`` / ``AsyncOpenAI`` clients (see :mod:`.client`)."""
+"""Guarded ``OpenAI`` / ``AsyncOpenAI`` clients: :mod:`.client` is the guarded client,
+:mod:`.chat` the Chat Completions adapter."""
 
-from guardrail.providers.openai.client import GuardedOpenAI, OpenAIAdapter
+from guardrail.providers.openai.chat import OpenAIAdapter
+from guardrail.providers.openai.client import GuardedOpenAI
 
 __all__ = ["GuardedOpenAI", "OpenAIAdapter"]
