@@ -20,6 +20,7 @@ This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import reprlib
 from datetime import datetime
 from decimal import Decimal
 
@@ -37,6 +38,24 @@ __all__ = [
 ]
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def describe(value: object, limit: int = 80) -> str:
+    """A short repr of ``value`` for an error message: bounded in depth and length, so a
+    hostile value (nested thousands deep, megabytes long) cannot blow the stack or the
+    log line, and it never raises."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a __repr__ that fails (or recurses without end)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GuardrailError(Exception):
     """Base class of every error guardrail raises itself."""
 
@@ -47,6 +66,10 @@ class ConfigurationError(GuardrailError, ValueError):
 
 class InvalidRequestError(GuardrailError, ValueError):
     """The request (messages, tools, parameters) is malformed; the message names the field."""
+
+
+class InvalidRequestTypeError(InvalidRequestError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, as Python convention expects)."""
 
 
 class InvalidTenantError(InvalidRequestError):

@@ -17,7 +17,7 @@ from typing import Any
 from guardrail._clock import Clock, system_clock
 from guardrail.engine.core import Engine, StoreErrorMode
 from guardrail.engine.plan import TrimEvent
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, describe
 from guardrail.observe.sinks import JsonLinesSink, Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
@@ -66,7 +66,7 @@ class Guard:
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigurationError(f"policy must be a guardrail.Policy, got {policy!r}")
+            raise ConfigurationError(f"policy must be a guardrail.Policy, got {describe(policy)}")
         if on_store_error not in ("fail_closed", "fail_open"):
             raise ConfigurationError("on_store_error must be 'fail_closed' or 'fail_open'")
         if default_tenant is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, describe
 
 __all__ = ["Policy", "PolicySource", "to_decimal_usd"]
 
@@ -21,13 +21,15 @@ __all__ = ["Policy", "PolicySource", "to_decimal_usd"]
 def to_decimal_usd(label: str, value: object) -> Decimal:
     """Read a USD amount without ever going through binary floating point arithmetic."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ConfigurationError(f"{label} must be a number of USD, got {value!r}")
+        raise ConfigurationError(f"{label} must be a number of USD, got {describe(value)}")
     try:
         amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     except InvalidOperation as exc:
-        raise ConfigurationError(f"{label} is not a number: {value!r}") from exc
+        raise ConfigurationError(f"{label} is not a number: {describe(value)}") from exc
     if not amount.is_finite() or amount < 0:
-        raise ConfigurationError(f"{label} must be a finite, non-negative amount, got {value!r}")
+        raise ConfigurationError(
+            f"{label} must be a finite, non-negative amount, got {describe(value)}"
+        )
     return amount
 
 
@@ -35,7 +37,7 @@ def _positive_int(label: str, value: object, *, allow_zero: bool = False) -> Non
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{label} must be an int, got {value!r}")
+        raise ConfigurationError(f"{label} must be an int, got {describe(value)}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigurationError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from guardrail.errors import InvalidTenantError
+from guardrail.errors import InvalidTenantError, describe
 
 __all__ = [
     "GLOBAL_SCOPE",
@@ -37,7 +37,7 @@ def validate_scope_id(value: object, *, what: str = "tenant id") -> str:
     if not _SCOPE_ID.fullmatch(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidTenantError(
-            f"invalid {what} {shown!r}: use 1-128 characters from letters, digits and "
+            f"invalid {what} {describe(shown)}: use 1-128 characters from letters, digits and "
             "'_.@+-', starting with a letter or digit"
         )
     return value
@@ -53,7 +53,9 @@ def tenant_from_hint(hint: object) -> str:
     if isinstance(hint, str) and _SCOPE_ID.fullmatch(hint):
         return hint
     if not isinstance(hint, str) or not hint:
-        raise InvalidTenantError(f"user / safety_identifier must be a non-empty str, got {hint!r}")
+        raise InvalidTenantError(
+            f"user / safety_identifier must be a non-empty str, got {describe(hint)}"
+        )
     return "h-" + hashlib.sha256(hint.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -69,7 +71,7 @@ class TenantBinding:
         checked = tuple(validate_scope_id(p, what="parent scope id") for p in parents)
         tenant = validate_scope_id(tenant)
         if tenant in checked or len(set(checked)) != len(checked):
-            raise InvalidTenantError(f"scopes of {tenant!r} repeat an id: {checked}")
+            raise InvalidTenantError(f"scopes of {describe(tenant)} repeat an id: {checked}")
         return cls(tenant, checked)
 
 

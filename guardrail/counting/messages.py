@@ -65,7 +65,7 @@ from guardrail.counting.text import (
     shared_cache,
 )
 from guardrail.counting.tools import MAX_DEPTH, tool_tokens
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, InvalidRequestTypeError, describe
 
 __all__ = [
     "REPLY_PRIMING",
@@ -189,7 +189,7 @@ class TokenCounter:
     def text(self, text: str) -> int:
         """Tokens of ``text`` alone (special-token strings count as ordinary text)."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {_type(text)}")
+            raise InvalidRequestTypeError(f"text must be a str, got {_type(text)}")
         return self._text(text)
 
     def message(self, message: Mapping[str, Any] | Any) -> int:
@@ -270,7 +270,7 @@ class TokenCounter:
         total = TOKENS_PER_MESSAGE
         for key, value in msg.items():
             if not isinstance(key, str):
-                raise InvalidRequestError(f"{where} has a non-string key {key!r}")
+                raise InvalidRequestError(f"{where} has a non-string key {describe(key)}")
             if key == "content":
                 total += self._content(value, f"{where}.content")
             elif key == "role":

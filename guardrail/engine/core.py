@@ -18,7 +18,7 @@ from guardrail.engine.loops import LoopDetector
 from guardrail.engine.operations import Op
 from guardrail.engine.plan import Plan, Planner, TrimEvent
 from guardrail.engine.records import Recorder
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError, LoopDetected
+from guardrail.errors import ContextWindowExceeded, InvalidRequestError, LoopDetected, describe
 from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
@@ -73,7 +73,9 @@ class Engine:
             return source.get(scope)
         found = source(scope)
         if found is not None and not isinstance(found, Policy):
-            raise TypeError(f"tenant_policies({scope!r}) returned {found!r}, not a Policy")
+            raise TypeError(
+                f"tenant_policies({describe(scope)}) returned {describe(found)}, not a Policy"
+            )
         return found
 
     def policy_for(self, tenant: str) -> Policy:
