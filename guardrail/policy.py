@@ -94,6 +94,15 @@ class Policy:
     reservation_ttl_seconds: float = 900.0
     """A reservation nobody settles (a crashed worker) returns to the budget after this."""
 
+    # -- what cannot be counted
+    file_id_tokens: int | Literal["window", "refuse"] = "window"
+    """How to reserve a document guardrail cannot read (a Chat Completions ``file`` part
+    given by ``file_id``, or a PDF whose pages cannot be seen): ``"window"`` reserves the
+    prompt as the whole context window less the reserved output (the provider bills no
+    prompt beyond that: a true upper bound), an int reserves that many tokens per such
+    part (a figure of your own: usage beyond it is charged and flagged as an overrun),
+    ``"refuse"`` refuses the call with InvalidRequestError before anything is reserved."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_input_tokens",
@@ -120,6 +129,8 @@ class Policy:
                 or value <= 0
             ):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if self.file_id_tokens not in ("window", "refuse"):
+            _positive_int("file_id_tokens", self.file_id_tokens)
         if self.output_over_cap not in ("clamp", "reject"):
             raise ConfigurationError("output_over_cap must be 'clamp' or 'reject'")
         if self.stream_overrun not in ("raise", "end"):

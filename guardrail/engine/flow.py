@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import DoAttempt, DoSleep, RetryCallState
@@ -150,8 +151,11 @@ def run(
     if tally.usage is not None:
         usage = tally.usage
     else:  # ended early: the provider's prompt-side usage if it came, our output count
-        start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_tokens)
-        usage = replace(start, output_tokens=max(start.output_tokens, tally.output_tokens))
+        start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_held)
+        output = max(start.output_tokens, tally.output_tokens)
+        if plan.hidden_output:  # hidden reasoning may have used all of the reserved output
+            output = max(output, plan.reserved_output_total)
+        usage = replace(start, output_tokens=output)
         source = "local_count"
     yield from _settle(
         engine,
@@ -303,7 +307,7 @@ def _settle(
     error: BaseException | None = None,
 ) -> Generator[Op, Any, None]:
     if usage is None:  # a provider answer without usage: bill the prompt we counted
-        usage, source = TokenUsage(input_tokens=plan.prompt_tokens), "local_count"
+        usage, source = _unreported(plan), "local_count"
     usage = _sane(usage)
     try:
         cost = usage_cost(plan.model, usage)
@@ -311,6 +315,25 @@ def _settle(
         # Usage we cannot price must not lose a paid call: charge the worst case.
         _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)
         cost = plan.cost_usd
+    overrun_tokens = max(0, usage.input_tokens - plan.prompt_held) + max(
+        0, usage.output_tokens - plan.reserved_output_total
+    )
+    overrun_usd = max(Decimal(0), cost - plan.cost_usd)
+    if overrun_tokens or overrun_usd:
+        _log.warning(
+            "guardrail: tenant %s was billed past its reservation on %s: %d tokens and "
+            "%s USD over (input %d, output %d; reserved %d prompt, %d output tokens, %s USD); "
+            "charged in full",
+            plan.tenant,
+            plan.model.name,
+            overrun_tokens,
+            overrun_usd,
+            usage.input_tokens,
+            usage.output_tokens,
+            plan.prompt_held,
+            plan.reserved_output_total,
+            plan.cost_usd,
+        )
     if reservation is not None:
         settlement = Settlement(
             cost_nanos=usd_to_nanos(cost),
@@ -333,6 +356,8 @@ def _settle(
         source=source,
         error=error,
         reservation_id=reservation.id if reservation else None,
+        overrun_tokens=overrun_tokens,
+        overrun_usd=overrun_usd,
     )
 
 
@@ -362,8 +387,16 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
         and is_retryable(exc)
         and getattr(exc, "status_code", None) is None
     ):
-        return TokenUsage(input_tokens=plan.prompt_tokens)
+        return _unreported(plan)
     return None
+
+
+def _unreported(plan: Plan) -> TokenUsage:
+    """What a call the provider processed without reporting usage is charged: the prompt
+    held, and for a model with hidden reasoning the whole reserved output (the provider
+    may have billed all of it); other models' visible output is counted by the caller."""
+    output = plan.reserved_output_total if plan.hidden_output else 0
+    return TokenUsage(input_tokens=plan.prompt_held, output_tokens=output)
 
 
 def _stream_tally(plan: Plan) -> StreamTally:

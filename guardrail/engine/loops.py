@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
 
 from guardrail._clock import Clock
 from guardrail.errors import LoopDetected
@@ -18,10 +17,10 @@ class LoopDetector:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._seen: dict[tuple[str, tuple[Any, ...]], deque[float]] = {}
+        self._seen: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, tenant: str, fingerprint: tuple[Any, ...], policy: Policy) -> None:
+    def check(self, tenant: str, fingerprint: str, policy: Policy) -> None:
         if policy.loop_limit is None:
             return
         now = self._clock()

@@ -12,8 +12,10 @@ from typing import Any, Literal
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
+from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView
-from guardrail.errors import ContextWindowExceeded, GuardrailError
+from guardrail.engine.fingerprint import fingerprint
+from guardrail.errors import ContextWindowExceeded, GuardrailError, InvalidRequestError
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
 from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
@@ -36,13 +38,25 @@ class Plan:
     trim: TrimResult | None
     stream: bool
     hide_usage_chunk: bool
-    fingerprint: tuple[Any, ...]
+    fingerprint: str
     fallback_reason: str | None = None
     choices: int = 1
     exact_prompt_tokens: int | None = None
     prompt_cache_write: Literal["5m", "1h"] | None = None
     reserved_searches: int = 0
-    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
+    reserved_prompt: int | None = None
+    """Prompt tokens reserved when parts of the prompt could only be bounded (documents by
+    ``file_id``): at least ``prompt_tokens``; None when the count is the reservation."""
+    hidden_output: bool = False
+    """The model bills reasoning it does not stream: a call whose usage never arrives is
+    settled at the whole reserved output."""
+    uncounted_parts: int = 0
+    """Parts of the prompt reserved by ``Policy.file_id_tokens`` instead of counted."""
+
+    @property
+    def prompt_held(self) -> int:
+        """The prompt tokens the reservation holds."""
+        return self.prompt_tokens if self.reserved_prompt is None else self.reserved_prompt
 
     @property
     def reserved_output_total(self) -> int:
@@ -63,7 +77,7 @@ class Plan:
             id=os.urandom(16).hex(),
             scopes=self.scopes,
             cost_nanos=usd_to_nanos(self.cost_usd),
-            tokens=self.prompt_tokens + self.reserved_output_total,
+            tokens=self.prompt_held + self.reserved_output_total,
             ttl_seconds=self.policy.reservation_ttl_seconds,
             model=self.model.name,
         )
@@ -138,13 +152,21 @@ class Planner:
         reserved, send_output = self._reserved_output(view, info, policy)
         budget, limit_name = input_budget(info, policy, reserved)
         messages = view.messages
-        prompt = adapter.count(counter, view, messages)
-        trim: TrimResult | None = None
         over_history = (
             policy.max_history_messages is not None
             and sum(1 for m in messages if field_of(m, "role") not in ("system", "developer"))
             > policy.max_history_messages
         )
+        # Bounded work: counting stops once the prompt is known to be over the budget (a
+        # prompt that may be trimmed is judged message by message instead).
+        may_trim = policy.trim or over_history
+        trim: TrimResult | None = None
+        stopped = False
+        try:
+            with counting_limit(budget, whole_prompt=not may_trim):
+                prompt = adapter.count(counter, view, messages)
+        except PromptTooLong as exc:
+            prompt, stopped = exc.at_least, True
         if prompt > budget or over_history:
             if prompt > budget and allow_model_fallback and policy.fallback_before_trim:
                 bigger = self._larger_model_plan(
@@ -153,17 +175,19 @@ class Planner:
                 if bigger is not None:
                     return bigger
             if policy.trim or over_history:
+                fit_budget = budget if policy.trim else 1 << 62
                 try:
-                    trim = _fit(
-                        adapter,
-                        view,
-                        messages,
-                        counter,
-                        budget if policy.trim else 1 << 62,
-                        max_history_messages=policy.max_history_messages,
-                        summarizer=self.summarizer if policy.trim else None,
-                        model_name=info.name,
-                    )
+                    with counting_limit(fit_budget, whole_prompt=False):
+                        trim = _fit(
+                            adapter,
+                            view,
+                            messages,
+                            counter,
+                            fit_budget,
+                            max_history_messages=policy.max_history_messages,
+                            summarizer=self.summarizer if policy.trim else None,
+                            model_name=info.name,
+                        )
                 except ContextWindowExceeded:
                     trim = None
                 if trim is not None:
@@ -183,6 +207,12 @@ class Planner:
                     limit_name=limit_name,
                     tenant=binding.tenant,
                     detail=(
+                        "at least that many: counting stopped once the prompt was known not "
+                        "to fit; "
+                        if stopped
+                        else ""
+                    )
+                    + (
                         "trimming could not make it fit"
                         if policy.trim
                         else "set Policy(trim=True) to drop the oldest history"
@@ -195,11 +225,12 @@ class Planner:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
+        final = list(messages) if trim else view.messages
+        uncounted = _uncountable(adapter, view, final)
+        held = _held_prompt(prompt, uncounted, info, policy, reserved)
         cost = worst_case_cost(
-            info, prompt, reserved * view.choices, view.prompt_cache_write, view.reserved_searches
+            info, held, reserved * view.choices, view.prompt_cache_write, view.reserved_searches
         )
-        last = field_of(messages[-1], "content") if messages else None
-        fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
             binding=binding,
             scopes=scopes,
@@ -213,11 +244,14 @@ class Planner:
             trim=trim if trim is not None and trim.dropped_count else None,
             stream=view.stream,
             hide_usage_chunk=hide_usage,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint(new_kwargs) if policy.loop_limit is not None else "",
             fallback_reason=fallback_reason,
             choices=view.choices,
             prompt_cache_write=view.prompt_cache_write,
             reserved_searches=view.reserved_searches,
+            reserved_prompt=None if held == prompt else held,
+            hidden_output=view.hidden_reasoning,
+            uncounted_parts=len(uncounted),
         )
 
     def _larger_model_plan(
@@ -299,6 +333,35 @@ def worst_case_cost(
         return max(plain, usage_cost(info, worst))
     except GuardrailError:  # no cache-write or search price known: the plain price is all
         return plain
+
+
+def _uncountable(adapter: ProviderAdapter, view: RequestView, messages: Sequence[Any]) -> list[str]:
+    find = getattr(adapter, "uncountable", None)
+    return [] if find is None else list(find(view, messages))
+
+
+def _held_prompt(
+    prompt: int,
+    uncounted: list[str],
+    info: ModelInfo,
+    policy: Policy,
+    reserved_output: int,
+) -> int:
+    """The prompt tokens to reserve: the count, plus what ``Policy.file_id_tokens`` says
+    for the parts that could not be counted."""
+    if not uncounted:
+        return prompt
+    rule = policy.file_id_tokens
+    if rule == "refuse":
+        raise InvalidRequestError(
+            f"{uncounted[0]} is a document guardrail cannot read (a file_id, or a PDF whose "
+            "pages cannot be seen), and Policy(file_id_tokens='refuse') refuses those; "
+            "nothing was sent"
+        )
+    if rule == "window":
+        # The provider bills no prompt past its window less the output bound sent.
+        return max(prompt, info.context_window - reserved_output)
+    return prompt + rule * len(uncounted)
 
 
 def input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:

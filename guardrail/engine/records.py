@@ -56,6 +56,8 @@ class Recorder:
         source: Literal["provider", "local_count", "none"] = "none",
         error: BaseException | None = None,
         reservation_id: str | None = None,
+        overrun_tokens: int = 0,
+        overrun_usd: Decimal = Decimal(0),
     ) -> None:
         if not self.records_wanted():
             return
@@ -63,6 +65,9 @@ class Recorder:
         extra: dict[str, Any] = {}
         if plan.exact_prompt_tokens is not None:
             extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if plan.reserved_prompt is not None:
+            extra["reserved_prompt_tokens"] = plan.reserved_prompt
+            extra["uncounted_parts"] = plan.uncounted_parts
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
@@ -89,6 +94,8 @@ class Recorder:
                 fallback_reason=plan.fallback_reason,
                 error=None if error is None else f"{type(error).__name__}: {error}",
                 timestamp=self.clock(),
+                overrun_tokens=overrun_tokens,
+                overrun_usd=overrun_usd,
                 extra=extra,
             ),
         )

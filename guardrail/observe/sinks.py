@@ -46,12 +46,17 @@ class UsageRecord:
     fallback_reason: str | None = None
     error: str | None = None
     timestamp: float = 0.0
+    overrun_tokens: int = 0
+    """Tokens billed past what was reserved (prompt and output): charged in full, and
+    logged, but a sign that something was under-counted (a document, an estimate)."""
+    overrun_usd: Decimal = Decimal(0)
+    """Cost billed past the reservation's worst case."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: Decimal amounts become strings, so no precision is lost."""
         data = asdict(self)
-        for key in ("cost_usd", "reserved_usd"):
+        for key in ("cost_usd", "reserved_usd", "overrun_usd"):
             data[key] = str(data[key])
         data["scopes"] = list(self.scopes)
         return data

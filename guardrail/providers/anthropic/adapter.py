@@ -60,6 +60,12 @@ def _allowed_searches(tools: Any) -> int:
     return total
 
 
+def _thinks(thinking: Any) -> bool:
+    """Extended thinking is on: Claude 4 models stream a summary of it but bill it whole."""
+    kind = _field(thinking, "type") if given(thinking) else None
+    return isinstance(kind, str) and kind != "disabled"
+
+
 def _nonstreaming_cap(model: str) -> int:
     """The bound the SDK accepts without streaming: its general 10-minute rule, and its
     per-model table (Opus 4 and 4.1 refuse more than 8,192 without streaming)."""
@@ -177,6 +183,7 @@ class AnthropicAdapter:
                 kwargs.get("cache_control"), system, messages, tools if given(tools) else None
             ),
             reserved_searches=_allowed_searches(tools if given(tools) else None),
+            hidden_reasoning=_thinks(kwargs.get("thinking")),
         )
 
     def rewrite(

@@ -8,7 +8,9 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from guardrail.catalog.models import model_info
 from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.documents import uncountable_parts
 from guardrail.counting.messages import TokenCounter
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
@@ -55,6 +57,21 @@ _RANGES = {
     "presence_penalty": (-2.0, 2.0),
 }
 """Sampling parameters and the ranges the API documents (it rejects values outside)."""
+
+
+_REASONING_FAMILIES = ("o1", "o3", "o4", "codex-mini", "gpt-5", "gpt-6")
+"""Families whose models reason in hidden (billed, not streamed) output tokens; the
+``-chat`` variants of gpt-5 do not."""
+
+
+def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call may bill reasoning tokens it never shows: a reasoning model
+    (unless ``reasoning_effort="none"``), or any model asked for ``reasoning_effort``."""
+    effort = kwargs.get("reasoning_effort")
+    if given(effort):
+        return effort != "none"
+    family = model_info(model).family or ""
+    return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
 
 
 @functools.cache
@@ -143,7 +160,12 @@ class OpenAIAdapter:
             stream=stream,
             tenant_hint=hint,
             choices=choices,
+            hidden_reasoning=hidden_reasoning(model, kwargs),
         )
+
+    def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
+        """The ``file`` parts whose size cannot be bounded here (``file_id``s)."""
+        return uncountable_parts(messages)
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return counter.messages(messages, view.tools)
