@@ -41,6 +41,7 @@ from guardrail.prompt.truncation import truncate_text
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.stores.redis import RedisStore
+from guardrail.tenancy import TenantFromRequest
 
 _moved.install()
 
@@ -74,6 +75,7 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreUnavailable",
+    "TenantFromRequest",
     "TokenBudget",
     "TokenUsage",
     "TrimEvent",

@@ -23,7 +23,14 @@ from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
-from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, bound_tenant, validate_scope_id
+from guardrail.tenancy import (
+    GLOBAL_SCOPE,
+    TenantBinding,
+    TenantFromRequest,
+    bound_tenant,
+    is_derived,
+    validate_scope_id,
+)
 
 __all__ = ["Guard", "wrap"]
 
@@ -46,6 +53,12 @@ class Guard:
     * ``summarizer``: turns trimmed history into one summary message.
     * ``on_trim``: called with a :class:`TrimEvent` (what was dropped) when a call's
       history is trimmed; usage records also carry ``trimmed_messages``.
+    * ``tenant_from_request``: a :class:`~guardrail.TenantFromRequest` to charge a call
+      with no tenant bound to one derived (a keyed hash) from the request's
+      ``safety_identifier``/``user`` (Anthropic: ``metadata.user_id``). Off by default:
+      the request's fields then never choose who pays.
+    * ``error_messages``: put the provider's error messages in usage records (they may
+      quote the prompt); by default a record keeps their class, status, type and code.
     * ``clock``, ``sleep``, ``async_sleep``: injectable for tests.
     """
 
@@ -61,6 +74,8 @@ class Guard:
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
         on_trim: Callable[[TrimEvent], object] | None = None,
+        tenant_from_request: TenantFromRequest | None = None,
+        error_messages: bool = False,
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -71,6 +86,12 @@ class Guard:
             raise ConfigurationError("on_store_error must be 'fail_closed' or 'fail_open'")
         if default_tenant is not None:
             validate_scope_id(default_tenant, what="default_tenant")
+        if tenant_from_request is not None and not isinstance(
+            tenant_from_request, TenantFromRequest
+        ):
+            raise ConfigurationError(
+                "tenant_from_request must be a guardrail.TenantFromRequest(key=...)"
+            )
         self.store: Store = store if store is not None else MemoryStore(clock=clock or system_clock)
         self.sleep = sleep
         self.async_sleep = async_sleep
@@ -85,6 +106,8 @@ class Guard:
             summarizer=summarizer,
             windows=self.store.windows,
             on_trim=on_trim,
+            tenant_from_request=tenant_from_request,
+            error_messages=error_messages,
         )
 
     @property
@@ -120,12 +143,19 @@ class Guard:
         with bound_tenant(tenant, parents) as binding:
             yield binding
 
+    def request_tenant(self, value: str) -> str:
+        """The tenant a request with ``safety_identifier``/``user`` = ``value`` is charged
+        to (``Guard(tenant_from_request=...)``)."""
+        if self.engine.tenant_from_request is None:
+            raise ConfigurationError("this guard has no tenant_from_request")
+        return self.engine.tenant_from_request.tenant_for(value)
+
     def usage(self, tenant: str, day: date | None = None) -> UsageSummary:
         """A tenant's usage today (or on ``day``): spent_usd, tokens, requests."""
-        return self.store.usage(validate_scope_id(tenant), day)
+        return self.store.usage(_scope_id(tenant, "tenant id"), day)
 
     async def ausage(self, tenant: str, day: date | None = None) -> UsageSummary:
-        return await self.store.ausage(validate_scope_id(tenant), day)
+        return await self.store.ausage(_scope_id(tenant, "tenant id"), day)
 
     def usage_report(
         self,
@@ -152,7 +182,14 @@ def _scope_ids(scopes: Sequence[str] | None) -> list[str] | None:
         return None
     if isinstance(scopes, str):
         scopes = [scopes]
-    return [s if s == GLOBAL_SCOPE else validate_scope_id(s, what="scope id") for s in scopes]
+    return [_scope_id(s) for s in scopes]
+
+
+def _scope_id(scope: str, what: str = "scope id") -> str:
+    """An explicit scope id, the global scope, or a derived tenant (``_r-...``)."""
+    if isinstance(scope, str) and (scope == GLOBAL_SCOPE or is_derived(scope)):
+        return scope
+    return validate_scope_id(scope, what=what)
 
 
 def wrap(client: Any, policy: Policy | None = None, **guard_options: Any) -> Any:

@@ -24,7 +24,7 @@ import guardrail.counting
 from guardrail import Guard, GuardrailError, MemoryStore, Policy
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=60,  # the whole file runs in ~15 s; run with more examples when changing it
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -214,11 +214,14 @@ async def aconsume(result: Any) -> None:
             pass
 
 
+CALLS = settings(FUZZ, max_examples=40)  # each example makes a real HTTP call or two
+
+
 def guard() -> Guard:
     return Guard(Policy(loop_limit=None, max_attempts=1), store=MemoryStore())
 
 
-@FUZZ
+@CALLS
 @given(kwargs=OPENAI_REQUESTS)
 def test_guarded_openai_create_sync(server: Any, kwargs: dict[str, Any]) -> None:
     kwargs = resolve(kwargs)
@@ -228,7 +231,7 @@ def test_guarded_openai_create_sync(server: Any, kwargs: dict[str, Any]) -> None
     checked(lambda: consume(create(**kwargs)), lambda: len(server.chat_requests), g)
 
 
-@FUZZ
+@CALLS
 @given(kwargs=OPENAI_REQUESTS)
 def test_guarded_openai_create_async(server: Any, kwargs: dict[str, Any]) -> None:
     kwargs = resolve(kwargs)
@@ -245,7 +248,7 @@ def test_guarded_openai_create_async(server: Any, kwargs: dict[str, Any]) -> Non
     checked(lambda: asyncio.run(go()), lambda: len(server.chat_requests), g)
 
 
-@FUZZ
+@CALLS
 @given(kwargs=OPENAI_REQUESTS)
 def test_guarded_openai_stream(server: Any, kwargs: dict[str, Any]) -> None:
     kwargs = resolve(kwargs)
@@ -257,7 +260,7 @@ def test_guarded_openai_stream(server: Any, kwargs: dict[str, Any]) -> None:
     )
 
 
-@FUZZ
+@CALLS
 @given(kwargs=ANTHROPIC_REQUESTS)
 def test_guarded_anthropic_create(fake: Any, kwargs: dict[str, Any]) -> None:
     kwargs = resolve(kwargs)

@@ -23,7 +23,7 @@ from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import ScopeLimits, Windows, usd_to_nanos
-from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding, tenant_from_hint
+from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, TenantFromRequest, current_binding
 
 __all__ = ["Engine", "StoreErrorMode"]
 
@@ -46,6 +46,8 @@ class Engine:
         summarizer: Summarizer | None = None,
         windows: Windows | None = None,
         on_trim: Callable[[TrimEvent], object] | None = None,
+        tenant_from_request: TenantFromRequest | None = None,
+        error_messages: bool = False,
     ) -> None:
         self.policy = policy
         self.tenant_policies = tenant_policies
@@ -54,7 +56,8 @@ class Engine:
         self.clock = clock
         self.on_store_error = on_store_error
         self.planner = Planner(summarizer)
-        self.recorder = Recorder(sinks, clock)
+        self.recorder = Recorder(sinks, clock, error_messages=error_messages)
+        self.tenant_from_request = tenant_from_request
         self.windows = windows or Windows()
         self.on_trim = on_trim
         self.loops = LoopDetector(clock)
@@ -85,12 +88,13 @@ class Engine:
         binding = explicit or current_binding()
         if binding is not None:
             return binding
-        if hint is not None:
-            return TenantBinding.of(tenant_from_hint(hint))
+        if hint is not None and self.tenant_from_request is not None:
+            return self.tenant_from_request.binding_for(hint)
         if self.default_tenant is None:
             raise InvalidRequestError(
                 "no tenant for this call: use client.for_tenant(...), guard.tenant(...), "
-                "the request's safety_identifier/user, or Guard(default_tenant=...)"
+                "Guard(default_tenant=...), or Guard(tenant_from_request=...) to derive "
+                "one from the request's safety_identifier/user"
             )
         cached = self._default_binding
         if cached is None or cached.tenant != self.default_tenant:

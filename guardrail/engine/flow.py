@@ -27,6 +27,7 @@ from guardrail.engine.operations import (
     OpenStream,
     Release,
     Reserve,
+    ReserveOffline,
     Send,
     Settle,
     Sleep,
@@ -56,7 +57,7 @@ def run(
     reservation: Reservation | None = None
     try:
         plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
-    except BudgetExceeded as exc:
+    except (BudgetExceeded, StoreUnavailable) as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
     if getattr(adapter, "exact_count", False) is True:
@@ -81,7 +82,7 @@ def run(
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
                     reservation = yield from _reserve(engine, plan.reservation_request())
-                except BudgetExceeded as exc:
+                except (BudgetExceeded, StoreUnavailable) as exc:
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
                     raise last from exc
@@ -253,17 +254,29 @@ def _reserve_first(
 def _reserve(engine: Engine, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
     try:
         reservation: Reservation = yield Reserve(request)
+    except StoreUnavailable as exc:
+        return (yield from _store_failed(engine, request, exc, str(exc)))
     except GuardrailError:
         raise
     except Exception as exc:
-        scope = request.scopes[0].scope if request.scopes else None
-        if engine.on_store_error == "fail_closed":
-            raise StoreUnavailable(
-                f"budget store failed on reserve: {exc!r}", tenant=scope
-            ) from exc
-        _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
-        return _unheld(engine, request)
+        return (yield from _store_failed(engine, request, exc, f"budget store failed: {exc!r}"))
     return reservation
+
+
+def _store_failed(
+    engine: Engine, request: ReservationRequest, exc: Exception, message: str
+) -> Generator[Op, Any, Reservation]:
+    scope = request.scopes[0].scope if request.scopes else None
+    if engine.on_store_error == "fail_closed":
+        raise StoreUnavailable(f"{message}; nothing was sent", tenant=scope) from exc
+    try:  # fail open, within what this process alone knows the tenant has spent
+        held: Reservation = yield ReserveOffline(request)
+    except BudgetExceeded:
+        raise
+    except Exception:
+        held = _unheld(engine, request)
+    _log.error("guardrail: %s; failing OPEN for %s", message, scope)
+    return held
 
 
 def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
@@ -334,6 +347,7 @@ def _settle(
             plan.reserved_output_total,
             plan.cost_usd,
         )
+    settled_to = "none"
     if reservation is not None:
         settlement = Settlement(
             cost_nanos=usd_to_nanos(cost),
@@ -342,9 +356,22 @@ def _settle(
             model=plan.model.name,
         )
         try:
-            yield Settle(reservation, settlement)
+            written = yield Settle(reservation, settlement)
         except Exception as exc:
-            _log.error("guardrail: could not settle reservation %s: %r", reservation.id, exc)
+            written = "failed"
+            _log.error(
+                "guardrail: could not settle reservation %s of tenant %s (%s USD, %d input "
+                "and %d output tokens): %r",
+                reservation.id,
+                plan.tenant,
+                cost,
+                usage.input_tokens,
+                usage.output_tokens,
+                exc,
+            )
+        if written in ("pending", "failed"):
+            outcome = "settle_pending"
+        settled_to = written if isinstance(written, str) else "settled"
     engine.recorder.record(
         plan,
         outcome,
@@ -358,6 +385,7 @@ def _settle(
         reservation_id=reservation.id if reservation else None,
         overrun_tokens=overrun_tokens,
         overrun_usd=overrun_usd,
+        settlement=settled_to,
     )
 
 

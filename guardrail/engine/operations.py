@@ -19,6 +19,7 @@ __all__ = [
     "OpenStream",
     "Release",
     "Reserve",
+    "ReserveOffline",
     "Send",
     "Settle",
     "Sleep",
@@ -28,6 +29,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Reserve:
+    request: ReservationRequest
+
+
+@dataclass(frozen=True)
+class ReserveOffline:
+    """The store failed and the guard fails open: reserve against what this process alone
+    knows (the store's ``reserve_offline``), so one process cannot spend past a cap during
+    an outage. A store without it lets the call through unheld."""
+
     request: ReservationRequest
 
 
@@ -74,4 +84,4 @@ class CountTokens:
     kwargs: dict[str, Any]
 
 
-Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens
+Op = Reserve | ReserveOffline | Release | Settle | Send | Sleep | OpenStream | CountTokens

@@ -18,7 +18,14 @@ from typing import Any, Literal
 __all__ = ["JsonLinesSink", "Outcome", "Sink", "UsageRecord", "emit"]
 
 Outcome = Literal[
-    "ok", "error", "rejected", "stream_completed", "stream_closed", "stream_error", "cancelled"
+    "ok",
+    "error",
+    "rejected",
+    "stream_completed",
+    "stream_closed",
+    "stream_error",
+    "cancelled",
+    "settle_pending",
 ]
 
 _log = logging.getLogger("guardrail")
@@ -51,6 +58,11 @@ class UsageRecord:
     logged, but a sign that something was under-counted (a document, an estimate)."""
     overrun_usd: Decimal = Decimal(0)
     """Cost billed past the reservation's worst case."""
+    settlement: str = "none"
+    """Where the call's settlement went: ``"settled"`` (the store took it), ``"spooled"``
+    (Redis was down: the spool replays it), ``"pending"`` (neither could take it: kept in
+    memory and retried; the outcome is then ``"settle_pending"``), ``"failed"`` (a store
+    without a spool failed: logged with its cost), ``"none"`` (nothing was reserved)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -185,35 +185,43 @@ class MemoryStore:
             heapq.heappush(s.expiry, (reservation.expires_at, request.id))
             return reservation
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str:
         with self._lock:
-            now = self._clock()
-            s, r = self._s, reservation
-            if r.id in s.settled:
-                return  # a replay: applied once already
-            s.settled[r.id] = now
-            self._drop_hold(r)
-            for sc in r.scopes:
-                s.spent[(sc, r.day)] += settlement.cost_nanos
-                s.spent[(sc, r.month)] += settlement.cost_nanos
-                for agg in (s.usage[(sc, r.day)], s.by_model[(sc, r.day, settlement.model)]):
-                    agg.cost_nanos += settlement.cost_nanos
-                    agg.input_tokens += settlement.input_tokens
-                    agg.output_tokens += settlement.output_tokens
-                    agg.requests += 1
-            self._refund_tokens(r, r.tokens - settlement.tokens, now)
-            self._expire(now)
+            self._settle(reservation, settlement)
+        return "settled"
 
-    def release(self, reservation: Reservation) -> None:
+    def _settle(self, reservation: Reservation, settlement: Settlement) -> None:
+        now = self._clock()
+        s, r = self._s, reservation
+        if r.id in s.settled:
+            return  # a replay: applied once already
+        s.settled[r.id] = now
+        self._drop_hold(r)
+        for sc in r.scopes:
+            s.spent[(sc, r.day)] += settlement.cost_nanos
+            s.spent[(sc, r.month)] += settlement.cost_nanos
+            for agg in (s.usage[(sc, r.day)], s.by_model[(sc, r.day, settlement.model)]):
+                agg.cost_nanos += settlement.cost_nanos
+                agg.input_tokens += settlement.input_tokens
+                agg.output_tokens += settlement.output_tokens
+                agg.requests += 1
+        self._refund_tokens(r, r.tokens - settlement.tokens, now)
+        self._expire(now)
+
+    def release(self, reservation: Reservation) -> str:
         with self._lock:
-            now = self._clock()
-            self._expire(now)  # an expired reservation is gone: its tokens are not given back
-            s, r = self._s, reservation
-            if r.id in s.settled or r.id not in s.holds:
-                return
-            s.settled[r.id] = now  # released for good: a later settlement is a replay
-            self._drop_hold(r)
-            self._refund_tokens(r, r.tokens, now)
+            self._release(reservation)
+        return "settled"
+
+    def _release(self, reservation: Reservation) -> None:
+        now = self._clock()
+        self._expire(now)  # an expired reservation is gone: its tokens are not given back
+        s, r = self._s, reservation
+        if r.id in s.settled or r.id not in s.holds:
+            return
+        s.settled[r.id] = now  # released for good: a later settlement is a replay
+        self._drop_hold(r)
+        self._refund_tokens(r, r.tokens, now)
 
     def _drop_hold(self, r: Reservation) -> None:
         hold = self._s.holds.pop(r.id, None)
@@ -293,11 +301,11 @@ class MemoryStore:
     async def areserve(self, request: ReservationRequest) -> Reservation:
         return self.reserve(request)
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
-        self.settle(reservation, settlement)
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
+        return self.settle(reservation, settlement)
 
-    async def arelease(self, reservation: Reservation) -> None:
-        self.release(reservation)
+    async def arelease(self, reservation: Reservation) -> str:
+        return self.release(reservation)
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         return self.usage(scope, day)

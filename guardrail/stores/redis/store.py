@@ -31,7 +31,7 @@ from datetime import date, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from guardrail._clock import Clock, system_clock
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, StoreUnavailable
 from guardrail.stores.base import (
     Reservation,
     ReservationRequest,
@@ -49,6 +49,7 @@ from guardrail.stores.redis.connection import (
     location,
 )
 from guardrail.stores.redis.keys import KeySpace
+from guardrail.stores.redis.recovery import Recovery
 from guardrail.stores.redis.scripts import SCRIPTS, script_source
 from guardrail.stores.spool import Spool
 
@@ -143,8 +144,10 @@ class RedisStore:
         self._async_clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
         self._async_lock = threading.Lock()
         self.spool = Spool(spool_path or default_spool_path(prefix, location(client)))
+        self.recovery = Recovery(clock, timezone, self.spool)
         self._replay_lock = threading.Lock()
         self._replay_after = 0.0
+        self._where = _describe(client)
 
     @classmethod
     def from_url(
@@ -228,9 +231,14 @@ class RedisStore:
             return script(keys=keys, args=args)
 
     def _run(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self.recovery.due():
+            self.recovery.drain(self._apply, self._down)
         if self._replay_due():
             self._auto_replay()
         result = self._call(name, keys, args)
+        if self.recovery.owed():  # Redis just answered: write what it is owed now
+            self.recovery.drain(self._apply, self._down)
+        self.recovery.answered()
         if self._answered():
             self._auto_replay()
         return result
@@ -253,6 +261,8 @@ class RedisStore:
         return entry
 
     async def _arun(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self.recovery.due():
+            await asyncio.to_thread(self.recovery.drain, self._apply, self._down)
         if self._replay_due():
             await asyncio.to_thread(self._auto_replay)
         client, scripts = self._async()
@@ -261,6 +271,9 @@ class RedisStore:
             result = await client.evalsha(script.sha, len(keys), *keys, *args)
         except self._noscript:
             result = await script(keys=keys, args=args)
+        if self.recovery.owed():
+            await asyncio.to_thread(self.recovery.drain, self._apply, self._down)
+        self.recovery.answered()
         if self._answered():
             await asyncio.to_thread(self._auto_replay)
         return result
@@ -270,21 +283,45 @@ class RedisStore:
     def reserve(self, request: ReservationRequest) -> Reservation:
         now = self._clock()
         keys, args, info = self.codec.reserve_call(request, now)
-        return self.codec.reserve_result(request, now, info, self._run("reserve", keys, args))
+        try:
+            result = self._run("reserve", keys, args)
+        except self._errors as exc:
+            raise self._unavailable(request, info.day, info.month, exc) from exc
+        return self.codec.reserve_result(request, now, info, result)
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+    def reserve_offline(self, request: ReservationRequest) -> Reservation:
+        """Reserve against what this process alone knows (Redis is down and the guard
+        fails open): the spend Redis has not taken yet, and the other calls let through."""
+        return self.recovery.reserve_offline(request)
+
+    def _unavailable(
+        self, request: ReservationRequest, day: str, month: str, exc: BaseException
+    ) -> StoreUnavailable:
+        # The script may have run (a timeout after sending): release it once Redis answers.
+        self.recovery.unknown_reserve(request, day, month)
+        return StoreUnavailable(f"Redis at {self._where} failed the reserve: {exc!r}")
+
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str:
+        """Returns where the settlement went: ``"settled"`` (Redis), ``"spooled"`` or
+        ``"pending"`` (kept in memory: neither Redis nor the spool could take it)."""
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             self._run("settle", keys, args)
         except self._errors as exc:
-            self._spool_write(self.codec.spool_record("settle", reservation, settlement), exc)
+            self.recovery.charge(reservation, settlement)
+            return self.recovery.keep(
+                self.codec.spool_record("settle", reservation, settlement), exc
+            )
+        return "settled"
 
-    def release(self, reservation: Reservation) -> None:
+    def release(self, reservation: Reservation) -> str:
         keys, args = self.codec.release_call(reservation, self._clock())
+        self.recovery.offline.release(reservation)
         try:
             self._run("release", keys, args)
         except self._errors as exc:
-            self._spool_write(self.codec.spool_record("release", reservation), exc)
+            return self.recovery.keep(self.codec.spool_record("release", reservation), exc)
+        return "settled"
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
@@ -325,26 +362,34 @@ class RedisStore:
     async def areserve(self, request: ReservationRequest) -> Reservation:
         now = self._clock()
         keys, args, info = self.codec.reserve_call(request, now)
-        return self.codec.reserve_result(
-            request, now, info, await self._arun("reserve", keys, args)
-        )
+        try:
+            result = await self._arun("reserve", keys, args)
+        except self._errors as exc:
+            raise self._unavailable(request, info.day, info.month, exc) from exc
+        return self.codec.reserve_result(request, now, info, result)
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
+    async def areserve_offline(self, request: ReservationRequest) -> Reservation:
+        return self.recovery.reserve_offline(request)
+
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             await self._arun("settle", keys, args)
         except self._errors as exc:
+            self.recovery.charge(reservation, settlement)
             record = self.codec.spool_record("settle", reservation, settlement)
-            await asyncio.to_thread(self._spool_write, record, exc)
+            return await asyncio.to_thread(self.recovery.keep, record, exc)
+        return "settled"
 
-    async def arelease(self, reservation: Reservation) -> None:
+    async def arelease(self, reservation: Reservation) -> str:
         keys, args = self.codec.release_call(reservation, self._clock())
+        self.recovery.offline.release(reservation)
         try:
             await self._arun("release", keys, args)
         except self._errors as exc:
-            await asyncio.to_thread(
-                self._spool_write, self.codec.spool_record("release", reservation), exc
-            )
+            record = self.codec.spool_record("release", reservation)
+            return await asyncio.to_thread(self.recovery.keep, record, exc)
+        return "settled"
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
@@ -375,16 +420,6 @@ class RedisStore:
         return self.codec.report_rows(found, await pipe.execute() if found else [])
 
     # -- the spool
-
-    def _spool_write(self, record: dict[str, Any], exc: BaseException) -> None:
-        self.spool.append(record)
-        _log.error(
-            "guardrail: Redis failed on %s of reservation %s (%r); spooled to %s for replay",
-            record["op"],
-            record["r"]["id"],
-            exc,
-            self.spool.path,
-        )
 
     def _apply(self, record: dict[str, Any]) -> None:
         r = reservation_from(record["r"])
@@ -436,3 +471,18 @@ class RedisStore:
             self._async_clients.clear()
         for client, _ in entries:
             await client.aclose()
+
+
+def _describe(client: Any) -> str:
+    """``host:port/db (socket timeout 2.0 s, connect timeout 1.0 s)``, for error messages."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+    timeouts = ", ".join(
+        f"{label} {kwargs[key]} s"
+        for key, label in (
+            ("socket_timeout", "socket timeout"),
+            ("socket_connect_timeout", "connect timeout"),
+        )
+        if kwargs.get(key) is not None
+    )
+    return location(client) + (f" ({timeouts})" if timeouts else "")
