@@ -12,7 +12,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
-    ├── LoopDetected                the same request repeated too often; nothing was sent
+    ├── LoopDetected                the same request kept failing; nothing was sent
     └── StoreUnavailable            the budget store failed and the policy fails closed
 
 This module imports nothing from the rest of the package.
@@ -183,17 +183,32 @@ class BudgetExceeded(GuardrailError):
 
 
 class LoopDetected(GuardrailError):
-    """The same request fingerprint came from one tenant too often within a window."""
+    """The same request kept failing for one tenant: it was sent and failed more than the
+    policy's ``loop_limit`` times within ``loop_window_seconds``, with no success in
+    between. ``retry_after`` is the number of seconds until the oldest of those failures
+    leaves the window."""
 
-    def __init__(self, *, tenant: str, repeats: int, window_seconds: float, limit: int) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        repeats: int,
+        window_seconds: float,
+        limit: int,
+        retry_after: float | None = None,
+    ) -> None:
         self.tenant = tenant
         self.repeats = repeats
         self.window_seconds = window_seconds
         self.limit = limit
-        super().__init__(
-            f"tenant {tenant!r} sent the same request {repeats} times within "
+        self.retry_after = retry_after
+        msg = (
+            f"tenant {tenant!r} sent the same request, and it failed, {repeats} times within "
             f"{window_seconds:g}s (limit {limit}): refusing to send it again"
         )
+        if retry_after is not None:
+            msg += f"; retry after {retry_after:.1f}s"
+        super().__init__(msg)
 
 
 class StoreUnavailable(GuardrailError):

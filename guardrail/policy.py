@@ -86,9 +86,15 @@ class Policy:
     fallback_before_trim: bool = False
     """On a window overflow, try a larger fallback model before trimming history."""
     loop_limit: int | None = 20
-    """Refuse a request whose fingerprint this tenant sent more than this many times..."""
+    """Refuse a request (the whole request: model, messages, tools, every parameter) that
+    was sent and **failed** this many times for the tenant (an HTTP error, a timeout, a
+    cut stream) with no success since, within ``loop_window_seconds``: a retry loop
+    around the guard, burning money on an answer that never comes. Successful repeats
+    never count (sampling one prompt many times, eval runs): the budget guards those.
+    Budget refusals and other calls never sent do not count. The count lives in the
+    store (one per Redis for every process). ``None`` turns loop detection off."""
     loop_window_seconds: float = 60.0
-    """...within this many seconds. ``loop_limit=None`` turns loop detection off."""
+    """...within this many seconds of the first of those failures."""
     stream_overrun: Literal["raise", "end"] = "raise"
     """A stream producing more output than was reserved: raise BudgetExceeded or end it."""
     reservation_ttl_seconds: float = 900.0

@@ -14,11 +14,10 @@ from typing import Any, Literal
 from guardrail._clock import Clock, system_clock
 from guardrail.engine import flow
 from guardrail.engine.adapter import ProviderAdapter
-from guardrail.engine.loops import LoopDetector
 from guardrail.engine.operations import Op
 from guardrail.engine.plan import Plan, Planner, TrimEvent
 from guardrail.engine.records import Recorder
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError, LoopDetected, describe
+from guardrail.errors import ContextWindowExceeded, InvalidRequestError, describe
 from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
@@ -60,7 +59,6 @@ class Engine:
         self.tenant_from_request = tenant_from_request
         self.windows = windows or Windows()
         self.on_trim = on_trim
-        self.loops = LoopDetector(clock)
         # (scope, id(policy)) -> (policy, limits): a Policy is frozen, and holding it here
         # keeps its id from being reused while the entry lives.
         self._limits_cache: dict[tuple[str, int], tuple[Policy | None, ScopeLimits]] = {}
@@ -136,8 +134,7 @@ class Engine:
             policy = self.policy_for(binding.tenant)
             scopes = self.scopes_for(binding, policy)
             plan = self.planner.plan(adapter, kwargs, view, view.model, binding, policy, scopes)
-            self.loops.check(binding.tenant, plan.fingerprint, policy)
-        except (ContextWindowExceeded, LoopDetected) as exc:
+        except ContextWindowExceeded as exc:
             self.recorder.record_refusal(binding, view.model, exc)
             raise
         if plan.trim is not None and self.on_trim is not None:

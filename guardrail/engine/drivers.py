@@ -75,7 +75,7 @@ class SyncDriver:
                 elif isinstance(op, Settle):
                     value = self.store.settle(op.reservation, op.settlement)
                 elif isinstance(op, Release):
-                    self.store.release(op.reservation)
+                    self.store.release(op.reservation, failed=op.failed)
                 elif isinstance(op, ReserveOffline):
                     value = _offline(self.store, "reserve_offline")(op.request)
                 elif isinstance(op, Sleep):
@@ -103,7 +103,7 @@ class AsyncDriver:
     async def _write(self, op: Settle | Release) -> Any:
         if isinstance(op, Settle):
             return await self.store.asettle(op.reservation, op.settlement)
-        return await self.store.arelease(op.reservation)
+        return await self.store.arelease(op.reservation, failed=op.failed)
 
     async def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None

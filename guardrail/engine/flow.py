@@ -36,7 +36,13 @@ from guardrail.engine.operations import (
 from guardrail.engine.plan import Plan, input_budget, worst_case_cost
 from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import BudgetExceeded, ContextWindowExceeded, GuardrailError, StoreUnavailable
+from guardrail.errors import (
+    BudgetExceeded,
+    ContextWindowExceeded,
+    GuardrailError,
+    LoopDetected,
+    StoreUnavailable,
+)
 from guardrail.observe.sinks import Outcome
 from guardrail.policy import Policy
 from guardrail.stores.base import Reservation, ReservationRequest, Settlement, usd_to_nanos
@@ -57,7 +63,7 @@ def run(
     reservation: Reservation | None = None
     try:
         plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
-    except (BudgetExceeded, StoreUnavailable) as exc:
+    except (BudgetExceeded, StoreUnavailable, LoopDetected) as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
     if getattr(adapter, "exact_count", False) is True:
@@ -82,7 +88,7 @@ def run(
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
                     reservation = yield from _reserve(engine, plan.reservation_request())
-                except (BudgetExceeded, StoreUnavailable) as exc:
+                except (BudgetExceeded, StoreUnavailable, LoopDetected) as exc:
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
                     raise last from exc
@@ -97,7 +103,7 @@ def run(
             if billed is None:
                 # Failed without usage (an HTTP error, or cancelled by the caller): the
                 # reservation goes back whole.
-                yield from _release(reservation)
+                yield from _release(reservation, failed=isinstance(exc, Exception))
             elif not is_retryable(exc):
                 # The provider answered and billed (a completion cut at its length or
                 # content filter): settle it as the call's outcome, then re-raise.
@@ -297,11 +303,13 @@ def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
     )
 
 
-def _release(reservation: Reservation | None) -> Generator[Op, Any, None]:
+def _release(reservation: Reservation | None, *, failed: bool = False) -> Generator[Op, Any, None]:
+    """Return a reservation whole; ``failed``: the request was sent and failed (it counts
+    towards the loop check)."""
     if reservation is None:
         return
     try:
-        yield Release(reservation)
+        yield Release(reservation, failed)
     except Exception as exc:  # the TTL will return it; never mask the call's own error
         _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
 
@@ -354,6 +362,7 @@ def _settle(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             model=plan.model.name,
+            failed=outcome in ("error", "stream_error"),
         )
         try:
             written = yield Settle(reservation, settlement)

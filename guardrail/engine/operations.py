@@ -44,6 +44,8 @@ class ReserveOffline:
 @dataclass(frozen=True)
 class Release:
     reservation: Reservation
+    failed: bool = False
+    """The request was sent and failed (an HTTP error): a failure for the loop check."""
 
 
 @dataclass(frozen=True)

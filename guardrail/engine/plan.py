@@ -18,7 +18,7 @@ from guardrail.engine.fingerprint import fingerprint
 from guardrail.errors import ContextWindowExceeded, GuardrailError, InvalidRequestError
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
-from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
+from guardrail.stores.base import LoopRule, ReservationRequest, ScopeLimits, usd_to_nanos
 from guardrail.tenancy import TenantBinding
 
 __all__ = ["Plan", "Planner", "TrimEvent", "input_budget", "worst_case_cost"]
@@ -80,7 +80,14 @@ class Plan:
             tokens=self.prompt_held + self.reserved_output_total,
             ttl_seconds=self.policy.reservation_ttl_seconds,
             model=self.model.name,
+            loop=self._loop_rule(),
         )
+
+    def _loop_rule(self) -> LoopRule | None:
+        limit = self.policy.loop_limit
+        if limit is None or not self.fingerprint:
+            return None
+        return LoopRule(self.fingerprint, limit, self.policy.loop_window_seconds)
 
 
 @dataclass(frozen=True)

@@ -314,13 +314,14 @@ class RedisStore:
             )
         return "settled"
 
-    def release(self, reservation: Reservation) -> str:
-        keys, args = self.codec.release_call(reservation, self._clock())
-        self.recovery.offline.release(reservation)
+    def release(self, reservation: Reservation, *, failed: bool = False) -> str:
+        keys, args = self.codec.release_call(reservation, self._clock(), failed)
+        self.recovery.offline.release(reservation, failed=failed)
         try:
             self._run("release", keys, args)
         except self._errors as exc:
-            return self.recovery.keep(self.codec.spool_record("release", reservation), exc)
+            record = self.codec.spool_record("release", reservation, failed=failed)
+            return self.recovery.keep(record, exc)
         return "settled"
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
@@ -381,13 +382,13 @@ class RedisStore:
             return await asyncio.to_thread(self.recovery.keep, record, exc)
         return "settled"
 
-    async def arelease(self, reservation: Reservation) -> str:
-        keys, args = self.codec.release_call(reservation, self._clock())
-        self.recovery.offline.release(reservation)
+    async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str:
+        keys, args = self.codec.release_call(reservation, self._clock(), failed)
+        self.recovery.offline.release(reservation, failed=failed)
         try:
             await self._arun("release", keys, args)
         except self._errors as exc:
-            record = self.codec.spool_record("release", reservation)
+            record = self.codec.spool_record("release", reservation, failed=failed)
             return await asyncio.to_thread(self.recovery.keep, record, exc)
         return "settled"
 
@@ -428,7 +429,7 @@ class RedisStore:
             keys, args = self.codec.settle_call(r, Settlement(**record["s"]), now)
             self._call("settle", keys, args)
         elif record["op"] == "release":
-            keys, args = self.codec.release_call(r, now)
+            keys, args = self.codec.release_call(r, now, bool(record.get("failed")))
             self._call("release", keys, args)
         else:  # pragma: no cover - only this module writes records
             raise ValueError(f"unknown spool record {record!r}")
