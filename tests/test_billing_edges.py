@@ -230,3 +230,24 @@ def test_reasoning_effort_none_is_not_hidden_reasoning() -> None:
     assert not hidden_reasoning("gpt-5.1", {"reasoning_effort": "none"})
     assert not hidden_reasoning("gpt-4o", {}) and not hidden_reasoning("gpt-5-chat-latest", {})
     assert hidden_reasoning("gpt-4o", {"reasoning_effort": "low"})
+
+
+def test_a_stream_without_its_usage_chunk_is_settled_from_what_it_may_have_cost(
+    server: Any,
+) -> None:
+    """A provider that never sends the usage chunk: a plain model settles from the local
+    count, a reasoning model at its whole reserved output."""
+    server.stream_usage = False
+    server.reasoning_tokens = 500
+    records: list[guardrail.UsageRecord] = []
+    _, client = client_for(server, Policy(), sinks=[records.append])
+    for model in (MODEL, "o3"):
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=900, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == server.reply
+    plain, reasoning = records
+    assert plain.usage_source == reasoning.usage_source == "local_count"
+    assert plain.output_tokens == guardrail.count_text(server.reply, MODEL)
+    assert reasoning.output_tokens == 900 and reasoning.cost_usd == reasoning.reserved_usd
