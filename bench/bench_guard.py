@@ -46,7 +46,9 @@ from openai.types.chat import ChatCompletion
 import guardrail
 from guardrail.counting.messages import clear_caches
 from guardrail.engine.drivers import SyncDriver
-from guardrail.providers.openai.client import _ADAPTER
+from guardrail.providers.openai.chat import OpenAIAdapter
+
+_ADAPTER = OpenAIAdapter()
 from guardrail.testing import FakeOpenAIServer
 
 MODEL = "gpt-4o"
