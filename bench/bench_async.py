@@ -103,7 +103,7 @@ async def measure(base_url: str, args: argparse.Namespace) -> list[list[str]]:
     rows = []
     for concurrency in args.concurrency:
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-        for name, client in contenders.items():  # warm up: connections, caches, scripts
+        for client in contenders.values():  # warm up: connections, caches, scripts
             await run(call_for(args.endpoint, client), 200, concurrency)
         for _ in range(args.rounds):
             for name, client in contenders.items():

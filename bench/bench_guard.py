@@ -47,10 +47,9 @@ import guardrail
 from guardrail.counting.messages import clear_caches
 from guardrail.engine.drivers import SyncDriver
 from guardrail.providers.openai.chat import OpenAIAdapter
-
-_ADAPTER = OpenAIAdapter()
 from guardrail.testing import FakeOpenAIServer
 
+_ADAPTER = OpenAIAdapter()
 MODEL = "gpt-4o"
 SEED = 20261123
 WORDS = [
