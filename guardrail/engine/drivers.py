@@ -365,7 +365,7 @@ class AsyncGuardedStream(_StreamBase):
                     break
             else:
                 outcome = "stream_completed"
-        except GeneratorExit:  # the caller broke out of the loop or closed the stream
+        except (GeneratorExit, asyncio.CancelledError):  # closed, or the caller went away
             raise
         except BaseException as exc:
             outcome, error = ("stream_error", exc)

@@ -63,6 +63,7 @@ class _State:
     expiry: list[tuple[float, str]] = field(default_factory=list)
     settled: dict[str, float] = field(default_factory=dict)
     notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
 
 
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
@@ -313,6 +314,22 @@ class MemoryStore:
 
     async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
         self.remember(scope, key, value, ttl_seconds)
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        with self._lock:
+            self._s.records[kind][name] = value
+
+    async def aget_record(self, kind: str, name: str) -> str | None:
+        with self._lock:
+            return self._s.records[kind].get(name)
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        with self._lock:
+            return self._s.records[kind].pop(name, None) is not None
+
+    async def alist_records(self, kind: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._s.records[kind])
 
     async def arecall(self, scope: str, key: str) -> int | None:
         return self.recall(scope, key)
