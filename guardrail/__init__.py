@@ -24,7 +24,11 @@ from guardrail.errors import (
     UnknownModelError,
 )
 from guardrail.guard import Guard, wrap
+from guardrail.observe.alerts import Alerts
+from guardrail.observe.delivery import Webhook
+from guardrail.observe.rules import AlertEvent
 from guardrail.observe.sinks import JsonLinesSink, UsageRecord
+from guardrail.observe.telemetry import Telemetry
 from guardrail.policy import Policy
 from guardrail.prompt.allocation import (
     Allocation,
@@ -47,6 +51,8 @@ _moved.install()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertEvent",
+    "Alerts",
     "Allocation",
     "BudgetExceeded",
     "BudgetPart",
@@ -74,6 +80,7 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreUnavailable",
+    "Telemetry",
     "TokenBudget",
     "TokenUsage",
     "TrimEvent",
@@ -82,6 +89,7 @@ __all__ = [
     "UsageRecord",
     "UsageRow",
     "UsageSummary",
+    "Webhook",
     "allocate",
     "count_messages",
     "count_text",

@@ -302,3 +302,12 @@ class Store(Protocol):
         start: date | None = None,
         end: date | None = None,
     ) -> list[UsageRow]: ...
+
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """True for the first caller, in any process sharing the store, to claim ``key``
+        of ``scope``; False while that claim lives (``ttl_seconds``). Alerts use it to fire
+        once per window: ``key`` names its window (``"refusal:2026-11-23"``), so the TTL
+        only bounds how long a claim is kept."""
+        ...
+
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool: ...
