@@ -56,7 +56,8 @@ def guards() -> dict[str, guardrail.Guard]:
     policy = guardrail.Policy(daily_spend_usd=Decimal(1_000_000), loop_limit=None)
     prometheus = PrometheusMetrics()
     tracers = TracerProvider()
-    tracers.add_span_processor(BatchSpanProcessor(Discard()))
+    # a queue no run fills: a full one drops spans, which would understate their cost
+    tracers.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=200_000))
 
     def telemetry(**options: bool) -> guardrail.Telemetry:
         return prometheus.telemetry(tracer_provider=tracers, **options)

@@ -22,6 +22,7 @@ from guardrail.errors import (
     PriceUnavailable,
     StoreUnavailable,
     UnknownModelError,
+    UnmeteredCall,
 )
 from guardrail.guard import Guard, wrap
 from guardrail.observe.alerts import Alerts
@@ -86,6 +87,7 @@ __all__ = [
     "TrimEvent",
     "TrimResult",
     "UnknownModelError",
+    "UnmeteredCall",
     "UsageRecord",
     "UsageRow",
     "UsageSummary",

@@ -365,3 +365,18 @@ def test_the_prometheus_one_liner_serves_the_guards_metrics(server: Any) -> None
         assert "gen_ai_client_operation_duration_seconds_bucket{" in served
     finally:
         telemetry.prometheus.shutdown()
+
+
+def test_embeddings_are_their_own_operation(server: Any, otel: OTel) -> None:
+    guard = Guard(Policy(), telemetry=otel.telemetry())
+    _client(guard, server).embeddings.create(model="text-embedding-3-small", input=["a b", "c"])
+    (point,) = otel.points("gen_ai.client.token.usage")  # input only: embeddings bill no output
+    assert dict(point.attributes) == {
+        "gen_ai.operation.name": "embeddings",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "text-embedding-3-small",
+        "gen_ai.response.model": "text-embedding-3-small",
+        "gen_ai.token.type": "input",
+    }
+    (span,) = otel.spans()
+    assert span.name == "embeddings text-embedding-3-small"

@@ -133,7 +133,11 @@ class Engine:
             self.loops.check(binding.tenant, plan.fingerprint, policy)
         except (ContextWindowExceeded, LoopDetected) as exc:
             self.recorder.record_refusal(
-                binding, view.model, exc, provider=getattr(adapter, "provider", "")
+                binding,
+                view.model,
+                exc,
+                provider=getattr(adapter, "provider", ""),
+                operation=getattr(adapter, "operation", "chat"),
             )
             raise
         if plan.trim is not None and self.on_trim is not None:

@@ -29,11 +29,14 @@ class CallLog:
     """What one call did and when: its start (monotonic), its provider, and timestamped
     events (reserve, retry, trim, settle) that a trace's span is built from."""
 
-    __slots__ = ("events", "first_chunk_at", "provider", "response_model", "started")
+    __slots__ = ("events", "first_chunk_at", "operation", "provider", "response_model", "started")
 
-    def __init__(self, provider: str = "", started: float | None = None) -> None:
+    def __init__(
+        self, provider: str = "", started: float | None = None, operation: str = "chat"
+    ) -> None:
         self.started = time.monotonic() if started is None else started
         self.provider = provider
+        self.operation = operation
         self.events: list[CallEvent] = []
         self.first_chunk_at: float | None = None
         self.response_model: str | None = None
@@ -50,7 +53,12 @@ class Recorder:
         self.clock = clock
 
     def record_refusal(
-        self, binding: TenantBinding, model: str, exc: BaseException, provider: str = ""
+        self,
+        binding: TenantBinding,
+        model: str,
+        exc: BaseException,
+        provider: str = "",
+        operation: str = "chat",
     ) -> None:
         emit(
             self.sinks,
@@ -63,6 +71,7 @@ class Recorder:
                 error=f"{type(exc).__name__}: {exc}",
                 timestamp=self.clock(),
                 provider=provider,
+                operation=operation,
                 refusal=refusal_of(exc),
             ),
         )
@@ -92,6 +101,8 @@ class Recorder:
         extra: dict[str, Any] = {}
         if plan.exact_prompt_tokens is not None:
             extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if plan.history_tokens:
+            extra["history_tokens"] = plan.history_tokens
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
@@ -122,6 +133,7 @@ class Recorder:
                 timestamp=self.clock(),
                 extra=extra,
                 provider=log.provider,
+                operation=log.operation,
                 context_window=plan.model.context_window,
                 response_model=log.response_model,
                 time_to_first_chunk_seconds=None if first is None else first - log.started,

@@ -152,6 +152,8 @@ class UsageRecord:
     # -- for metrics, alerts and traces (guardrail.observe)
     provider: str = ""
     """The provider the call went to (``"openai"``, ``"anthropic"``)."""
+    operation: str = "chat"
+    """What kind of call it was, in the GenAI conventions' words (``chat``, ``embeddings``)."""
     context_window: int = 0
     """The model's context window, in tokens (0 when the call never got a plan)."""
     response_model: str | None = None

@@ -19,7 +19,8 @@ and ``guardrail.refusal.kind``), ``guardrail.reservations.in_flight``,
 (by ``guardrail.alert.queue``). Tenants are not a metric attribute unless
 ``tenant_attribute=True``: one series per tenant overwhelms most metric backends.
 
-Traces: one CLIENT span per guarded call, named ``chat {model}``, with its real start and
+Traces: one CLIENT span per guarded call, named ``{operation} {model}`` (``chat gpt-4o``),
+with its real start and
 end, the GenAI attributes, ``guardrail.tenant``, and span events for reserve, each retry,
 trim and settle (and the refusal). No prompt or completion content is ever recorded: the
 usage records that spans are built from do not hold any. The span is built when the call
@@ -98,9 +99,11 @@ class _Attrs:
 
     __slots__ = ("base", "input", "output", "short")
 
-    def __init__(self, provider: str, model: str, response_model: str | None) -> None:
+    def __init__(
+        self, operation: str, provider: str, model: str, response_model: str | None
+    ) -> None:
         self.base = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider or "unknown",
             "gen_ai.request.model": model,
         }
@@ -154,7 +157,7 @@ class Telemetry:
         self._instruments: dict[str, Any] = {}
         self._held = 0
         self._held_lock = threading.Lock()
-        self._attrs: dict[tuple[str, str, str | None], _Attrs] = {}
+        self._attrs: dict[tuple[str, str, str, str | None], _Attrs] = {}
         if metrics:
             meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter(
                 "guardrail", _version()
@@ -186,7 +189,7 @@ class Telemetry:
             self._trace(record)
 
     def _attributes(self, record: UsageRecord) -> _Attrs:
-        key = (record.provider, record.model, record.response_model)
+        key = (record.operation, record.provider, record.model, record.response_model)
         attrs = self._attrs.get(key)
         if attrs is None:
             if len(self._attrs) > 1000:
@@ -209,7 +212,8 @@ class Telemetry:
             return
         if record.usage_source != "none":
             m["gen_ai.client.token.usage"].record(record.input_tokens, attrs_of.input)
-            m["gen_ai.client.token.usage"].record(record.output_tokens, attrs_of.output)
+            if record.operation != "embeddings":  # embeddings bill no output
+                m["gen_ai.client.token.usage"].record(record.output_tokens, attrs_of.output)
         timed = base
         if record.error is not None and record.outcome in _FAILED:
             timed = {**base, "error.type": record.error.split(":", 1)[0]}
@@ -234,7 +238,7 @@ class Telemetry:
         end = int(record.timestamp * 1e9)
         start = end - int(record.latency_seconds * 1e9)
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": record.operation,
             "gen_ai.provider.name": record.provider or "unknown",
             "gen_ai.request.model": record.model,
             "guardrail.tenant": record.tenant,
@@ -267,7 +271,10 @@ class Telemetry:
             assert record.error is not None
             attrs["error.type"] = record.error.split(":", 1)[0]
         span = self._tracer.start_span(
-            f"chat {record.model}", kind=self._span_kind, start_time=start, attributes=attrs
+            f"{record.operation} {record.model}",
+            kind=self._span_kind,
+            start_time=start,
+            attributes=attrs,
         )
         for event in record.events:
             span.add_event(

@@ -137,6 +137,12 @@ class ObservedStore:
     def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
         return self.inner.claim_once(scope, key, ttl_seconds)
 
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.inner.remember(scope, key, value, ttl_seconds)
+
+    def recall(self, scope: str, key: str) -> int | None:
+        return self.inner.recall(scope, key)
+
     # -- the Store interface, async
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
@@ -188,6 +194,12 @@ class ObservedStore:
 
     async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
         return await self.inner.aclaim_once(scope, key, ttl_seconds)
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        await self.inner.aremember(scope, key, value, ttl_seconds)
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        return await self.inner.arecall(scope, key)
 
 
 def observing(

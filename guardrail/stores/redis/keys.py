@@ -156,6 +156,10 @@ class KeySpace:
             for d in days
         ]
 
+    def note_key(self, scope: str, key: str) -> str:
+        """Where :meth:`RedisStore.remember` keeps a number (the scope's hash tag)."""
+        return f"{self.base(scope)}n:{_escape(key)}"
+
     def report_match(self) -> str:
         return f"{self.prefix}:{{*}}:*:d:*"
 

@@ -385,6 +385,23 @@ class RedisStore:
         client = self._async()[0]
         return bool(await client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
 
+    # -- notes: small numbers with a TTL, in the scope's hash slot
+
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
+
+    def recall(self, scope: str, key: str) -> int | None:
+        found = self.client.get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        client = self._async()[0]
+        await client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        found = await self._async()[0].get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
+
     # -- the spool
 
     def _spool_write(self, record: dict[str, Any], exc: BaseException) -> None:
