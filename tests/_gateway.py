@@ -49,6 +49,13 @@ def running(
 ) -> Iterator[tuple[str, Any]]:
     """(the gateway's base URL, the app) while a uvicorn server serves it."""
     app = create_app(config, store=store, sinks=sinks)
+    with serving(app) as base:
+        yield base, app
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """The base URL of ``app`` while a uvicorn server serves it on a loopback port."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
@@ -61,7 +68,21 @@ def running(
         time.sleep(0.01)  # waiting for a real server to bind: not a race being hidden
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    """A plain GET (urllib: no SDK in between): status, headers (lower-case), body."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, found, body = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        status, found, body = exc.code, exc.headers, exc.read()
+    return status, {k.lower(): v for k, v in found.items()}, body.decode()

@@ -260,6 +260,7 @@ def _settle(
         source=source,
         error=error,
         reservation_id=reservation.id if reservation else None,
+        day=reservation.day if reservation else None,
     )
 
 

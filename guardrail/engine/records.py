@@ -94,6 +94,7 @@ class Recorder:
         source: Literal["provider", "local_count", "none"] = "none",
         error: BaseException | None = None,
         reservation_id: str | None = None,
+        day: str | None = None,
     ) -> None:
         if not self.records_wanted():
             return
@@ -140,6 +141,7 @@ class Recorder:
                 refusal=refusal_of(error),
                 events=tuple(log.events),
                 limits=plan.scopes,
+                day=day,
             ),
         )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -89,8 +89,20 @@ def _destination(entry: Any) -> Destination:
     raise ConfigurationError(f"unknown alert destination type {entry['type']!r}")
 
 
-def alerts_from_config(config: Mapping[str, Any]) -> Alerts:
-    """:class:`Alerts` from a mapping (JSON, TOML or YAML data); see the module doc."""
+def _destinations(
+    configured: Sequence[Mapping[str, Any]] | None, also: Sequence[Destination]
+) -> list[Destination] | None:
+    if configured is None and not also:
+        return None  # the defaults
+    built = [_destination(d) for d in configured] if configured is not None else None
+    if built is None:
+        built = [LogDestination()]  # what Alerts uses by default, kept beside the extras
+    return [*built, *also]
+
+
+def alerts_from_config(config: Mapping[str, Any], *, also: Sequence[Destination] = ()) -> Alerts:
+    """:class:`Alerts` from a mapping (JSON, TOML or YAML data); see the module doc.
+    ``also``: destinations added to the configured ones (the gateway's ledger)."""
     unknown = set(config) - {"rules", "destinations", *_OPTIONS}
     if unknown:
         raise ConfigurationError(f"unknown alert settings {sorted(unknown)}")
@@ -98,6 +110,6 @@ def alerts_from_config(config: Mapping[str, Any]) -> Alerts:
     destinations = config.get("destinations")
     return Alerts(
         None if rules is None else [_rule(name, opts or {}) for name, opts in rules.items()],
-        None if destinations is None else [_destination(d) for d in destinations],
+        _destinations(destinations, also),
         **{k: config[k] for k in _OPTIONS if k in config},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -166,6 +167,12 @@ class UsageRecord:
     """What happened during the call, and when (not written to the JSON-lines log)."""
     limits: tuple[ScopeLimits, ...] = field(default=(), repr=False, compare=False)
     """The limits of every scope charged (not written to the JSON-lines log)."""
+    day: str | None = None
+    """The store's day the call was charged to (``YYYY-MM-DD`` in the store's time zone;
+    its reservation's day, which a call that ends after midnight keeps), None when nothing
+    was settled."""
+    record_id: str = field(default_factory=lambda: os.urandom(12).hex(), compare=False)
+    """Unique per record: what makes writing it to the ledger idempotent."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: Decimal amounts become strings, so no precision is lost. The call's

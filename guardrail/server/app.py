@@ -16,13 +16,18 @@ from typing import Any
 
 import aiohttp
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as Path
 
 from guardrail.catalog.models import list_models
+from guardrail.dashboard.app import CHALLENGE, DashboardSource, admin_key_matches
+from guardrail.dashboard.app import HEADERS as PAGE_HEADERS
 from guardrail.errors import ConfigurationError, GuardrailError
 from guardrail.guard import Guard
+from guardrail.ledger.database import DatabaseError
+from guardrail.ledger.writer import LedgerSink
 from guardrail.observe.config import alerts_from_config
 from guardrail.observe.prometheus import PrometheusMetrics
 from guardrail.observe.sinks import Sink
@@ -38,7 +43,7 @@ from guardrail.server.tenants import Principal, Tenants, policy_from_json, polic
 from guardrail.server.token_service import SERVICES
 from guardrail.server.upstream import Upstream, UpstreamUnreachable
 from guardrail.stores.base import Store
-from guardrail.stores.memory import MemoryStore
+from guardrail.stores.urls import open_store
 from guardrail.tenancy import validate_scope_id
 
 __all__ = ["create_app", "store_for"]
@@ -48,11 +53,7 @@ ANTHROPIC_COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "
 
 def store_for(config: GatewayConfig) -> Store:
     """The store a config names: ``memory://``, or a Redis URL."""
-    if config.store.startswith("memory://"):
-        return MemoryStore()
-    from guardrail.stores.redis import RedisStore
-
-    return RedisStore.from_url(config.store, prefix=config.prefix)
+    return open_store(config.store, prefix=config.prefix)
 
 
 def _presented_key(request: Request) -> tuple[str | None, Provider]:
@@ -75,7 +76,14 @@ def create_app(
     store = store if store is not None else store_for(config)
     tenants = Tenants(config, store)
     metrics = PrometheusMetrics() if config.metrics else None
-    alerts = alerts_from_config(config.alerts) if config.alerts is not None else None
+    ledger = _ledger_sink(config)
+    if ledger is not None:
+        sinks = [*sinks, ledger]
+    alerts = (
+        alerts_from_config(config.alerts, also=[ledger.alert] if ledger else [])
+        if config.alerts is not None
+        else None
+    )
     guard = Guard(
         config.policy,
         store=store,
@@ -126,6 +134,8 @@ def create_app(
                 await session.close()
             if alerts is not None:  # deliver what is queued before the process ends
                 alerts.close()
+            if ledger is not None:  # then write what the calls and the alerts left
+                await run_in_threadpool(ledger.close)
             close = getattr(store, "aclose", None)
             if close is not None:
                 await close()
@@ -287,6 +297,7 @@ def create_app(
         )
 
     admin = _admin_routes(config, guard, tenants)
+    dashboard = _dashboard_route(config, store)
     paths = [
         *(Path(p, guarded(r), methods=["POST"]) for p, r in routes.items()),
         Path("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
@@ -295,11 +306,54 @@ def create_app(
         Path("/health", health, methods=["GET"]),
         Path("/metrics", prometheus, methods=["GET"]),
         *admin,
+        dashboard,
         Path("/{path:path}", fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     app = Starlette(routes=paths, lifespan=lifespan)
     app.state.guard, app.state.tenants, app.state.store = guard, tenants, store
+    app.state.ledger = ledger
     return app
+
+
+def _ledger_sink(config: GatewayConfig) -> LedgerSink | None:
+    if config.ledger is None:
+        return None
+    return LedgerSink(
+        config.ledger.url,
+        timezone=config.ledger.timezone,
+        retention_days=config.ledger.retention_days,
+        spool_path=config.ledger.spool,
+    )
+
+
+def _dashboard_route(config: GatewayConfig, store: Store) -> Path:
+    """``GET /dashboard``: the page over the ledger and the live store, for the admin key
+    (a bearer token, or HTTP Basic from a browser)."""
+    source = (
+        None
+        if config.ledger is None
+        else DashboardSource(
+            config.ledger.url,
+            store,
+            timezone=config.ledger.timezone,
+            title=config.ledger.dashboard_title,
+        )
+    )
+
+    async def dashboard(request: Request) -> Response:
+        if source is None or config.admin_key_env is None:
+            return PlainTextResponse(
+                "the dashboard needs [ledger] and admin_key_env in the config", 404
+            )
+        if not admin_key_matches(request.headers, config.admin_key):
+            return PlainTextResponse("this needs the admin key", 401, headers=CHALLENGE)
+        try:
+            html = await run_in_threadpool(source.page)
+        except DatabaseError as exc:
+            return PlainTextResponse(f"the ledger is not answering: {exc}", 503)
+        return HTMLResponse(html, headers=PAGE_HEADERS)
+
+    return Path("/dashboard", dashboard, methods=["GET"])
 
 
 def _admin_routes(config: GatewayConfig, guard: Guard, tenants: Tenants) -> list[Path]:

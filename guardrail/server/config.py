@@ -20,7 +20,14 @@ from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy
 from guardrail.tenancy import validate_scope_id
 
-__all__ = ["GatewayConfig", "KeyConfig", "UpstreamConfig", "load_config", "parse_config"]
+__all__ = [
+    "GatewayConfig",
+    "KeyConfig",
+    "LedgerConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+]
 
 POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(Policy))
 _TOP = frozenset(
@@ -39,8 +46,10 @@ _TOP = frozenset(
         "max_body_bytes",
         "metrics",
         "alerts",
+        "ledger",
     }
 )
+_LEDGER = frozenset({"url", "timezone", "retention_days", "spool", "dashboard_title"})
 _UPSTREAM = frozenset({"base_url", "api_key_env", "timeout_seconds", "exact_count"})
 _KEY = frozenset({"key", "key_sha256", "tenant", "parents", "models", "policy", "label"})
 DEFAULT_UPSTREAMS = {
@@ -76,6 +85,17 @@ class KeyConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    """``[ledger]``: every call's record written to a database, and the dashboard."""
+
+    url: str
+    timezone: str = "UTC"
+    retention_days: int | None = None
+    spool: str | None = None
+    dashboard_title: str = "guardrail"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     store: str = "memory://"
     prefix: str = "guardrail"
@@ -93,6 +113,8 @@ class GatewayConfig:
     """Serve the guard's metrics in the Prometheus text format at ``GET /metrics``."""
     alerts: Mapping[str, Any] | None = None
     """The ``[alerts]`` table, for :func:`guardrail.observe.alerts_from_config`."""
+    ledger: LedgerConfig | None = None
+    """``[ledger]``: where every call's record is written, and what ``/dashboard`` shows."""
 
     @property
     def admin_key(self) -> str | None:
@@ -238,6 +260,7 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         except ConfigurationError as exc:
             raise _fail("alerts", str(exc)) from None
     return GatewayConfig(
+        ledger=_ledger(data["ledger"]) if "ledger" in data else None,
         store=store,
         prefix=_str(data.get("prefix", "guardrail"), "prefix"),
         on_store_error=mode,
@@ -258,6 +281,37 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         max_body_bytes=limit,
         metrics=metrics,
         alerts=alerts,
+    )
+
+
+def _ledger(value: Any) -> LedgerConfig:
+    from zoneinfo import ZoneInfo
+
+    from guardrail.ledger.database import check_url
+
+    table = _table(value, "ledger")
+    _unknown(table, _LEDGER, "ledger")
+    if "url" not in table:
+        raise _fail("ledger.url", "is required: sqlite:///path/to/ledger.db or postgresql://...")
+    url = _str(table["url"], "ledger.url")
+    try:
+        check_url(url)
+    except ConfigurationError as exc:
+        raise _fail("ledger.url", str(exc)) from None
+    timezone = _str(table.get("timezone", "UTC"), "ledger.timezone")
+    try:
+        ZoneInfo(timezone)
+    except (KeyError, ValueError):
+        raise _fail("ledger.timezone", f"unknown time zone {timezone!r}") from None
+    days = table.get("retention_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+        raise _fail("ledger.retention_days", "must be a whole number of days, at least 1")
+    return LedgerConfig(
+        url=url,
+        timezone=timezone,
+        retention_days=days,
+        spool=_str(table["spool"], "ledger.spool") if "spool" in table else None,
+        dashboard_title=_str(table.get("dashboard_title", "guardrail"), "ledger.dashboard_title"),
     )
 
 
