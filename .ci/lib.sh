@@ -27,6 +27,28 @@ ensure_redis() {
   redis-cli -h 127.0.0.1 -p 6379 ping
 }
 
+# PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres): started if a local cluster is
+# down. The tests create (and drop) a database of their own for each test.
+ensure_postgres() {
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    local cluster
+    cluster="$(pg_lsclusters --no-header 2>/dev/null | awk '$3 == 5432 {print $1 " " $2; exit}')"
+    [ -n "$cluster" ] && pg_ctlcluster $cluster start || true
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -tAc "select 'postgresql ' || current_setting('server_version')"
+}
+
+# Debian's chromium and its chromedriver, for the dashboard's browser test.
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+  fi
+  /usr/bin/chromedriver --version
+}
+
 # suite NAME PYTHON [CONSTRAINTS]: a fresh venv under .ci/venvs/NAME, the README's install
 # (constrained by the lock file given, else unconstrained), then the README's test command.
 suite() {

@@ -22,9 +22,14 @@ from guardrail.errors import (
     PriceUnavailable,
     StoreUnavailable,
     UnknownModelError,
+    UnmeteredCall,
 )
 from guardrail.guard import Guard, wrap
+from guardrail.observe.alerts import Alerts
+from guardrail.observe.delivery import Webhook
+from guardrail.observe.rules import AlertEvent
 from guardrail.observe.sinks import JsonLinesSink, UsageRecord
+from guardrail.observe.telemetry import Telemetry
 from guardrail.policy import Policy
 from guardrail.prompt.allocation import (
     Allocation,
@@ -48,6 +53,8 @@ _moved.install()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertEvent",
+    "Alerts",
     "Allocation",
     "BudgetExceeded",
     "BudgetPart",
@@ -75,15 +82,18 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreUnavailable",
+    "Telemetry",
     "TenantFromRequest",
     "TokenBudget",
     "TokenUsage",
     "TrimEvent",
     "TrimResult",
     "UnknownModelError",
+    "UnmeteredCall",
     "UsageRecord",
     "UsageRow",
     "UsageSummary",
+    "Webhook",
     "allocate",
     "count_messages",
     "count_text",

@@ -12,13 +12,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail._clock import Clock, system_clock
 from guardrail.engine.core import Engine, StoreErrorMode
 from guardrail.engine.plan import TrimEvent
 from guardrail.errors import ConfigurationError, describe
 from guardrail.observe.sinks import JsonLinesSink, Sink
+from guardrail.observe.watch import observing
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import Store, UsageRow, UsageSummary
@@ -31,6 +32,10 @@ from guardrail.tenancy import (
     is_derived,
     validate_scope_id,
 )
+
+if TYPE_CHECKING:
+    from guardrail.observe.alerts import Alerts
+    from guardrail.observe.telemetry import Telemetry
 
 __all__ = ["Guard", "wrap"]
 
@@ -59,6 +64,14 @@ class Guard:
       the request's fields then never choose who pays.
     * ``error_messages``: put the provider's error messages in usage records (they may
       quote the prompt); by default a record keeps their class, status, type and code.
+    * ``alerts``: :class:`~guardrail.observe.Alerts`, rules and their destinations
+      (docs/observability.md); evaluated and delivered off the call path.
+    * ``telemetry``: True (or :class:`~guardrail.observe.Telemetry`) records
+      OpenTelemetry metrics and spans of every call (the ``[otel]`` extra).
+    * ``unmetered``: paid endpoints guardrail cannot meter (images, audio, batches,
+      fine-tuning, legacy completions, Assistants runs, realtime sessions: the README's
+      table) are refused for a tenant with a money limit (``"refuse"``, the default), or
+      sent unmetered and logged once per process (``"allow"``).
     * ``clock``, ``sleep``, ``async_sleep``: injectable for tests.
     """
 
@@ -76,9 +89,12 @@ class Guard:
         on_trim: Callable[[TrimEvent], object] | None = None,
         tenant_from_request: TenantFromRequest | None = None,
         error_messages: bool = False,
+        unmetered: Literal["refuse", "allow"] = "refuse",
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        alerts: Alerts | None = None,
+        telemetry: Telemetry | bool = False,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a guardrail.Policy, got {describe(policy)}")
@@ -92,7 +108,12 @@ class Guard:
             raise ConfigurationError(
                 "tenant_from_request must be a guardrail.TenantFromRequest(key=...)"
             )
+        if unmetered not in ("refuse", "allow"):
+            raise ConfigurationError("unmetered must be 'refuse' or 'allow'")
+        self.unmetered = unmetered
         self.store: Store = store if store is not None else MemoryStore(clock=clock or system_clock)
+        self.alerts = alerts
+        self.store, observers = observing(self.store, telemetry=telemetry, alerts=alerts)
         self.sleep = sleep
         self.async_sleep = async_sleep
         self.engine = Engine(
@@ -100,7 +121,7 @@ class Guard:
             tenant_policies=tenant_policies,
             global_policy=global_policy,
             default_tenant=default_tenant,
-            sinks=[JsonLinesSink(), *sinks],
+            sinks=[JsonLinesSink(), *sinks, *observers],
             clock=clock or self.store.now,
             on_store_error=on_store_error,
             summarizer=summarizer,
@@ -119,19 +140,25 @@ class Guard:
 
     def wrap(self, client: Any, **options: Any) -> Any:
         """Guard an ``OpenAI``/``AsyncOpenAI`` or ``Anthropic``/``AsyncAnthropic`` client
-        (the one line to add). Anthropic clients take ``exact_count=False`` to count
-        prompts locally only (see :mod:`guardrail.providers.anthropic.client`)."""
+        (the one line to add): the result is a copy of the client, of a subclass of its
+        class, whose paid calls go through the guard. Anthropic clients take
+        ``exact_count=False`` to count prompts locally only (see
+        :mod:`guardrail.providers.anthropic`)."""
+        from guardrail.providers.sdk_classes import GuardedClientMarker
+
+        if isinstance(client, GuardedClientMarker):  # guarded already: guard its original
+            client = vars(client)["_guardrail"].unwrapped
         module = type(client).__module__.split(".")[0]
         if module == "anthropic":
-            from guardrail.providers.anthropic.client import GuardedAnthropic
+            from guardrail.providers.anthropic.client import wrap_anthropic
 
-            return GuardedAnthropic(client, self, **options)
+            return wrap_anthropic(client, self, **options)
         if options:
             raise ConfigurationError(f"unexpected options for {type(client).__name__}: {options}")
-        if module == "openai" or hasattr(client, "chat"):
-            from guardrail.providers.openai.client import GuardedOpenAI
+        if module == "openai":
+            from guardrail.providers.openai.client import wrap_openai
 
-            return GuardedOpenAI(client, self)
+            return wrap_openai(client, self)
         raise ConfigurationError(
             f"cannot guard a {type(client).__name__}: expected an openai.OpenAI or "
             "AsyncOpenAI, or an anthropic.Anthropic or AsyncAnthropic"

@@ -1,10 +1,13 @@
-"""Shared fixtures. Tests marked ``redis`` need a real Redis on 127.0.0.1:6379: they are
-skipped without one on a laptop, and fail under CI (``CI`` set), never silently skip."""
+"""Shared fixtures. Tests marked ``redis`` need a real Redis on 127.0.0.1:6379, ``postgres``
+a real PostgreSQL on 127.0.0.1:5432 (``GUARDRAIL_TEST_POSTGRES`` names another), ``browser``
+Debian's chromium and chromedriver: they are skipped without them on a laptop, and fail
+under CI (``CI`` set), never silently skip."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from datetime import UTC
 
 import pytest
@@ -21,12 +24,69 @@ def _redis_answers() -> bool:
         return False
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+POSTGRES_URL = os.environ.get(
+    "GUARDRAIL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+CHROMIUM = os.environ.get("GUARDRAIL_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("GUARDRAIL_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+def _postgres_missing() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL is not answering at {POSTGRES_URL}: {exc}"
+    return None
+
+
+def _browser_missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing (apt-get install -y chromium chromium-driver)"
+    return None
+
+
+def _missing(item: pytest.Item) -> str | None:
     if item.get_closest_marker("redis") is not None and not _redis_answers():
-        message = f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT}"
+        return f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT}"
+    if item.get_closest_marker("postgres") is not None:
+        return _postgres_missing()
+    if item.get_closest_marker("browser") is not None:
+        return _browser_missing()
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    message = _missing(item)
+    if message is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI is set: Redis tests must run)", pytrace=False)
+            pytest.fail(f"{message} (CI is set: service tests must run)", pytrace=False)
         pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (created and dropped here), as a URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"guardrail_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

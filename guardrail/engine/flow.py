@@ -20,32 +20,30 @@ from guardrail.catalog.models import FALLBACK_ENCODING
 from guardrail.catalog.pricing import TokenUsage, usage_cost
 from guardrail.counting.messages import counter_for
 from guardrail.counting.text import CLAUDE_SAFETY_MARGIN
+from guardrail.engine import recount
 from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.holds import release, reserve
 from guardrail.engine.operations import (
-    CountTokens,
     Op,
     OpenStream,
-    Release,
-    Reserve,
-    ReserveOffline,
     Send,
     Settle,
     Sleep,
     StreamEnd,
 )
-from guardrail.engine.plan import Plan, input_budget, worst_case_cost
+from guardrail.engine.plan import Plan
+from guardrail.engine.records import CallLog
 from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import (
     BudgetExceeded,
-    ContextWindowExceeded,
     GuardrailError,
     LoopDetected,
     StoreUnavailable,
 )
 from guardrail.observe.sinks import Outcome
 from guardrail.policy import Policy
-from guardrail.stores.base import Reservation, ReservationRequest, Settlement, usd_to_nanos
+from guardrail.stores.base import Reservation, Settlement, usd_to_nanos
 
 if TYPE_CHECKING:
     from guardrail.engine.core import Engine
@@ -59,15 +57,25 @@ def run(
     engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
 ) -> Generator[Op, Any, Any]:
     """Reserve, send with retries, settle. Yields operations; returns the response."""
-    started = time.monotonic()
+    started = CallLog(
+        getattr(adapter, "provider", ""), operation=getattr(adapter, "operation", "chat")
+    )
+    if plan.trim is not None:
+        started.mark("guardrail.trim", dropped_messages=plan.trim.dropped_count)
     reservation: Reservation | None = None
     try:
         plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
-    except (BudgetExceeded, StoreUnavailable, LoopDetected) as exc:
+    except (BudgetExceeded, LoopDetected) as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
-    if getattr(adapter, "exact_count", False) is True:
-        plan, reservation = yield from _count_exactly(engine, plan, reservation, started)
+    except StoreUnavailable as exc:
+        engine.recorder.record(plan, "error", started, attempts=0, error=exc)
+        raise
+    _mark_reserve(started, plan, 1)
+    if plan.server_state is not None:
+        plan, reservation = yield from recount.server_history(engine, plan, reservation, started)
+    elif plan.count_exactly or getattr(adapter, "exact_count", False) is True:
+        plan, reservation = yield from recount.count_exactly(engine, plan, reservation, started)
     # tenacity's first answer is always "attempt" (no ``before`` hook), so its state is
     # built only once an attempt has failed, with its clock started at the first one.
     state: RetryCallState | None = None
@@ -85,13 +93,20 @@ def run(
             if isinstance(action, DoSleep):
                 last = _last_error(state)
                 state.prepare_for_next_attempt()
+                started.mark(
+                    "guardrail.retry",
+                    attempt=attempts + 1,
+                    sleep_seconds=float(action),
+                    error_type=type(last).__name__,
+                )
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
-                    reservation = yield from _reserve(engine, plan.reservation_request())
+                    reservation = yield from reserve(engine, plan.reservation_request())
                 except (BudgetExceeded, StoreUnavailable, LoopDetected) as exc:
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
                     raise last from exc
+                _mark_reserve(started, plan, attempts + 1)
                 continue
         if not isinstance(action, DoAttempt):  # pragma: no cover - reraise=True raises
             return action
@@ -103,7 +118,7 @@ def run(
             if billed is None:
                 # Failed without usage (an HTTP error, or cancelled by the caller): the
                 # reservation goes back whole.
-                yield from _release(reservation, failed=isinstance(exc, Exception))
+                yield from release(reservation, failed=isinstance(exc, Exception))
             elif not is_retryable(exc):
                 # The provider answered and billed (a completion cut at its length or
                 # content filter): settle it as the call's outcome, then re-raise.
@@ -148,12 +163,17 @@ def run(
             usage = adapter.usage(response)
         except Exception as exc:  # a raw response whose parse fails (cut at its length)
             usage = _billed_usage(adapter, plan, exc)
+        model = getattr(response, "model", None)
+        started.response_model = model if isinstance(model, str) else None
         yield from _settle(
             engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
         )
+        if usage is not None:
+            yield from recount.keep_state(adapter, plan, response, usage)
         return response
     tally = _stream_tally(plan)
     end: StreamEnd = yield OpenStream(response, tally)
+    started.first_chunk_at, started.response_model = tally.first_chunk_at, tally.response_model
     source: Literal["provider", "local_count"] = "provider"
     if tally.usage is not None:
         usage = tally.usage
@@ -176,142 +196,23 @@ def run(
         source=source,
         error=end.error,
     )
+    if tally.final is not None and tally.usage is not None:
+        yield from recount.keep_state(adapter, plan, tally.final, tally.usage)
     return None
-
-
-def _count_exactly(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
-) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
-    """Ask the provider to count the prompt, once the estimate's reservation is held.
-
-    The reservation becomes ``max(estimate, exact)``: an estimate that was high stays
-    held (and is refunded at settlement); one that was low is corrected before anything
-    is sent, and the window is checked again. A failed count keeps the estimate. The
-    estimate is reserved first so that a budget refusal sends nothing at all.
-    """
-    try:
-        exact = yield CountTokens(plan.kwargs)
-    except Exception as exc:
-        _log.warning(
-            "guardrail: the provider's token count failed (%r); reserving the local "
-            "estimate of %d prompt tokens",
-            exc,
-            plan.prompt_tokens,
-        )
-        return plan, reservation
-    except BaseException as exc:  # cancelled while counting: nothing was sent
-        yield from _release(reservation)
-        engine.recorder.record(plan, "cancelled", started, 0, error=exc)
-        raise
-    if isinstance(exact, bool) or not isinstance(exact, int) or exact < 0:
-        _log.warning("guardrail: ignoring a token count of %r", exact)
-        return plan, reservation
-    plan = replace(plan, exact_prompt_tokens=exact)
-    if exact <= plan.prompt_tokens:
-        return plan, reservation
-    budget, limit_name = input_budget(plan.model, plan.policy, plan.reserved_output)
-    if exact > budget:
-        yield from _release(reservation)
-        refused = ContextWindowExceeded(
-            model=plan.model.name,
-            prompt_tokens=exact,
-            reserved_output_tokens=plan.reserved_output,
-            limit=budget + (plan.reserved_output if limit_name.startswith("the c") else 0),
-            limit_name=limit_name,
-            tenant=plan.tenant,
-            detail=f"by the provider's own count (the local estimate was "
-            f"{plan.prompt_tokens}); nothing was sent",
-        )
-        engine.recorder.record(plan, "rejected", started, 0, error=refused)
-        raise refused
-    bigger = replace(
-        plan,
-        prompt_tokens=exact,
-        cost_usd=worst_case_cost(
-            plan.model,
-            exact,
-            plan.reserved_output_total,
-            plan.prompt_cache_write,
-            plan.reserved_searches,
-        ),
-    )
-    yield from _release(reservation)
-    try:
-        return bigger, (yield from _reserve(engine, bigger.reservation_request()))
-    except BudgetExceeded as exc:
-        engine.recorder.record(bigger, "rejected", started, 0, error=exc)
-        raise
 
 
 def _reserve_first(
     engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     try:
-        return plan, (yield from _reserve(engine, plan.reservation_request()))
+        return plan, (yield from reserve(engine, plan.reservation_request()))
     except BudgetExceeded as refused:
         for cheaper in engine.planner.cheaper_plans(adapter, kwargs, plan):
             try:
-                return cheaper, (yield from _reserve(engine, cheaper.reservation_request()))
+                return cheaper, (yield from reserve(engine, cheaper.reservation_request()))
             except BudgetExceeded:
                 continue
         raise refused from None
-
-
-def _reserve(engine: Engine, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
-    try:
-        reservation: Reservation = yield Reserve(request)
-    except StoreUnavailable as exc:
-        return (yield from _store_failed(engine, request, exc, str(exc)))
-    except GuardrailError:
-        raise
-    except Exception as exc:
-        return (yield from _store_failed(engine, request, exc, f"budget store failed: {exc!r}"))
-    return reservation
-
-
-def _store_failed(
-    engine: Engine, request: ReservationRequest, exc: Exception, message: str
-) -> Generator[Op, Any, Reservation]:
-    scope = request.scopes[0].scope if request.scopes else None
-    if engine.on_store_error == "fail_closed":
-        raise StoreUnavailable(f"{message}; nothing was sent", tenant=scope) from exc
-    try:  # fail open, within what this process alone knows the tenant has spent
-        held: Reservation = yield ReserveOffline(request)
-    except BudgetExceeded:
-        raise
-    except Exception:
-        held = _unheld(engine, request)
-    _log.error("guardrail: %s; failing OPEN for %s", message, scope)
-    return held
-
-
-def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
-    """A reservation the store never granted (fail-open): nothing to release, but the
-    call's actual usage is still settled (or spooled by the store) afterwards."""
-    now = engine.clock()
-    day, month = engine.windows.keys(now)
-    return Reservation(
-        id=request.id,
-        scopes=tuple(s.scope for s in request.scopes),
-        cost_nanos=0,
-        tokens=0,
-        day=day,
-        month=month,
-        created_at=now,
-        expires_at=now,
-        model=request.model,
-    )
-
-
-def _release(reservation: Reservation | None, *, failed: bool = False) -> Generator[Op, Any, None]:
-    """Return a reservation whole; ``failed``: the request was sent and failed (it counts
-    towards the loop check)."""
-    if reservation is None:
-        return
-    try:
-        yield Release(reservation, failed)
-    except Exception as exc:  # the TTL will return it; never mask the call's own error
-        _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
 
 
 def _settle(
@@ -319,7 +220,7 @@ def _settle(
     plan: Plan,
     reservation: Reservation | None,
     usage: TokenUsage | None,
-    started: float,
+    started: CallLog,
     attempts: int,
     outcome: Outcome,
     request_id: str | None,
@@ -381,6 +282,12 @@ def _settle(
         if written in ("pending", "failed"):
             outcome = "settle_pending"
         settled_to = written if isinstance(written, str) else "settled"
+        started.mark(
+            "guardrail.settle",
+            cost_usd=str(cost),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+        )
     engine.recorder.record(
         plan,
         outcome,
@@ -395,7 +302,12 @@ def _settle(
         overrun_tokens=overrun_tokens,
         overrun_usd=overrun_usd,
         settlement=settled_to,
+        day=reservation.day if reservation else None,
     )
+
+
+def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
+    log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
 
 
 def _sane(usage: TokenUsage) -> TokenUsage:

@@ -13,7 +13,7 @@ from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
-from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView
+from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
 from guardrail.errors import ContextWindowExceeded, GuardrailError, InvalidRequestError
 from guardrail.policy import Policy
@@ -42,8 +42,16 @@ class Plan:
     fallback_reason: str | None = None
     choices: int = 1
     exact_prompt_tokens: int | None = None
+    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
     prompt_cache_write: Literal["5m", "1h"] | None = None
     reserved_searches: int = 0
+    reserved_file_searches: int = 0
+    reserved_containers: int = 0
+    server_state: ServerState | None = None
+    count_exactly: bool = False
+    history_tokens: int = 0
+    """Tokens of the server-side history included in ``prompt_tokens``."""
+    max_prompt_tokens: int | None = None
     reserved_prompt: int | None = None
     """Prompt tokens reserved when parts of the prompt could only be bounded (documents by
     ``file_id``): at least ``prompt_tokens``; None when the count is the reservation."""
@@ -113,6 +121,10 @@ class Planner:
         self, view: RequestView, info: ModelInfo, policy: Policy
     ) -> tuple[int, int | None]:
         """(tokens to reserve, max output to send or None to leave the request alone)."""
+        if view.no_output:
+            return 0, None
+        if view.output_bound_unsupported:  # nothing bounds it: the model's whole cap
+            return info.max_output_tokens, None
         cap = info.max_output_tokens
         if policy.max_output_tokens is not None:
             cap = min(cap, policy.max_output_tokens)
@@ -157,7 +169,7 @@ class Planner:
         info = model_info(model)
         counter = counter_for(info)
         reserved, send_output = self._reserved_output(view, info, policy)
-        budget, limit_name = input_budget(info, policy, reserved)
+        budget, limit_name = input_budget(info, policy, reserved, view.max_prompt_tokens)
         messages = view.messages
         over_history = (
             policy.max_history_messages is not None
@@ -236,7 +248,13 @@ class Planner:
         uncounted = _uncountable(adapter, view, final)
         held = _held_prompt(prompt, uncounted, info, policy, reserved)
         cost = worst_case_cost(
-            info, held, reserved * view.choices, view.prompt_cache_write, view.reserved_searches
+            info,
+            held,
+            reserved * view.choices,
+            view.prompt_cache_write,
+            view.reserved_searches,
+            view.reserved_file_searches,
+            view.reserved_containers,
         )
         return Plan(
             binding=binding,
@@ -259,6 +277,11 @@ class Planner:
             reserved_prompt=None if held == prompt else held,
             hidden_output=view.hidden_reasoning,
             uncounted_parts=len(uncounted),
+            reserved_file_searches=view.reserved_file_searches,
+            reserved_containers=view.reserved_containers,
+            server_state=view.server_state,
+            count_exactly=view.count_exactly,
+            max_prompt_tokens=view.max_prompt_tokens,
         )
 
     def _larger_model_plan(
@@ -322,12 +345,15 @@ def worst_case_cost(
     output: int,
     cache_write: Literal["5m", "1h"] | None = None,
     searches: int = 0,
+    file_searches: int = 0,
+    containers: int = 0,
 ) -> Decimal:
     """The most a call can cost: every prompt token at the input price (or, when the request
     writes the prompt cache, at the cache-write price, whichever is higher), every reserved
-    output token at the output price, and every web search it allows."""
+    output token at the output price, and every fee-bearing tool call it allows (web and
+    file searches, code-interpreter containers)."""
     plain = estimate_cost(info, prompt, output)
-    if cache_write is None and not searches:
+    if cache_write is None and not (searches or file_searches or containers):
         return plain
     worst = TokenUsage(
         input_tokens=prompt,
@@ -335,6 +361,8 @@ def worst_case_cost(
         cache_write_tokens=prompt if cache_write else 0,
         cache_write_1h_tokens=prompt if cache_write == "1h" else 0,
         web_searches=searches,
+        file_searches=file_searches,
+        containers=containers,
     )
     try:
         return max(plain, usage_cost(info, worst))
@@ -371,12 +399,18 @@ def _held_prompt(
     return prompt + rule * len(uncounted)
 
 
-def input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
-    """The most prompt tokens a call may send, and the name of the limit that sets it."""
-    budget = info.context_window - reserved_output
+def input_budget(
+    info: ModelInfo, policy: Policy, reserved_output: int, request_cap: int | None = None
+) -> tuple[int, str]:
+    """The most prompt tokens a call may send, and the name of the limit that sets it
+    (``request_cap``: the endpoint's own input limit, in place of the model's window)."""
+    if request_cap is not None:
+        budget, name = request_cap, f"the request input limit of {info.name}"
+    else:
+        budget, name = info.context_window - reserved_output, f"the context window of {info.name}"
     if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
         return policy.max_input_tokens, "the policy's max_input_tokens"
-    return budget, f"the context window of {info.name}"
+    return budget, name
 
 
 def _fit(

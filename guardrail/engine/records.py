@@ -12,10 +12,38 @@ from guardrail._clock import Clock
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.engine.plan import Plan
 from guardrail.errors import GuardrailError
-from guardrail.observe.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
+from guardrail.observe.sinks import (
+    CallEvent,
+    JsonLinesSink,
+    Outcome,
+    Sink,
+    UsageRecord,
+    emit,
+    refusal_of,
+)
 from guardrail.tenancy import TenantBinding
 
-__all__ = ["Recorder"]
+__all__ = ["CallLog", "Recorder"]
+
+
+class CallLog:
+    """What one call did and when: its start (monotonic), its provider, and timestamped
+    events (reserve, retry, trim, settle) that a trace's span is built from."""
+
+    __slots__ = ("events", "first_chunk_at", "operation", "provider", "response_model", "started")
+
+    def __init__(
+        self, provider: str = "", started: float | None = None, operation: str = "chat"
+    ) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.provider = provider
+        self.operation = operation
+        self.events: list[CallEvent] = []
+        self.first_chunk_at: float | None = None
+        self.response_model: str | None = None
+
+    def mark(self, name: str, **attributes: str | int | float | bool) -> None:
+        self.events.append(CallEvent(name, time.monotonic() - self.started, attributes))
 
 
 class Recorder:
@@ -48,7 +76,14 @@ class Recorder:
         ]
         return f"{name} ({', '.join(facts)})" if facts else name
 
-    def record_refusal(self, binding: TenantBinding, model: str, exc: BaseException) -> None:
+    def record_refusal(
+        self,
+        binding: TenantBinding,
+        model: str,
+        exc: BaseException,
+        provider: str = "",
+        operation: str = "chat",
+    ) -> None:
         emit(
             self.sinks,
             UsageRecord(
@@ -59,6 +94,9 @@ class Recorder:
                 outcome="rejected",
                 error=self.error_text(exc),
                 timestamp=self.clock(),
+                provider=provider,
+                operation=operation,
+                refusal=refusal_of(exc),
             ),
         )
 
@@ -71,7 +109,7 @@ class Recorder:
         self,
         plan: Plan,
         outcome: Outcome,
-        started: float,
+        started: CallLog | float,
         attempts: int,
         *,
         usage: TokenUsage | None = None,
@@ -83,6 +121,7 @@ class Recorder:
         overrun_tokens: int = 0,
         overrun_usd: Decimal = Decimal(0),
         settlement: str = "none",
+        day: str | None = None,
     ) -> None:
         if not self.records_wanted():
             return
@@ -93,9 +132,13 @@ class Recorder:
         if plan.reserved_prompt is not None:
             extra["reserved_prompt_tokens"] = plan.reserved_prompt
             extra["uncounted_parts"] = plan.uncounted_parts
+        if plan.history_tokens:
+            extra["history_tokens"] = plan.history_tokens
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        log = started if isinstance(started, CallLog) else CallLog(plan.model.provider, started)
+        first = log.first_chunk_at
         emit(
             self.sinks,
             UsageRecord(
@@ -110,7 +153,7 @@ class Recorder:
                 reasoning_tokens=usage.reasoning_tokens,
                 cost_usd=cost,
                 reserved_usd=plan.cost_usd,
-                latency_seconds=time.monotonic() - started,
+                latency_seconds=time.monotonic() - log.started,
                 attempts=attempts,
                 trimmed_messages=plan.trim.dropped_count if plan.trim else 0,
                 request_id=request_id,
@@ -123,6 +166,15 @@ class Recorder:
                 overrun_usd=overrun_usd,
                 settlement=settlement,
                 extra=extra,
+                provider=log.provider,
+                operation=log.operation,
+                context_window=plan.model.context_window,
+                response_model=log.response_model,
+                time_to_first_chunk_seconds=None if first is None else first - log.started,
+                refusal=refusal_of(error),
+                events=tuple(log.events),
+                limits=plan.scopes,
+                day=day,
             ),
         )
 

@@ -63,11 +63,15 @@ class _State:
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expiry: list[tuple[float, str]] = field(default_factory=list)
     settled: dict[str, float] = field(default_factory=dict)
+    claims: dict[tuple[str, str], float] = field(default_factory=dict)
+    notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     # (scope, loop key) -> (failures, first failure at, window): oldest updated first
     loops: dict[tuple[str, str], tuple[int, float, float]] = field(default_factory=dict)
 
 
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
+_MAX_NOTES = 100_000
 _MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet are forgotten
 
 
@@ -328,7 +332,61 @@ class MemoryStore:
                 if d in days and (wanted is None or sc in wanted)
             )
 
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """True for the first claim of ``(scope, key)`` until ``ttl_seconds`` have passed
+        (on this store's clock)."""
+        with self._lock:
+            now = self._clock()
+            claims = self._s.claims
+            if claims.get((scope, key), now) > now:
+                return False
+            if len(claims) >= 10_000:  # bounded: forget the claims that have expired
+                self._s.claims = claims = {k: v for k, v in claims.items() if v > now}
+            claims[(scope, key)] = now + ttl_seconds
+            return True
+
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        now = self._clock()
+        with self._lock:
+            notes = self._s.notes
+            if len(notes) >= _MAX_NOTES:  # bounded: forget the expired, then the oldest half
+                live = {k: v for k, v in notes.items() if v[1] > now}
+                if len(live) >= _MAX_NOTES:
+                    live = dict(sorted(live.items(), key=lambda kv: kv[1][1])[_MAX_NOTES // 2 :])
+                self._s.notes = notes = live
+            notes[(scope, key)] = (int(value), now + ttl_seconds)
+
+    def recall(self, scope: str, key: str) -> int | None:
+        now = self._clock()
+        with self._lock:
+            found = self._s.notes.get((scope, key))
+            if found is None or found[1] <= now:
+                return None
+            return found[0]
+
     # The memory store does no I/O: its async face runs the same code inline.
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.remember(scope, key, value, ttl_seconds)
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        with self._lock:
+            self._s.records[kind][name] = value
+
+    async def aget_record(self, kind: str, name: str) -> str | None:
+        with self._lock:
+            return self._s.records[kind].get(name)
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        with self._lock:
+            return self._s.records[kind].pop(name, None) is not None
+
+    async def alist_records(self, kind: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._s.records[kind])
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        return self.recall(scope, key)
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
         return self.reserve(request)
@@ -349,3 +407,6 @@ class MemoryStore:
         end: date | None = None,
     ) -> list[UsageRow]:
         return self.usage_report(scopes, start, end)
+
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        return self.claim_once(scope, key, ttl_seconds)

@@ -135,6 +135,10 @@ class KeySpace:
             self._lives[scope] = key
         return key
 
+    def claim_key(self, scope: str, key: str) -> str:
+        """A claim of ``scope`` (``claim_once``): in the scope's hash slot."""
+        return f"{self.base(scope)}c:{_escape(key)}"
+
     def day_key(self, scope: str, info: DayInfo) -> str:
         """A scope's day hash (cached: built once per scope and day)."""
         key = self._keys.get((scope, info.day))
@@ -151,6 +155,14 @@ class KeySpace:
             for scope in scopes
             for d in days
         ]
+
+    def note_key(self, scope: str, key: str) -> str:
+        """Where :meth:`RedisStore.remember` keeps a number (the scope's hash tag)."""
+        return f"{self.base(scope)}n:{_escape(key)}"
+
+    def records_key(self, kind: str) -> str:
+        """The hash of one kind of record (the gateway's keys, its tenant policies)."""
+        return f"{self.prefix}:{{records}}:{_escape(kind)}"
 
     def report_match(self) -> str:
         return f"{self.prefix}:{{*}}:*:d:*"

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import date, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -41,15 +40,17 @@ from guardrail.stores.base import (
     Windows,
     report_range,
 )
-from guardrail.stores.redis.codec import Codec, by_model, reservation_from
+from guardrail.stores.redis.codec import Codec, by_model
 from guardrail.stores.redis.connection import (
     async_factory_for,
     default_spool_path,
+    describe_server,
     import_redis,
     location,
 )
 from guardrail.stores.redis.keys import KeySpace
 from guardrail.stores.redis.recovery import Recovery
+from guardrail.stores.redis.replay import SpoolReplay
 from guardrail.stores.redis.scripts import SCRIPTS, script_source
 from guardrail.stores.spool import Spool
 
@@ -62,10 +63,9 @@ __all__ = ["RedisStore", "script_source"]
 _log = logging.getLogger("guardrail")
 
 _DAY = 86_400
-_REPLAY_BACKOFF = 1.0  # seconds between replay attempts while Redis keeps failing
 
 
-class RedisStore:
+class RedisStore(SpoolReplay):
     """Budgets in Redis, shared by every process and host; the :class:`~guardrail.Store`
     interface, sync and async.
 
@@ -147,7 +147,7 @@ class RedisStore:
         self.recovery = Recovery(clock, timezone, self.spool)
         self._replay_lock = threading.Lock()
         self._replay_after = 0.0
-        self._where = _describe(client)
+        self._where = describe_server(client)
 
     @classmethod
     def from_url(
@@ -206,20 +206,6 @@ class RedisStore:
     # -- packing and unpacking (shared by both faces)
 
     # -- running scripts
-
-    # Spooled writes are replayed before a call (so it sees them) unless the last replay
-    # failed: after a connection failure, right after the next call that succeeds; after
-    # any other failure, at most once per _REPLAY_BACKOFF seconds.
-
-    def _replay_due(self) -> bool:
-        return self.spool.pending() and time.monotonic() >= self._replay_after
-
-    def _answered(self) -> bool:
-        """Redis just answered: whether a replay waits for that."""
-        if self._replay_after == math.inf:
-            self._replay_after = 0.0
-            return True
-        return False
 
     def _call(self, name: str, keys: list[str], args: list[str]) -> Any:
         """EVALSHA straight through the client; on NOSCRIPT (after SCRIPT FLUSH or a
@@ -358,6 +344,12 @@ class RedisStore:
             pipe.hgetall(key)
         return self.codec.report_rows(found, pipe.execute() if found else [])
 
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """``SET NX`` with a TTL, in the scope's hash slot: True for the first claim of
+        ``key`` by any process sharing this Redis, until the TTL (Redis time) runs out."""
+        ttl = max(1, math.ceil(ttl_seconds * 1000))
+        return bool(self.client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
+
     # -- the Store interface, async
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
@@ -420,43 +412,43 @@ class RedisStore:
             pipe.hgetall(key)
         return self.codec.report_rows(found, await pipe.execute() if found else [])
 
-    # -- the spool
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        ttl = max(1, math.ceil(ttl_seconds * 1000))
+        client = self._async()[0]
+        return bool(await client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
 
-    def _apply(self, record: dict[str, Any]) -> None:
-        r = reservation_from(record["r"])
-        now = self._clock()
-        if record["op"] == "settle":
-            keys, args = self.codec.settle_call(r, Settlement(**record["s"]), now)
-            self._call("settle", keys, args)
-        elif record["op"] == "release":
-            keys, args = self.codec.release_call(r, now, bool(record.get("failed")))
-            self._call("release", keys, args)
-        else:  # pragma: no cover - only this module writes records
-            raise ValueError(f"unknown spool record {record!r}")
+    # -- notes: small numbers with a TTL, in the scope's hash slot
 
-    def replay_spool(self) -> int:
-        """Apply the spooled settlements and releases (oldest first); returns how many.
-        Raises the store's error, keeping the rest, if Redis fails again."""
-        with self._replay_lock:
-            return self.spool.replay(self._apply)
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
 
-    async def areplay_spool(self) -> int:
-        return await asyncio.to_thread(self.replay_spool)
+    def recall(self, scope: str, key: str) -> int | None:
+        found = self.client.get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
 
-    def _auto_replay(self) -> None:
-        if not self._replay_lock.acquire(blocking=False):
-            return  # another thread is replaying
-        try:
-            applied = self.spool.replay(self._apply)
-        except Exception as exc:  # never fail the call that happened to trigger a replay
-            down = isinstance(exc, self._down)
-            self._replay_after = math.inf if down else time.monotonic() + _REPLAY_BACKOFF
-            _log.error("guardrail: spool replay stopped (%r); will retry", exc)
-        else:
-            if applied:
-                _log.warning("guardrail: replayed %d spooled store writes", applied)
-        finally:
-            self._replay_lock.release()
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        client = self._async()[0]
+        await client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        found = await self._async()[0].get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
+
+    # -- records: small texts shared by every process (the gateway's keys and policies)
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        await self._async()[0].hset(self.keys.records_key(kind), name, value)
+
+    async def aget_record(self, kind: str, name: str) -> str | None:
+        found = await self._async()[0].hget(self.keys.records_key(kind), name)
+        return None if found is None else _decoded(found)
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        return bool(await self._async()[0].hdel(self.keys.records_key(kind), name))
+
+    async def alist_records(self, kind: str) -> dict[str, str]:
+        found = await self._async()[0].hgetall(self.keys.records_key(kind))
+        return {_decoded(k): _decoded(v) for k, v in found.items()}
 
     # -- lifecycle
 
@@ -474,16 +466,5 @@ class RedisStore:
             await client.aclose()
 
 
-def _describe(client: Any) -> str:
-    """``host:port/db (socket timeout 2.0 s, connect timeout 1.0 s)``, for error messages."""
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
-    timeouts = ", ".join(
-        f"{label} {kwargs[key]} s"
-        for key, label in (
-            ("socket_timeout", "socket timeout"),
-            ("socket_connect_timeout", "connect timeout"),
-        )
-        if kwargs.get(key) is not None
-    )
-    return location(client) + (f" ({timeouts})" if timeouts else "")
+def _decoded(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
