@@ -155,4 +155,3 @@ class OpenAIAdapter:
                 if function is not None:
                     tally.add_text((function.name or "") + (function.arguments or ""))
         return True
-
