@@ -168,6 +168,7 @@ RULES = _every_rule()
 @example(w=727, h=2113, choice=0)  # without the 2,048 px fit: 1,408 patches, not 1,472
 @example(w=1928, h=1928, choice=0)
 @example(w=20_000, h=31, choice=0)
+@example(w=3041, h=3361, choice=0)  # within 10.24 MP: 96 x 106 patches, no fit
 def test_no_image_is_ever_counted_below_the_published_rule(
     name: str, w: int, h: int, choice: int
 ) -> None:

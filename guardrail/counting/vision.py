@@ -145,7 +145,7 @@ def _most_patches(max_dimension: int | None, max_pixels: int) -> int:
     side = max_dimension or max_pixels
     best = 0
     for cols in range(1, -(-side // PATCH) + 1):
-        w = min(cols * PATCH, side)  # the widest image with this many columns
+        w = (cols - 1) * PATCH + 1  # the narrowest image with this many columns: the tallest
         h = min(side, max_pixels // w)
         if h <= 0:
             break
