@@ -381,3 +381,64 @@ def test_embedding_models(name: str, price: str) -> None:
     assert estimate_cost(name, 1_000_000, 0) == Decimal(price)
     assert usage_cost(name, {"prompt_tokens": 1000, "total_tokens": 1000}) == Decimal(price) / 1000
     assert model_info("gpt-4o").kind == "chat"
+
+
+# --------------------------------------------------------------------- Claude margins
+
+PROSE = (
+    "The quick brown fox jumps over the lazy dog. def main(argv): return sum(map(int, argv)) "
+) * 20
+
+
+@pytest.mark.parametrize(
+    ("model", "margin"),
+    [
+        ("claude-3-5-haiku-latest", "1.25"),
+        ("claude-sonnet-4-5", "1.25"),
+        ("claude-sonnet-4-6", "1.25"),
+        ("claude-opus-4-6", "1.25"),
+        ("claude-opus-4-7", "1.85"),  # the new tokenizer: 1.3-1.47x the 4.6 count
+        ("claude-opus-4-8", "1.85"),
+        ("claude-sonnet-5-5", "1.85"),
+        ("claude-fable-5-2", "1.85"),
+        ("claude-mythos-5-2", "1.85"),
+        ("claude-opus-5", "1.85"),
+    ],
+)
+def test_claude_margin_per_family(model: str, margin: str) -> None:
+    info = model_info(model, strict=True)
+    assert info.text_margin == float(margin)
+    raw = guardrail.count_text(PROSE, "gpt-4o")  # o200k_base
+    assert guardrail.count_text(PROSE, model) == -(-raw * int(Decimal(margin) * 100) // 100)
+
+
+def test_claude_margins_do_not_share_a_cache() -> None:
+    text = f"a string counted for two Claude families {uuid.uuid4().hex}"
+    old = guardrail.count_text(text, "claude-sonnet-4-6")
+    new = guardrail.count_text(text, "claude-opus-4-7")
+    assert new > old and guardrail.count_text(text, "claude-sonnet-4-6") == old
+
+
+def test_claude_opus_4_7_prompt_tools_keep_their_budget() -> None:
+    cut = guardrail.truncate_text(PROSE * 5, 300, "claude-opus-4-7")
+    assert guardrail.count_text(cut, "claude-opus-4-7") <= 300
+    assert guardrail.count_text(cut, "claude-sonnet-4-6") < 300  # the larger margin cut more
+    docs = [{"content": PROSE, "score": i} for i in range(4)]
+    packed = guardrail.pack_documents(docs, 800, "claude-opus-4-7")
+    assert packed.tokens <= 800 and packed.included
+
+
+def test_pdf_pages_cost_more_on_the_high_resolution_tier() -> None:
+    from guardrail.counting.claude import PDF_PAGE_TOKENS, pdf_page_tokens
+    from guardrail.counting.messages import counter_for
+
+    assert pdf_page_tokens(counter_for("claude-sonnet-4-6")) == PDF_PAGE_TOKENS
+    # 3,000 text tokens at the 1.85 margin (4,440) and a 4,784-token page image.
+    assert pdf_page_tokens(counter_for("claude-opus-4-7")) == 4440 + 4784
+
+
+def test_exact_claude_counting_stays_on_by_default() -> None:
+    import anthropic
+
+    client = Guard().wrap(anthropic.Anthropic(api_key="test", base_url="http://127.0.0.1:9"))
+    assert client.exact_count is True
