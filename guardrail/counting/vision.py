@@ -37,7 +37,6 @@ import functools
 import math
 from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal
-from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -63,20 +62,20 @@ DETAILS = ("low", "high", "auto", "original")
 # --------------------------------------------------------------------------- tile
 
 
-def _ceil_div(n: Fraction, d: int) -> int:
-    return -(-n.numerator // (n.denominator * d))
-
-
 def tile_tokens(width: int, height: int, base: int, tile: int) -> int:
-    """High-detail tokens of a ``width`` x ``height`` image under the tile rule, exactly."""
-    scale = Fraction(1)
-    longest = max(width, height)
-    if longest > 2048:
-        scale = Fraction(2048, longest)
-    shortest = min(width, height) * scale
-    if shortest > 768:
-        scale *= 768 / shortest
-    tiles = _ceil_div(width * scale, 512) * _ceil_div(height * scale, 512)
+    """High-detail tokens of a ``width`` x ``height`` image under the tile rule, exactly.
+
+    With L the long side and S the short one: when the short side is still over 768 after
+    the 2048 fit, the image ends as 768 x (768 L / S): 2 tiles across. Otherwise, when the
+    fit applied, as (2048 S / L) x 2048: 4 tiles along. Otherwise it is not scaled at all.
+    """
+    long_side, short_side = max(width, height), min(width, height)
+    if short_side * min(2048, long_side) > 768 * long_side:  # S * min(1, 2048/L) > 768
+        tiles = 2 * -(-768 * long_side // (512 * short_side))
+    elif long_side > 2048:
+        tiles = 4 * -(-2048 * short_side // (512 * long_side))
+    else:
+        tiles = -(-width // 512) * -(-height // 512)
     return base + tile * tiles
 
 
@@ -95,17 +94,18 @@ def _fitted_sides(
     width: int, height: int, max_dimension: int | None, max_pixels: int | None
 ) -> tuple[int, int]:
     """Patch columns and rows of the image once fitted (never enlarged) into the limits."""
-    scale = Fraction(1)
-    if max_dimension is not None and max(width, height) > max_dimension:
-        scale = Fraction(max_dimension, max(width, height))
     area = width * height
-    if max_pixels is not None and area * scale * scale > max_pixels:
+    num, den = 1, 1  # the dimension fit's scale, num / den
+    longest = max(width, height)
+    if max_dimension is not None and longest > max_dimension:
+        num, den = max_dimension, longest
+    if max_pixels is not None and area * num * num > max_pixels * den * den:
         # The pixel limit binds: scale = sqrt(max_pixels / area), irrational in general.
         # ceil(side * scale / 32) is the smallest n with (32n)^2 * area >= side^2 * max_pixels.
         cols = _ceil_sqrt(width * width * max_pixels, PATCH * PATCH * area)
         rows = _ceil_sqrt(height * height * max_pixels, PATCH * PATCH * area)
         return cols, rows
-    return _ceil_div(width * scale, PATCH), _ceil_div(height * scale, PATCH)
+    return -(-width * num // (den * PATCH)), -(-height * num // (den * PATCH))
 
 
 def patch_count(
