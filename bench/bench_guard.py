@@ -46,9 +46,10 @@ from openai.types.chat import ChatCompletion
 import guardrail
 from guardrail.counting.messages import clear_caches
 from guardrail.engine.drivers import SyncDriver
-from guardrail.providers.openai.client import _ADAPTER
+from guardrail.providers.openai.chat import OpenAIAdapter
 from guardrail.testing import FakeOpenAIServer
 
+_ADAPTER = OpenAIAdapter()
 MODEL = "gpt-4o"
 SEED = 20261123
 WORDS = [

@@ -22,6 +22,7 @@ from guardrail.errors import (
     PriceUnavailable,
     StoreUnavailable,
     UnknownModelError,
+    UnmeteredCall,
 )
 from guardrail.guard import Guard, wrap
 from guardrail.observe.sinks import JsonLinesSink, UsageRecord
@@ -79,6 +80,7 @@ __all__ = [
     "TrimEvent",
     "TrimResult",
     "UnknownModelError",
+    "UnmeteredCall",
     "UsageRecord",
     "UsageRow",
     "UsageSummary",

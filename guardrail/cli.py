@@ -444,7 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provider", choices=["openai", "anthropic"], help="only this provider")
     models.add_argument("--json", action="store_true", help="print one JSON document")
     models.set_defaults(handler=_cmd_models)
+
+    serve = sub.add_parser("serve", help="run the gateway (needs the [server] extra)")
+    serve.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML config")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_cmd_serve)
     return parser
+
+
+def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from guardrail.server.serve import serve
+
+    serve(args.config, host=args.host, port=args.port, workers=args.workers)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
     ├── LoopDetected                the same request repeated too often; nothing was sent
+    ├── UnmeteredCall               a paid endpoint guardrail cannot meter, under a limit
     └── StoreUnavailable            the budget store failed and the policy fails closed
 
 This module imports nothing from the rest of the package.
@@ -34,6 +35,7 @@ __all__ = [
     "PriceUnavailable",
     "StoreUnavailable",
     "UnknownModelError",
+    "UnmeteredCall",
 ]
 
 
@@ -181,3 +183,22 @@ class StoreUnavailable(GuardrailError):
     def __init__(self, message: str, *, tenant: str | None = None) -> None:
         self.tenant = tenant
         super().__init__(message if tenant is None else f"{message} (tenant {tenant!r})")
+
+
+class UnmeteredCall(GuardrailError):
+    """A paid endpoint guardrail cannot meter (images, audio, batches, ...) was called for a
+    tenant with a limit (it would pass around it); nothing was sent.
+    ``Guard(unmetered="allow")`` lets such calls through (unmetered, logged once per
+    process)."""
+
+    def __init__(self, *, endpoint: str, tenant: str, scopes: tuple[str, ...] = ()) -> None:
+        self.endpoint = endpoint
+        self.tenant = tenant
+        self.scopes = scopes
+        limited = ", ".join(repr(s) for s in scopes) or repr(tenant)
+        super().__init__(
+            f"{endpoint} is a paid call guardrail cannot meter, and {limited} has a limit "
+            "it would pass around, so it was refused (nothing was sent): pass "
+            "Guard(unmetered='allow') to let such calls through unmetered, or call it on "
+            "client.unwrapped"
+        )

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from guardrail._clock import Clock, system_clock
 from guardrail.engine.core import Engine, StoreErrorMode
@@ -46,6 +46,10 @@ class Guard:
     * ``summarizer``: turns trimmed history into one summary message.
     * ``on_trim``: called with a :class:`TrimEvent` (what was dropped) when a call's
       history is trimmed; usage records also carry ``trimmed_messages``.
+    * ``unmetered``: paid endpoints guardrail cannot meter (images, audio, batches,
+      fine-tuning, legacy completions, Assistants runs, realtime sessions: the README's
+      table) are refused for a tenant with a money limit (``"refuse"``, the default), or
+      sent unmetered and logged once per process (``"allow"``).
     * ``clock``, ``sleep``, ``async_sleep``: injectable for tests.
     """
 
@@ -61,6 +65,7 @@ class Guard:
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
         on_trim: Callable[[TrimEvent], object] | None = None,
+        unmetered: Literal["refuse", "allow"] = "refuse",
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -71,6 +76,9 @@ class Guard:
             raise ConfigurationError("on_store_error must be 'fail_closed' or 'fail_open'")
         if default_tenant is not None:
             validate_scope_id(default_tenant, what="default_tenant")
+        if unmetered not in ("refuse", "allow"):
+            raise ConfigurationError("unmetered must be 'refuse' or 'allow'")
+        self.unmetered = unmetered
         self.store: Store = store if store is not None else MemoryStore(clock=clock or system_clock)
         self.sleep = sleep
         self.async_sleep = async_sleep
@@ -96,19 +104,25 @@ class Guard:
 
     def wrap(self, client: Any, **options: Any) -> Any:
         """Guard an ``OpenAI``/``AsyncOpenAI`` or ``Anthropic``/``AsyncAnthropic`` client
-        (the one line to add). Anthropic clients take ``exact_count=False`` to count
-        prompts locally only (see :mod:`guardrail.providers.anthropic.client`)."""
+        (the one line to add): the result is a copy of the client, of a subclass of its
+        class, whose paid calls go through the guard. Anthropic clients take
+        ``exact_count=False`` to count prompts locally only (see
+        :mod:`guardrail.providers.anthropic`)."""
+        from guardrail.providers.sdk_classes import GuardedClientMarker
+
+        if isinstance(client, GuardedClientMarker):  # guarded already: guard its original
+            client = vars(client)["_guardrail"].unwrapped
         module = type(client).__module__.split(".")[0]
         if module == "anthropic":
-            from guardrail.providers.anthropic.client import GuardedAnthropic
+            from guardrail.providers.anthropic.client import wrap_anthropic
 
-            return GuardedAnthropic(client, self, **options)
+            return wrap_anthropic(client, self, **options)
         if options:
             raise ConfigurationError(f"unexpected options for {type(client).__name__}: {options}")
-        if module == "openai" or hasattr(client, "chat"):
-            from guardrail.providers.openai.client import GuardedOpenAI
+        if module == "openai":
+            from guardrail.providers.openai.client import wrap_openai
 
-            return GuardedOpenAI(client, self)
+            return wrap_openai(client, self)
         raise ConfigurationError(
             f"cannot guard a {type(client).__name__}: expected an openai.OpenAI or "
             "AsyncOpenAI, or an anthropic.Anthropic or AsyncAnthropic"

@@ -22,6 +22,7 @@ from guardrail.testing import (
     FakeOpenAIServer,
     ReceivedRequest,
     StreamCutScript,
+    ToolCall,
 )
 from tests._sdk_http import cut_stream_errors, http_library, protocol_error
 
@@ -609,3 +610,84 @@ async def test_async_faults(server: FakeOpenAIServer) -> None:
         protocol_error(cut.value, openai)
         assert len(received) == 2
     assert len(server.chat_requests) == 3
+
+
+# -- the Responses API and tool calls -------------------------------------------------------
+
+
+def strict(server: FakeOpenAIServer) -> OpenAI:
+    """A client that validates every response against the SDK's types."""
+    return OpenAI(
+        base_url=server.base_url, api_key="test", max_retries=0, _strict_response_validation=True
+    )
+
+
+def test_responses_json_validates_and_bills_its_input(server: FakeOpenAIServer) -> None:
+    server.reasoning_tokens = 5
+    response = strict(server).responses.create(model="o3", input="Say hello")
+    assert response.status == "completed" and response.output_text == REPLY
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.usage.output_tokens_details.reasoning_tokens == 5
+    assert response.usage.output_tokens == 5 + len(
+        tiktoken.get_encoding("o200k_base").encode(REPLY)
+    )
+
+
+def test_responses_stream_events_in_the_order_the_sdk_requires(server: FakeOpenAIServer) -> None:
+    with strict(server).responses.stream(model="gpt-4o", input="Say hello") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.index("response.content_part.added") < kinds.index("response.output_text.delta")
+    assert final.output_text == REPLY and final.usage.input_tokens > 0
+
+
+def test_previous_response_and_conversation_history_is_billed(server: FakeOpenAIServer) -> None:
+    client = strict(server)
+    first = client.responses.create(model="gpt-4o", input="one")
+    second = client.responses.create(model="gpt-4o", input="one", previous_response_id=first.id)
+    assert second.usage.input_tokens == 2 * first.usage.input_tokens + first.usage.output_tokens
+    body = {"model": "gpt-4o", "input": "one", "previous_response_id": second.id}
+    counted = client.post("/responses/input_tokens", body=body, cast_to=object)
+    assert counted["input_tokens"] == (
+        second.usage.input_tokens + second.usage.output_tokens + first.usage.input_tokens
+    )
+    with pytest.raises(openai.BadRequestError, match="not found"):
+        client.responses.create(model="gpt-4o", input="x", previous_response_id="resp_nope")
+    unstored = client.responses.create(model="gpt-4o", input="x", store=False)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="gpt-4o", input="x", previous_response_id=unstored.id)
+
+
+def test_tool_calls_in_chat_and_responses(server: FakeOpenAIServer) -> None:
+    server.reply = lambda request: [ToolCall("add", {"a": 1, "b": 2}), ToolCall("noop")]
+    client = strict(server)
+    completion = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    calls = completion.choices[0].message.tool_calls
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in calls] == ["add", "noop"]
+    assert json.loads(calls[0].function.arguments) == {"a": 1, "b": 2}
+    streamed = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    deltas = [d for c in streamed for d in (c.choices[0].delta.tool_calls or [])]
+    assert {d.function.name for d in deltas if d.function and d.function.name} == {"add", "noop"}
+    response = client.responses.create(model="gpt-4o", input="add")
+    assert [i.type for i in response.output] == ["function_call", "function_call"]
+    with client.responses.stream(model="gpt-4o", input="add") as stream:
+        final = stream.get_final_response()
+    assert final.output[0].arguments == '{"a":1,"b":2}'
+
+
+def test_responses_failures_and_cuts(server: FakeOpenAIServer) -> None:
+    client = strict(server)
+    server.enqueue_response_failure(message="broken")
+    failed = client.responses.create(model="gpt-4o", input="x")
+    assert failed.status == "failed" and failed.error.message == "broken"
+    assert failed.usage.output_tokens == 0 and failed.usage.input_tokens > 0
+    server.enqueue_error(429)
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="gpt-4o", input="x")
+    server.enqueue_stream_cut(after_chunks=2)
+    with pytest.raises(cut_stream_errors(openai)):
+        list(client.responses.create(model="gpt-4o", input="x", stream=True))
+    with pytest.raises(openai.BadRequestError, match="max_output_tokens"):
+        client.responses.create(model="gpt-4o", input="x", max_output_tokens=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import logging
 import math
 import runpy
@@ -846,6 +847,22 @@ async def test_async_client_level_raw_and_streaming_responses_are_guarded(fake) 
     no_leak(guard)
 
 
+def started(value: Any) -> Any:
+    """Make a call happen: await it, or enter the context manager it returns (the SDK's
+    with_streaming_response sends on entering)."""
+    if inspect.isawaitable(value):
+        return asyncio.run(_awaited(value))
+    if hasattr(value, "__aenter__"):
+        return asyncio.run(value.__aenter__())
+    if hasattr(value, "__enter__"):
+        return value.__enter__()
+    return value
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
 def beta_calls(client: Any) -> dict[str, Any]:
     request: dict[str, Any] = {"model": MODEL, "max_tokens": 50, "messages": HI}
     return {
@@ -873,19 +890,30 @@ def beta_calls(client: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("async_", [False, True])
-def test_beta_messages_are_refused_not_silently_unguarded(fake, async_) -> None:
-    guard, client = make(fake, async_=async_)
+def test_beta_messages_are_refused_under_a_limit_not_silently_unguarded(fake, async_) -> None:
+    guard, client = make(fake, Policy(daily_spend_usd=5, loop_limit=None), async_=async_)
     for name, call in beta_calls(client).items():
-        with pytest.raises(guardrail.ConfigurationError, match="not guarded") as info:
-            call()
-        assert "client.unwrapped." in str(info.value), name
+        with pytest.raises(guardrail.UnmeteredCall, match="cannot meter") as info:
+            started(call())
+        assert "unmetered='allow'" in str(info.value) and "client.unwrapped" in str(info.value)
+        assert info.value.endpoint.startswith("beta.messages."), name
     assert fake.requests == []
-    # The rest of beta is the SDK's (counting is free, batches are documented unmetered).
+    # The rest of beta is the SDK's (counting is free).
     if not async_:
         assert client.beta.messages.count_tokens(model=MODEL, messages=HI).input_tokens > 0
         assert client.unwrapped.beta.messages.create(model=MODEL, max_tokens=5, messages=HI)
         assert len(fake.message_requests) == 1
     assert guard.usage("default").requests == 0
+
+
+def test_beta_messages_pass_unmetered_when_allowed_and_are_logged(fake, caplog) -> None:
+    guard, client = make(fake, Policy(daily_spend_usd=5), unmetered="allow")
+    with caplog.at_level("WARNING", logger="guardrail"):
+        client.beta.messages.create(model=MODEL, max_tokens=5, messages=HI)
+        client.beta.messages.create(model=MODEL, max_tokens=5, messages=HI)
+    assert len(fake.message_requests) == 2 and guard.usage("default").requests == 0
+    logged = [r for r in caplog.records if "beta.messages.create" in r.getMessage()]
+    assert len(logged) <= 1  # once per process (an earlier test may have logged it)
 
 
 def test_guarded_objects_can_be_copied(fake) -> None:

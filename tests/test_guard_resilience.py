@@ -251,9 +251,10 @@ def test_keyboard_interrupt_releases_the_reservation(server) -> None:
         assert guard.usage("default").reserved_usd > 0
         raise KeyboardInterrupt
 
-    client._unretried = type("C", (), {})()
-    client._unretried.chat = type("Ch", (), {})()
-    client._unretried.chat.completions = type("Co", (), {"create": staticmethod(interrupted)})()
+    fake = type("C", (), {})()
+    fake.chat = type("Ch", (), {})()
+    fake.chat.completions = type("Co", (), {"create": staticmethod(interrupted)})()
+    client._guardrail._unretried = fake  # guarded calls are sent on it
     with pytest.raises(KeyboardInterrupt):
         client.chat.completions.create(model=MODEL, messages=HELLO)
     no_leak(guard, "default")

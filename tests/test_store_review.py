@@ -67,7 +67,7 @@ def live(store: Any, scope: str) -> dict[str, str]:
 
 def unheld(r: Reservation, now: float, day: str) -> Reservation:
     """What the engine settles when reserve failed on its side (fail_open): the same id,
-    nothing held (guardrail.engine.flow._unheld)."""
+    nothing held (guardrail.engine.holds._unheld)."""
     return Reservation(r.id, r.scopes, 0, 0, day, day[:7], now, now, r.model)
 
 

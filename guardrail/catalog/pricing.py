@@ -26,6 +26,10 @@ __all__ = ["TokenUsage", "estimate_cost", "prices_per_million", "usage_cost", "u
 
 _MTOK = Decimal(1_000_000)
 
+CONTAINER_USD = Decimal("0.03")
+"""One code-interpreter container (1 GB, the default), from OpenAI's pricing page ("Built-in
+tools: Code Interpreter, $0.03 per container"); the price data has no figure for it."""
+
 
 @dataclass(frozen=True)
 class TokenUsage:
@@ -43,8 +47,12 @@ class TokenUsage:
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     web_searches: int = 0
-    """Server-side web searches (Anthropic ``server_tool_use.web_search_requests``), billed
-    per search on top of the tokens."""
+    """Server-side web searches (Anthropic ``server_tool_use.web_search_requests``, OpenAI
+    ``web_search_call`` items), billed per search on top of the tokens."""
+    file_searches: int = 0
+    """OpenAI ``file_search_call`` items, billed per call (genai-prices' storage searches)."""
+    containers: int = 0
+    """Code-interpreter containers created, billed at :data:`CONTAINER_USD` each."""
 
     def to_genai(self) -> genai_prices.Usage:
         values: dict[str, int] = {
@@ -60,6 +68,8 @@ class TokenUsage:
             values["cache_write_5m_tokens"] = self.cache_write_tokens - self.cache_write_1h_tokens
         if self.web_searches:
             values["web_searches"] = self.web_searches
+        if self.file_searches:
+            values["storage_searches"] = self.file_searches
         return genai_prices.Usage(**values)
 
 
@@ -171,7 +181,12 @@ def _rate(price: Rate | None, input_tokens: int) -> Decimal | None:
 def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
     """calc_price's result for these prices, or None when the usage needs calc_price."""
     cached = usage.cached_input_tokens
-    if usage.cache_write_tokens or usage.web_searches or cached > usage.input_tokens:
+    if (
+        usage.cache_write_tokens
+        or usage.web_searches
+        or usage.file_searches
+        or cached > usage.input_tokens
+    ):
         return None
     input_rate, output_rate, cached_rate = flat
     input_price = _rate(input_rate, usage.input_tokens)
@@ -190,6 +205,11 @@ def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
 
 
 def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
+    fees = usage.containers * CONTAINER_USD
+    return fees + _token_cost(info, usage) if fees else _token_cost(info, usage)
+
+
+def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         if cached_price is None:

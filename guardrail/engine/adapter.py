@@ -16,7 +16,21 @@ from guardrail.counting.messages import TokenCounter
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.prompt.trimming import Summarizer, TrimResult
 
-__all__ = ["FitsMessages", "ProviderAdapter", "RequestView"]
+__all__ = ["FitsMessages", "ProviderAdapter", "RequestView", "ServerState"]
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """History the provider keeps for a request that refers to it (the Responses API's
+    ``previous_response_id`` or ``conversation``): the request does not carry it, but it is
+    billed as input, so it is reserved too, never as zero."""
+
+    kind: Literal["response", "conversation"]
+    id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.id}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,22 @@ class RequestView:
     """The request asks the provider to write its prompt cache (Anthropic ``cache_control``):
     those tokens are billed at the cache-write price, so the worst case prices the whole
     prompt at it (``"1h"`` writes cost more than ``"5m"``)."""
+    reserved_file_searches: int = 0
+    """File-search tool calls the request allows (billed per call): reserved too."""
+    reserved_containers: int = 0
+    """Code-interpreter containers the request may create (billed each): reserved too."""
+    no_output: bool = False
+    """The endpoint bills no output (embeddings): none is reserved, no bound is sent."""
+    output_bound_unsupported: bool = False
+    """The endpoint takes no output bound (the Responses API's ``compact``): the model's
+    whole output cap is reserved, and nothing is sent."""
+    max_prompt_tokens: int | None = None
+    """The endpoint's own limit on one request's input (embeddings: summed over all inputs),
+    in place of the model's window."""
+    server_state: ServerState | None = None
+    count_exactly: bool = False
+    """The request holds parts guardrail cannot count locally (opaque items, built-in
+    tools): ask the provider to count it (a ``CountTokens`` step), when it can."""
 
 
 class ProviderAdapter(Protocol):
@@ -48,6 +78,8 @@ class ProviderAdapter(Protocol):
 
     Optional: an adapter with ``exact_count = True`` has the flow ask the provider for its
     own count of the prompt (a :class:`CountTokens` operation) before sending; one with a
+    ``state_keys(kwargs, response)`` method names the server-side state a settled response
+    leaves (the flow remembers its tokens for the next call that continues it); one with a
     ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself.
     """
 

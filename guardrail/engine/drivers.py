@@ -27,7 +27,9 @@ from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.operations import (
     CountTokens,
     OpenStream,
+    Recall,
     Release,
+    Remember,
     Reserve,
     Send,
     Settle,
@@ -79,6 +81,10 @@ class SyncDriver:
                     self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
                     value = _counter(self.count)(op.kwargs)
+                elif isinstance(op, Recall):
+                    value = self.store.recall(op.scope, op.key)
+                elif isinstance(op, Remember):
+                    self.store.remember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
                     return _hand_over(op, GuardedStream(op, flow, self, plan))
             except BaseException as error:  # sent into the flow, which decides
@@ -131,6 +137,10 @@ class AsyncDriver:
                     await self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
                     value = await _counter(self.count)(op.kwargs)
+                elif isinstance(op, Recall):
+                    value = await self.store.arecall(op.scope, op.key)
+                elif isinstance(op, Remember):
+                    await self.store.aremember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
                     return _hand_over(op, AsyncGuardedStream(op, flow, self, plan))
             except BaseException as error:
@@ -233,10 +243,36 @@ class _StreamBase:
             self._abandoned.detach()
         return flow
 
+    @property
+    def response(self) -> Any:
+        """The stream's HTTP response. The SDK's ``stream()`` helpers close a stream
+        through it: closing it here closes (and settles) this guarded stream first."""
+        return _ClosingResponse(self, self._stream.response)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not set yet (copy, pickle): never recurse into _stream
             raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+class _ClosingResponse:
+    """An HTTP response whose ``close()`` / ``aclose()`` close its guarded stream."""
+
+    def __init__(self, guarded: Any, response: Any) -> None:
+        self._guarded, self._response = guarded, response
+
+    def close(self) -> None:
+        self._guarded.close()
+        self._response.close()
+
+    async def aclose(self) -> None:
+        await self._guarded.close()
+        await self._response.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._response, name)
 
 
 def _settle_abandoned(flow: Flow, store: Store, adapter: ProviderAdapter, plan: Plan) -> None:
@@ -329,7 +365,7 @@ class AsyncGuardedStream(_StreamBase):
                     break
             else:
                 outcome = "stream_completed"
-        except GeneratorExit:  # the caller broke out of the loop or closed the stream
+        except (GeneratorExit, asyncio.CancelledError):  # closed, or the caller went away
             raise
         except BaseException as exc:
             outcome, error = ("stream_error", exc)

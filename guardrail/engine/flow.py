@@ -20,25 +20,27 @@ from guardrail.catalog.models import FALLBACK_ENCODING
 from guardrail.catalog.pricing import TokenUsage, usage_cost
 from guardrail.counting.messages import counter_for
 from guardrail.counting.text import estimate_margin
+from guardrail.engine import recount
 from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.holds import release, reserve
 from guardrail.engine.operations import (
-    CountTokens,
     Op,
     OpenStream,
-    Release,
-    Reserve,
     Send,
     Settle,
     Sleep,
     StreamEnd,
 )
-from guardrail.engine.plan import Plan, input_budget, worst_case_cost
+from guardrail.engine.plan import Plan
 from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import BudgetExceeded, ContextWindowExceeded, GuardrailError, StoreUnavailable
+from guardrail.errors import (
+    BudgetExceeded,
+    GuardrailError,
+)
 from guardrail.observe.sinks import Outcome
 from guardrail.policy import Policy
-from guardrail.stores.base import Reservation, ReservationRequest, Settlement, usd_to_nanos
+from guardrail.stores.base import Reservation, Settlement, usd_to_nanos
 
 if TYPE_CHECKING:
     from guardrail.engine.core import Engine
@@ -59,8 +61,10 @@ def run(
     except BudgetExceeded as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
-    if getattr(adapter, "exact_count", False) is True:
-        plan, reservation = yield from _count_exactly(engine, plan, reservation, started)
+    if plan.server_state is not None:
+        plan, reservation = yield from recount.server_history(engine, plan, reservation, started)
+    elif plan.count_exactly or getattr(adapter, "exact_count", False) is True:
+        plan, reservation = yield from recount.count_exactly(engine, plan, reservation, started)
     # tenacity's first answer is always "attempt" (no ``before`` hook), so its state is
     # built only once an attempt has failed, with its clock started at the first one.
     state: RetryCallState | None = None
@@ -80,7 +84,7 @@ def run(
                 state.prepare_for_next_attempt()
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
-                    reservation = yield from _reserve(engine, plan.reservation_request())
+                    reservation = yield from reserve(engine, plan.reservation_request())
                 except BudgetExceeded as exc:
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
@@ -96,7 +100,7 @@ def run(
             if billed is None:
                 # Failed without usage (an HTTP error, or cancelled by the caller): the
                 # reservation goes back whole.
-                yield from _release(reservation)
+                yield from release(reservation)
             elif not is_retryable(exc):
                 # The provider answered and billed (a completion cut at its length or
                 # content filter): settle it as the call's outcome, then re-raise.
@@ -144,6 +148,8 @@ def run(
         yield from _settle(
             engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
         )
+        if usage is not None:
+            yield from recount.keep_state(adapter, plan, response, usage)
         return response
     tally = _stream_tally(plan)
     end: StreamEnd = yield OpenStream(response, tally)
@@ -166,130 +172,23 @@ def run(
         source=source,
         error=end.error,
     )
+    if tally.final is not None and tally.usage is not None:
+        yield from recount.keep_state(adapter, plan, tally.final, tally.usage)
     return None
-
-
-def _count_exactly(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
-) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
-    """Ask the provider to count the prompt, once the estimate's reservation is held.
-
-    The reservation becomes ``max(estimate, exact)``: an estimate that was high stays
-    held (and is refunded at settlement); one that was low is corrected before anything
-    is sent, and the window is checked again. A failed count keeps the estimate. The
-    estimate is reserved first so that a budget refusal sends nothing at all.
-    """
-    try:
-        exact = yield CountTokens(plan.kwargs)
-    except Exception as exc:
-        _log.warning(
-            "guardrail: the provider's token count failed (%r); reserving the local "
-            "estimate of %d prompt tokens",
-            exc,
-            plan.prompt_tokens,
-        )
-        return plan, reservation
-    except BaseException as exc:  # cancelled while counting: nothing was sent
-        yield from _release(reservation)
-        engine.recorder.record(plan, "cancelled", started, 0, error=exc)
-        raise
-    if isinstance(exact, bool) or not isinstance(exact, int) or exact < 0:
-        _log.warning("guardrail: ignoring a token count of %r", exact)
-        return plan, reservation
-    plan = replace(plan, exact_prompt_tokens=exact)
-    if exact <= plan.prompt_tokens:
-        return plan, reservation
-    budget, limit_name = input_budget(plan.model, plan.policy, plan.reserved_output)
-    if exact > budget:
-        yield from _release(reservation)
-        refused = ContextWindowExceeded(
-            model=plan.model.name,
-            prompt_tokens=exact,
-            reserved_output_tokens=plan.reserved_output,
-            limit=budget + (plan.reserved_output if limit_name.startswith("the c") else 0),
-            limit_name=limit_name,
-            tenant=plan.tenant,
-            detail=f"by the provider's own count (the local estimate was "
-            f"{plan.prompt_tokens}); nothing was sent",
-        )
-        engine.recorder.record(plan, "rejected", started, 0, error=refused)
-        raise refused
-    bigger = replace(
-        plan,
-        prompt_tokens=exact,
-        cost_usd=worst_case_cost(
-            plan.model,
-            exact,
-            plan.reserved_output_total,
-            plan.prompt_cache_write,
-            plan.reserved_searches,
-        )
-        if plan.priced
-        else Decimal(0),
-    )
-    yield from _release(reservation)
-    try:
-        return bigger, (yield from _reserve(engine, bigger.reservation_request()))
-    except BudgetExceeded as exc:
-        engine.recorder.record(bigger, "rejected", started, 0, error=exc)
-        raise
 
 
 def _reserve_first(
     engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     try:
-        return plan, (yield from _reserve(engine, plan.reservation_request()))
+        return plan, (yield from reserve(engine, plan.reservation_request()))
     except BudgetExceeded as refused:
         for cheaper in engine.planner.cheaper_plans(adapter, kwargs, plan):
             try:
-                return cheaper, (yield from _reserve(engine, cheaper.reservation_request()))
+                return cheaper, (yield from reserve(engine, cheaper.reservation_request()))
             except BudgetExceeded:
                 continue
         raise refused from None
-
-
-def _reserve(engine: Engine, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
-    try:
-        reservation: Reservation = yield Reserve(request)
-    except GuardrailError:
-        raise
-    except Exception as exc:
-        scope = request.scopes[0].scope if request.scopes else None
-        if engine.on_store_error == "fail_closed":
-            raise StoreUnavailable(
-                f"budget store failed on reserve: {exc!r}", tenant=scope
-            ) from exc
-        _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
-        return _unheld(engine, request)
-    return reservation
-
-
-def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
-    """A reservation the store never granted (fail-open): nothing to release, but the
-    call's actual usage is still settled (or spooled by the store) afterwards."""
-    now = engine.clock()
-    day, month = engine.windows.keys(now)
-    return Reservation(
-        id=request.id,
-        scopes=tuple(s.scope for s in request.scopes),
-        cost_nanos=0,
-        tokens=0,
-        day=day,
-        month=month,
-        created_at=now,
-        expires_at=now,
-        model=request.model,
-    )
-
-
-def _release(reservation: Reservation | None) -> Generator[Op, Any, None]:
-    if reservation is None:
-        return
-    try:
-        yield Release(reservation)
-    except Exception as exc:  # the TTL will return it; never mask the call's own error
-        _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
 
 
 def _settle(

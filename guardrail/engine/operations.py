@@ -17,7 +17,9 @@ __all__ = [
     "CountTokens",
     "Op",
     "OpenStream",
+    "Recall",
     "Release",
+    "Remember",
     "Reserve",
     "Send",
     "Settle",
@@ -74,4 +76,23 @@ class CountTokens:
     kwargs: dict[str, Any]
 
 
-Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens
+@dataclass(frozen=True)
+class Recall:
+    """Read a number the store keeps for a scope (what a stored response left in its
+    context); the flow resumes with an int, None, or the error."""
+
+    scope: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Remember:
+    """Keep a number for a scope, for ``ttl_seconds``."""
+
+    scope: str
+    key: str
+    value: int
+    ttl_seconds: int
+
+
+Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens | Recall | Remember

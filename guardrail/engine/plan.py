@@ -14,7 +14,7 @@ from typing import Any, Literal
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
-from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView
+from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.errors import ContextWindowExceeded, GuardrailError, PriceUnavailable
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
@@ -42,9 +42,16 @@ class Plan:
     fallback_reason: str | None = None
     choices: int = 1
     exact_prompt_tokens: int | None = None
+    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
     prompt_cache_write: Literal["5m", "1h"] | None = None
     reserved_searches: int = 0
-    """The provider's own count of the prompt, when it was asked (``CountTokens``)."""
+    reserved_file_searches: int = 0
+    reserved_containers: int = 0
+    server_state: ServerState | None = None
+    count_exactly: bool = False
+    history_tokens: int = 0
+    """Tokens of the server-side history included in ``prompt_tokens``."""
+    max_prompt_tokens: int | None = None
     priced: bool = True
     """False for a model nothing prices, let through because no scope has a money limit:
     it reserves tokens only and is recorded with an unknown cost."""
@@ -97,6 +104,10 @@ class Planner:
         self, view: RequestView, info: ModelInfo, policy: Policy
     ) -> tuple[int, int | None]:
         """(tokens to reserve, max output to send or None to leave the request alone)."""
+        if view.no_output:
+            return 0, None
+        if view.output_bound_unsupported:  # nothing bounds it: the model's whole cap
+            return info.max_output_tokens, None
         cap = info.max_output_tokens
         if policy.max_output_tokens is not None:
             cap = min(cap, policy.max_output_tokens)
@@ -141,7 +152,7 @@ class Planner:
         info = model_info(model)
         counter = counter_for(info)
         reserved, send_output = self._reserved_output(view, info, policy)
-        budget, limit_name = input_budget(info, policy, reserved)
+        budget, limit_name = input_budget(info, policy, reserved, view.max_prompt_tokens)
         messages = view.messages
         prompt = adapter.count(counter, view, messages)
         trim: TrimResult | None = None
@@ -208,6 +219,8 @@ class Planner:
                 reserved * view.choices,
                 view.prompt_cache_write,
                 view.reserved_searches,
+                view.reserved_file_searches,
+                view.reserved_containers,
             )
         except PriceUnavailable:
             if any(s.daily_nanos is not None or s.monthly_nanos is not None for s in scopes):
@@ -234,6 +247,11 @@ class Planner:
             choices=view.choices,
             prompt_cache_write=view.prompt_cache_write,
             reserved_searches=view.reserved_searches,
+            reserved_file_searches=view.reserved_file_searches,
+            reserved_containers=view.reserved_containers,
+            server_state=view.server_state,
+            count_exactly=view.count_exactly,
+            max_prompt_tokens=view.max_prompt_tokens,
             priced=priced,
         )
 
@@ -298,12 +316,15 @@ def worst_case_cost(
     output: int,
     cache_write: Literal["5m", "1h"] | None = None,
     searches: int = 0,
+    file_searches: int = 0,
+    containers: int = 0,
 ) -> Decimal:
     """The most a call can cost: every prompt token at the input price (or, when the request
     writes the prompt cache, at the cache-write price, whichever is higher), every reserved
-    output token at the output price, and every web search it allows."""
+    output token at the output price, and every fee-bearing tool call it allows (web and
+    file searches, code-interpreter containers)."""
     plain = estimate_cost(info, prompt, output)
-    if cache_write is None and not searches:
+    if cache_write is None and not (searches or file_searches or containers):
         return plain
     worst = TokenUsage(
         input_tokens=prompt,
@@ -311,6 +332,8 @@ def worst_case_cost(
         cache_write_tokens=prompt if cache_write else 0,
         cache_write_1h_tokens=prompt if cache_write == "1h" else 0,
         web_searches=searches,
+        file_searches=file_searches,
+        containers=containers,
     )
     try:
         return max(plain, usage_cost(info, worst))
@@ -318,14 +341,19 @@ def worst_case_cost(
         return plain
 
 
-def input_budget(info: ModelInfo, policy: Policy, reserved_output: int) -> tuple[int, str]:
+def input_budget(
+    info: ModelInfo, policy: Policy, reserved_output: int, request_cap: int | None = None
+) -> tuple[int, str]:
     """The most prompt tokens a call may send, and the name of the limit that sets it: the
     context window less the reserved output, the model's own input cap (gpt-5: 272,000)
-    or the policy's ``max_input_tokens``, whichever is smallest."""
-    budget = info.context_window - reserved_output
-    name = f"the context window of {info.name}"
-    if info.max_input_tokens is not None and info.max_input_tokens < budget:
-        budget, name = info.max_input_tokens, f"the input limit of {info.name}"
+    or the policy's ``max_input_tokens``, whichever is smallest (``request_cap``: the
+    endpoint's own input limit, in place of the model's window and cap)."""
+    if request_cap is not None:
+        budget, name = request_cap, f"the request input limit of {info.name}"
+    else:
+        budget, name = info.context_window - reserved_output, f"the context window of {info.name}"
+        if info.max_input_tokens is not None and info.max_input_tokens < budget:
+            budget, name = info.max_input_tokens, f"the input limit of {info.name}"
     if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
         return policy.max_input_tokens, "the policy's max_input_tokens"
     return budget, name

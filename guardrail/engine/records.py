@@ -65,6 +65,8 @@ class Recorder:
             extra["cost_unknown"] = True  # no price: cost_usd is 0 because it is unknown
         if plan.exact_prompt_tokens is not None:
             extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if plan.history_tokens:
+            extra["history_tokens"] = plan.history_tokens
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.messages import TokenCounter
@@ -33,6 +34,9 @@ class StreamTally:
     the prompt, cache reads and writes), for a stream that ends before its final usage."""
     request_id: str | None = None
     overrun: bool = False
+    final: Any = None
+    """The provider's final object, when a stream ends with one (the Responses API's
+    ``response.completed`` carries the whole response)."""
 
     def add_text(self, text: str) -> None:
         if text:

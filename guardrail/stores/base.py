@@ -302,3 +302,29 @@ class Store(Protocol):
         start: date | None = None,
         end: date | None = None,
     ) -> list[UsageRow]: ...
+
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        """Keep a number under ``key`` for ``scope`` for ``ttl_seconds`` (what a stored
+        response left in its context, for the next call that continues it)."""
+        ...
+
+    def recall(self, scope: str, key: str) -> int | None:
+        """The number :meth:`remember` kept, or None (never kept, or expired)."""
+        ...
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None: ...
+
+    async def arecall(self, scope: str, key: str) -> int | None: ...
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        """Keep a small text record (the gateway's keys and tenant policies), shared by
+        every process on the store, until deleted."""
+        ...
+
+    async def aget_record(self, kind: str, name: str) -> str | None: ...
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        """Whether there was a record to delete."""
+        ...
+
+    async def alist_records(self, kind: str) -> dict[str, str]: ...

@@ -62,9 +62,12 @@ class _State:
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expiry: list[tuple[float, str]] = field(default_factory=list)
     settled: dict[str, float] = field(default_factory=dict)
+    notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
 
 
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
+_MAX_NOTES = 100_000
 
 
 class MemoryStore:
@@ -288,7 +291,48 @@ class MemoryStore:
                 if d in days and (wanted is None or sc in wanted)
             )
 
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        now = self._clock()
+        with self._lock:
+            notes = self._s.notes
+            if len(notes) >= _MAX_NOTES:  # bounded: forget the expired, then the oldest half
+                live = {k: v for k, v in notes.items() if v[1] > now}
+                if len(live) >= _MAX_NOTES:
+                    live = dict(sorted(live.items(), key=lambda kv: kv[1][1])[_MAX_NOTES // 2 :])
+                self._s.notes = notes = live
+            notes[(scope, key)] = (int(value), now + ttl_seconds)
+
+    def recall(self, scope: str, key: str) -> int | None:
+        now = self._clock()
+        with self._lock:
+            found = self._s.notes.get((scope, key))
+            if found is None or found[1] <= now:
+                return None
+            return found[0]
+
     # The memory store does no I/O: its async face runs the same code inline.
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.remember(scope, key, value, ttl_seconds)
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        with self._lock:
+            self._s.records[kind][name] = value
+
+    async def aget_record(self, kind: str, name: str) -> str | None:
+        with self._lock:
+            return self._s.records[kind].get(name)
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        with self._lock:
+            return self._s.records[kind].pop(name, None) is not None
+
+    async def alist_records(self, kind: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._s.records[kind])
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        return self.recall(scope, key)
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
         return self.reserve(request)

@@ -21,8 +21,10 @@ from guardrail.testing.openai import (
     Script,
     StreamCutScript,
     TokenCountFunc,
+    ToolCall,
     default_prompt_tokens,
 )
+from guardrail.testing.openai_responses import ResponseFailedScript
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -35,8 +37,10 @@ __all__ = [
     "FakeOpenAIServer",
     "ReceivedRequest",
     "ReplyFunc",
+    "ResponseFailedScript",
     "Script",
     "StreamCutScript",
     "TokenCountFunc",
+    "ToolCall",
     "default_prompt_tokens",
 ]

@@ -25,15 +25,19 @@ access or an API key::
             assert len(server.chat_requests) == 2
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE when ``"stream": true``),
-``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``. Anything else gets a
-404 in OpenAI's error shape.
+``POST /v1/responses`` (JSON, or SSE events; ``previous_response_id`` and ``conversation``
+bill the history the server kept), ``POST /v1/responses/input_tokens``,
+``POST /v1/responses/compact``, ``POST /v1/embeddings``, ``GET /v1/models`` and
+``GET /v1/models/{id}``. Anything else gets a 404 in OpenAI's error shape. A ``reply``
+function may return :class:`ToolCall` objects instead of text, for agents' tool loops.
 
 Faults are scripted per request with :meth:`FakeOpenAIServer.enqueue_error`,
 :meth:`~FakeOpenAIServer.enqueue_disconnect`, :meth:`~FakeOpenAIServer.enqueue_stream_cut` and
 :meth:`~FakeOpenAIServer.enqueue_delay` (or :meth:`~FakeOpenAIServer.enqueue` with script
-objects). Each chat-completion request consumes the oldest script, if any; other endpoints
-never consume scripts. Every request that reaches the server is recorded in
-:attr:`FakeOpenAIServer.requests`, including those answered by a scripted fault.
+objects). Each chat-completion or Responses request (create or compact) consumes the
+oldest script, if any; other endpoints never consume scripts. Every request that reaches
+the server is recorded in :attr:`FakeOpenAIServer.requests`, including those answered by a
+scripted fault.
 
 The reply configuration (``reply``, ``prompt_tokens``, ``cached_tokens``, ``reasoning_tokens``,
 ``models``) is plain instance attributes and can be changed between requests.
@@ -59,10 +63,12 @@ from guardrail.testing.http import (
     retry_headers,
 )
 from guardrail.testing.openai_handler import OpenAIHandler
+from guardrail.testing.openai_responses import ResponseFailedScript, default_response_input_tokens
 from guardrail.testing.openai_wire import (
     EMBEDDING_DIMENSIONS,
     Completion,
     ReceivedRequest,
+    ToolCall,
     default_prompt_tokens,
     encode,
     split_pieces,
@@ -81,11 +87,12 @@ __all__ = [
     "Script",
     "StreamCutScript",
     "TokenCountFunc",
+    "ToolCall",
     "default_prompt_tokens",
 ]
 
-ReplyFunc: TypeAlias = Callable[[dict[str, Any]], str]
-"""Computes the assistant's reply from the parsed request body."""
+ReplyFunc: TypeAlias = Callable[[dict[str, Any]], "str | ToolCall | list[ToolCall]"]
+"""Computes the assistant's reply from the parsed request body: text, or tool calls."""
 
 TokenCountFunc: TypeAlias = Callable[[dict[str, Any]], int]
 """Computes ``usage.prompt_tokens`` from the parsed request body."""
@@ -159,6 +166,9 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         super().__init__(host, ("chat",))
         self._errors: list[BaseException] = []
         self._completion_ids = itertools.count(1)
+        # What each stored response, and each conversation, left in its context (tokens).
+        self._contexts: dict[str, int] = {}
+        self._conversations: dict[str, int] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -182,7 +192,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
     def enqueue(self, *scripts: Script) -> None:
         """Queue scripts; each following chat-completion request consumes the oldest one."""
         for script in scripts:
-            if not isinstance(script, SCRIPT_TYPES):
+            if not isinstance(script, (*SCRIPT_TYPES, ResponseFailedScript)):
                 raise TypeError(f"not a FakeOpenAIServer script: {script!r}")
         self._enqueue("chat", *scripts)
 
@@ -206,6 +216,13 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         if retry_after is not None:
             all_headers.setdefault("retry-after-ms", str(round(retry_after * 1000)))
         self.enqueue(ErrorScript(status, code, message, type, param, all_headers))
+
+    def enqueue_response_failure(
+        self, code: str = "server_error", message: str = "The model failed to generate a response."
+    ) -> None:
+        """Answer the next Responses request with ``status: "failed"`` (``response.failed``
+        when streamed): the input is billed, nothing is output."""
+        self.enqueue(ResponseFailedScript(code, message))  # type: ignore[arg-type]  # its own kind
 
     def enqueue_disconnect(self) -> None:
         """Close the connection of the next chat request without responding."""
@@ -239,6 +256,13 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         ]
 
     @property
+    def response_requests(self) -> list[ReceivedRequest]:
+        """The received ``POST /v1/responses`` requests (create, not count or compact)."""
+        return [
+            r for r in self.requests if r.method == "POST" and r.path.rstrip("/") == "/v1/responses"
+        ]
+
+    @property
     def errors(self) -> list[BaseException]:
         """Exceptions raised while answering (e.g. by a ``reply`` or ``prompt_tokens`` function).
 
@@ -253,6 +277,8 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
             self._requests.clear()
             self._scripts["chat"].clear()
             self._errors.clear()
+            self._contexts.clear()
+            self._conversations.clear()
 
     # ----------------------------------------------------------------- internals
 
@@ -263,24 +289,45 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
     def _next_request_id(self) -> str:
         return self._next_id("req_fake_")
 
+    def _prompt_tokens_for(self, request: dict[str, Any], endpoint: str = "chat") -> int:
+        counter = self.prompt_tokens
+        if counter is default_prompt_tokens and endpoint == "responses":
+            counter = default_response_input_tokens
+        return int(counter(request) if callable(counter) else counter)
+
+    def _encode_for(self, text: str, model: str) -> list[int]:
+        return encode(text, model)[1]
+
     def _complete(
-        self, request: dict[str, Any], model: str, limit: int | None, n: int
+        self, request: dict[str, Any], model: str, limit: int | None, n: int, endpoint: str = "chat"
     ) -> Completion:
+        """The reply to ``request`` (text or tool calls), cut at ``limit`` output tokens
+        (reasoning included), with its usage in Chat Completions' shape."""
         reply = self.reply
-        text = reply(request) if callable(reply) else reply
-        if not isinstance(text, str):
-            raise TypeError(f"reply must return a str, got {type(text).__name__}")
+        said = reply(request) if callable(reply) else reply
+        calls: tuple[ToolCall, ...] = ()
+        if isinstance(said, ToolCall):
+            said = [said]
+        if isinstance(said, list | tuple):
+            if not said or not all(isinstance(c, ToolCall) for c in said):
+                raise TypeError("reply must return a str, a ToolCall or a list of ToolCalls")
+            calls, text = tuple(said), ""
+        elif isinstance(said, str):
+            text = said
+        else:
+            raise TypeError(f"reply must return a str, got {type(said).__name__}")
         enc, tokens = encode(text, model)
+        if calls:  # billed like any output: the name and arguments the model wrote
+            tokens = [t for c in calls for t in encode(c.name + c.arguments_json, model)[1]]
         reasoning = self.reasoning_tokens
-        finish_reason = "stop"
+        finish_reason = "tool_calls" if calls else "stop"
         if limit is not None and reasoning + len(tokens) > limit:
             finish_reason = "length"
             reasoning = min(reasoning, limit)
             tokens = tokens[: limit - reasoning]
-        pieces = split_pieces(enc, tokens)
+        pieces = [] if calls else split_pieces(enc, tokens)
 
-        counter = self.prompt_tokens
-        prompt = counter(request) if callable(counter) else counter
+        prompt = self._prompt_tokens_for(request, endpoint)
         completion_tokens = (len(tokens) + reasoning) * n
         usage = {
             "prompt_tokens": prompt,
@@ -295,13 +342,18 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
             },
         }
         with self._lock:
-            completion_id = f"chatcmpl-fake-{next(self._completion_ids)}"
+            number = next(self._completion_ids)
         return Completion(
-            id=completion_id,
+            id=f"chatcmpl-fake-{number}",
             created=int(time.time()),
             model=model,
             pieces=pieces,
             content="".join(pieces),
             finish_reason=finish_reason,
             usage=usage,
+            tool_calls=calls,
+            call_ids=tuple(f"call_fake_{number}_{i}" for i in range(len(calls))),
+            prompt_tokens=prompt,
+            output_tokens=len(tokens) + reasoning,
+            reasoning_tokens=reasoning,
         )

@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from guardrail.testing.http import ErrorScript, FakeHandler, Script, dumps
+from guardrail.testing.openai_responses import (
+    answer_compact,
+    answer_input_tokens,
+    answer_responses,
+)
 from guardrail.testing.openai_wire import (
     EMBEDDING_DIMENSIONS,
     FINGERPRINT,
@@ -81,6 +86,12 @@ class OpenAIHandler(FakeHandler):
         try:
             if self.command == "POST" and route == "/v1/chat/completions":
                 self._chat(parsed, fake._pop_script("chat"))
+            elif self.command == "POST" and route == "/v1/responses":
+                answer_responses(self, parsed, fake._pop_script("chat"))
+            elif self.command == "POST" and route == "/v1/responses/input_tokens":
+                answer_input_tokens(self, parsed)
+            elif self.command == "POST" and route == "/v1/responses/compact":
+                answer_compact(self, parsed, fake._pop_script("chat"))
             elif self.command == "POST" and route == "/v1/embeddings":
                 self._embeddings(parsed)
             elif self.command == "GET" and route == "/v1/models":
@@ -205,12 +216,7 @@ class OpenAIHandler(FakeHandler):
             "choices": [
                 {
                     "index": index,
-                    "message": {
-                        "role": "assistant",
-                        "content": completion.content,
-                        "refusal": None,
-                        "annotations": [],
-                    },
+                    "message": _message(completion),
                     "logprobs": None,
                     "finish_reason": completion.finish_reason,
                 }
@@ -254,6 +260,14 @@ class OpenAIHandler(FakeHandler):
         for index in range(n):
             events.append(chunk(index, {"role": "assistant", "content": "", "refusal": None}, None))
             events.extend(chunk(index, {"content": piece}, None) for piece in completion.pieces)
+            for k, (call, call_id) in enumerate(
+                zip(completion.tool_calls, completion.call_ids, strict=True)
+            ):
+                first = {"index": k, "id": call_id, "type": "function"}
+                named = {**first, "function": {"name": call.name, "arguments": ""}}
+                args = {"index": k, "function": {"arguments": call.arguments_json}}
+                events.append(chunk(index, {"tool_calls": [named]}, None))
+                events.append(chunk(index, {"tool_calls": [args]}, None))
             events.append(chunk(index, {}, completion.finish_reason))
         if include_usage:
             events.append({**base, "choices": [], "usage": completion.usage})
@@ -335,6 +349,25 @@ class OpenAIHandler(FakeHandler):
             message=f"The model '{name}' does not exist or you do not have access to it.",
             code="model_not_found",
         )
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if completion.tool_calls else completion.content,
+        "refusal": None,
+        "annotations": [],
+    }
+    if completion.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json},
+            }
+            for call, call_id in zip(completion.tool_calls, completion.call_ids, strict=True)
+        ]
+    return message
 
 
 def _model_object(name: str) -> dict[str, Any]:

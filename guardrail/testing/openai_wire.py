@@ -3,8 +3,9 @@ OpenAI's shape, completions and their token counts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final
 
@@ -15,6 +16,7 @@ __all__ = [
     "FINGERPRINT",
     "Completion",
     "ReceivedRequest",
+    "ToolCall",
     "default_prompt_tokens",
     "encode",
     "error_body",
@@ -176,7 +178,25 @@ def error_body(
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A reply that calls a function: a ``reply`` function may return a list of these
+    (or one) instead of text, to drive an agent's tool loop offline."""
+
+    name: str
+    arguments: str | Mapping[str, Any] = "{}"
+
+    @property
+    def arguments_json(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
 class Completion:
+    """One reply, shared by chat completions and responses: its text (or tool calls), how
+    it ended, and the token counts it is billed at."""
+
     id: str
     created: int
     model: str
@@ -184,3 +204,8 @@ class Completion:
     content: str
     finish_reason: str
     usage: dict[str, Any]
+    tool_calls: tuple[ToolCall, ...] = ()
+    call_ids: tuple[str, ...] = field(default=())
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0

@@ -5,6 +5,8 @@ calls for the engine, :mod:`.exact_count` asks ``messages.count_tokens``; the lo
 estimate's rules are in :mod:`guardrail.counting.claude`.
 """
 
+from typing import Any
+
 from guardrail.counting.claude import (
     DOCUMENT_ASSUMED_PAGES,
     PDF_PAGE_TOKENS,
@@ -17,7 +19,7 @@ from guardrail.providers.anthropic.adapter import (
     WEB_SEARCH_ASSUMED_USES,
     AnthropicAdapter,
 )
-from guardrail.providers.anthropic.client import GuardedAnthropic
+from guardrail.providers.anthropic.client import guarded_anthropic_class, wrap_anthropic
 from guardrail.providers.anthropic.exact_count import COUNT_TIMEOUT_SECONDS, TokenCountCache
 
 __all__ = [
@@ -31,5 +33,17 @@ __all__ = [
     "WEB_SEARCH_ASSUMED_USES",
     "AnthropicAdapter",
     "GuardedAnthropic",
+    "GuardedAsyncAnthropic",
     "TokenCountCache",
+    "guarded_anthropic_class",
+    "wrap_anthropic",
 ]
+
+
+def __getattr__(name: str) -> Any:  # the SDK is imported only when asked for
+    if name in ("GuardedAnthropic", "GuardedAsyncAnthropic"):
+        import anthropic
+
+        base = anthropic.Anthropic if name == "GuardedAnthropic" else anthropic.AsyncAnthropic
+        return guarded_anthropic_class(base)
+    raise AttributeError(name)

@@ -11,9 +11,11 @@ from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.claude import message_tokens, plain, request_tokens
 from guardrail.counting.messages import TokenCounter, field_of
 from guardrail.engine.adapter import RequestView
+from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
+from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import given, model_and_messages
 
 __all__ = [
@@ -156,53 +158,28 @@ class AnthropicAdapter:
         model_name: str,
     ) -> TrimResult:
         """The most recent whole turns that fit ``max_tokens`` with the system prompt and
-        tools. A turn starts at a user message that is not only tool results, so a
-        ``tool_use`` is never separated from its ``tool_result`` and the kept window starts
-        with the user. The latest turn always stays (else ContextWindowExceeded)."""
-        sizes = [message_tokens(counter, m, f"messages[{i}]") for i, m in enumerate(messages)]
-        starts = [i for i, m in enumerate(messages) if _opens_turn(m)] or [0]
-        if starts[0] != 0:
-            starts.insert(0, 0)
-        turns = [(b, e) for b, e in zip(starts, [*starts[1:], len(messages)], strict=True)]
-        latest = turns[-1][0]
-        required = _fixed_tokens(counter, view) + sum(sizes[latest:])
-        if required > max_tokens:
-            raise ContextWindowExceeded(
-                model=model_name or "?",
-                prompt_tokens=required,
-                reserved_output_tokens=0,
-                limit=max_tokens,
-                limit_name="the prompt budget",
-                detail="the system prompt, tools and the latest turn alone do not fit; "
-                "nothing was sent",
-            )
-        budget, kept_count, keep_from = max_tokens - required, len(messages) - latest, latest
-        for begin, end in reversed(turns[:-1]):
-            cost = sum(sizes[begin:end])
-            if cost > budget or (
-                max_history_messages is not None and kept_count + end - begin > max_history_messages
-            ):
-                break
-            budget, kept_count, keep_from = budget - cost, kept_count + end - begin, begin
-        kept, dropped = list(messages[keep_from:]), list(messages[:keep_from])
-        total = max_tokens - budget
-        if not dropped or summarizer is None:
-            return TrimResult(kept, total, dropped)
-        summary = _summary_message(summarizer(dropped))
-        summary_tokens = message_tokens(counter, summary, "summary")
-        kept_turns = [t for t in turns if t[0] >= keep_from]
-        while total + summary_tokens > max_tokens and len(kept_turns) > 1:
-            begin, end = kept_turns.pop(0)  # make room: drop the oldest kept turn
-            total -= sum(sizes[begin:end])
-            keep_from = end
-        kept, dropped = list(messages[keep_from:]), list(messages[:keep_from])
-        if total + summary_tokens > max_tokens:
-            return TrimResult(kept, total, dropped)
-        return TrimResult([summary, *kept], total + summary_tokens, dropped, summary)
+        tools (:func:`guardrail.prompt.turns.fit_turns`): a turn starts at a user message
+        that is not only tool results, so a ``tool_use`` stays with its ``tool_result``."""
+
+        def summary(text: str | Mapping[str, Any]) -> tuple[Mapping[str, Any], int]:
+            message = _summary_message(text)
+            return message, message_tokens(counter, message, "summary")
+
+        return fit_turns(
+            messages,
+            [message_tokens(counter, m, f"messages[{i}]") for i, m in enumerate(messages)],
+            opens_turn=_opens_turn,
+            fixed=_fixed_tokens(counter, view),
+            max_tokens=max_tokens,
+            max_history_messages=max_history_messages,
+            summarizer=summarizer,
+            summary_message=summary,
+            model_name=model_name,
+        )
 
     def usage(self, response: Any) -> TokenUsage | None:
         if hasattr(response, "parse") and not hasattr(response, "usage"):
-            response = response.parse()  # with_raw_response: the SDK caches the parse
+            response = parsed_raw(response)  # with_raw_response: the SDK caches the parse
         return _read_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
@@ -210,7 +187,7 @@ class AnthropicAdapter:
         if rid is None and hasattr(response, "headers"):
             rid = response.headers.get("request-id")
         if rid is None and hasattr(response, "parse") and not hasattr(response, "usage"):
-            rid = getattr(response.parse(), "id", None)
+            rid = getattr(parsed_raw(response), "id", None)
         return str(rid) if rid else getattr(response, "id", None)
 
     def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:

@@ -1,172 +1,174 @@
-"""Guarded ``OpenAI`` / ``AsyncOpenAI`` clients.
+"""Guarded ``OpenAI`` / ``AsyncOpenAI`` clients: real SDK clients whose paid calls go
+through the guard.
 
-``guard.wrap(client)`` returns a proxy: ``chat.completions.create`` (and ``parse``, and
-their ``with_raw_response`` forms) go through the guard; everything else (other
-resources, attributes, ``with_options``) passes straight to the client. The SDK's own
-retries are turned off for guarded calls, so exactly one layer retries; passthrough
-resources keep the client's settings.
+``guard.wrap(client)`` returns a copy of ``client`` whose class is a subclass of its own
+(``isinstance(guarded, openai.OpenAI)`` holds; ``AzureOpenAI`` stays an ``AzureOpenAI``), in
+which (see :mod:`guardrail.providers.sdk_classes`):
+
+* ``chat.completions.create`` / ``parse`` (and ``beta.chat.completions``), ``responses.create``
+  / ``parse`` / ``compact`` and ``embeddings.create`` are guarded: counted, fitted, reserved,
+  sent with guardrail's one retry policy (the SDK's own retries off for them), settled. The
+  SDK's ``stream()`` helpers and ``with_raw_response`` / ``with_streaming_response`` views
+  are built on these methods, so they are guarded too.
+* the paid endpoints guardrail cannot meter (:data:`UNMETERED`: images, audio, batches,
+  fine-tuning, legacy completions, Assistants runs, realtime sessions, ...) are refused for
+  a tenant with a money limit unless ``Guard(unmetered="allow")``, and logged once per
+  process when they pass;
+* everything else (models, files, stored responses, conversations, ...) is free and is the
+  SDK's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from types import SimpleNamespace
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.drivers import parse_async_raw
-from guardrail.providers.common import public, run_async, run_sync
+from guardrail.providers.clients import (
+    ClientState,
+    Endpoint,
+    guarded,
+    guarded_client_class,
+    unmetered_tree,
+    wrap_client,
+)
+from guardrail.providers.common import given
 from guardrail.providers.openai.chat import OpenAIAdapter, materialise
-from guardrail.tenancy import TenantBinding
+from guardrail.providers.openai.embeddings import EmbeddingsAdapter
+from guardrail.providers.openai.responses import ResponsesAdapter, materialise_input
+from guardrail.providers.sdk_classes import Node
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-__all__ = ["GuardedOpenAI", "OpenAIAdapter"]
+__all__ = ["OPENAI_TREE", "UNMETERED", "guarded_openai_class", "wrap_openai"]
+
+COUNT_KEYS = (
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "conversation",
+    "reasoning",
+    "text",
+    "truncation",
+)
+"""What ``POST /v1/responses/input_tokens`` takes of a ``responses.create`` call."""
+COUNT_TIMEOUT_SECONDS = 10.0
+"""The count's own deadline when the call sets none."""
 
 
-_ADAPTER = OpenAIAdapter()
+def _count_params(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    params = {k: kwargs[k] for k in COUNT_KEYS if given(kwargs.get(k))}
+    timeout = kwargs.get("timeout")
+    return params, (timeout if given(timeout) else COUNT_TIMEOUT_SECONDS)
 
 
-class _GuardedCall:
-    """One guarded SDK method (``create`` or ``parse``), plain or ``with_raw_response``."""
-
-    def __init__(self, owner: GuardedOpenAI, method: str, raw: bool) -> None:
-        self._owner, self._method, self._raw = owner, method, raw
-
-    def _target(self) -> Any:
-        completions = self._owner._unretried.chat.completions
-        if self._raw:
-            completions = completions.with_raw_response
-        return getattr(completions, self._method)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        kwargs = materialise(kwargs)
-        if self._owner._is_async:
-            return self._acall(kwargs)
-        owner, target = self._owner, self._target()
-        return run_sync(owner._guard, _ADAPTER, owner._binding, kwargs, lambda kw: target(**kw))
-
-    async def _acall(self, kwargs: dict[str, Any]) -> Any:
-        owner, target = self._owner, self._target()
-
-        async def send(kw: dict[str, Any]) -> Any:
-            return await parse_async_raw(await target(**kw))
-
-        return await run_async(owner._guard, _ADAPTER, owner._binding, kwargs, send)
+def _input_tokens(result: Any) -> int:
+    value: Any = result.get("input_tokens") if isinstance(result, Mapping) else result.input_tokens
+    return int(value)
 
 
-class _RawResponseView:
-    def __init__(self, owner: GuardedOpenAI) -> None:
-        self.create = _GuardedCall(owner, "create", raw=True)
-        self.parse = _GuardedCall(owner, "parse", raw=True)
+def _counter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], int]:
+    """``responses.input_tokens.count`` (free); older SDKs without it post the same body."""
 
-
-class _StreamingResponseView:
-    """``with_streaming_response``: the SDK's own wrapper around our guarded methods, so
-    the response context manager works as usual and the call is still guarded."""
-
-    def __init__(self, completions: GuardedCompletions) -> None:
-        from openai import _response
-
-        wrap = (
-            _response.async_to_streamed_response_wrapper
-            if completions._owner._is_async
-            else _response.to_streamed_response_wrapper
+    def count(kwargs: dict[str, Any]) -> int:
+        params, timeout = _count_params(kwargs)
+        counter = getattr(getattr(client.responses, "input_tokens", None), "count", None)
+        if counter is not None:
+            return _input_tokens(counter(**params, timeout=timeout))
+        options = {"timeout": timeout}
+        return _input_tokens(
+            client.post("/responses/input_tokens", body=params, cast_to=object, options=options)
         )
-        self.create = wrap(completions.create)
-        self.parse = wrap(completions.parse)
+
+    return count
 
 
-class GuardedCompletions:
-    def __init__(self, owner: GuardedOpenAI) -> None:
-        self._owner = owner
-        self.create = _GuardedCall(owner, "create", raw=False)
-        self.parse = _GuardedCall(owner, "parse", raw=False)
-        self.with_raw_response = _RawResponseView(owner)
+def _acounter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], Any]:
+    async def count(kwargs: dict[str, Any]) -> int:
+        params, timeout = _count_params(kwargs)
+        counter = getattr(getattr(client.responses, "input_tokens", None), "count", None)
+        if counter is not None:
+            return _input_tokens(await counter(**params, timeout=timeout))
+        options = {"timeout": timeout}
+        return _input_tokens(
+            await client.post(
+                "/responses/input_tokens", body=params, cast_to=object, options=options
+            )
+        )
 
-    @property
-    def with_streaming_response(self) -> _StreamingResponseView:
-        return _StreamingResponseView(self)
-
-    def stream(self, **kwargs: Any) -> Any:
-        """The SDK's ``chat.completions.stream(...)`` helper, on top of the guarded ``create``:
-        the SDK's method only calls ``self.create(stream=True, ...)``, so we lend it ours."""
-        sdk_completions = self._owner._client.chat.completions
-        return type(sdk_completions).stream(self, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # list, retrieve, messages, ...
-        public(name)
-        return getattr(self._owner._client.chat.completions, name)
+    return count
 
 
-class GuardedChat:
-    def __init__(self, owner: GuardedOpenAI) -> None:
-        self._owner = owner
-        self.completions = GuardedCompletions(owner)
+CHAT = Endpoint(adapter=OpenAIAdapter(), prepare=materialise)
+RESPONSES = Endpoint(
+    adapter=ResponsesAdapter(), prepare=materialise_input, count=_counter, acount=_acounter
+)
+COMPACT = Endpoint(
+    adapter=ResponsesAdapter(compact=True),
+    prepare=materialise_input,
+    count=_counter,
+    acount=_acounter,
+)
+EMBEDDINGS = Endpoint(adapter=EmbeddingsAdapter())
 
-    def __getattr__(self, name: str) -> Any:
-        public(name)
-        return getattr(self._owner._client.chat, name)
+UNMETERED: dict[str, tuple[str, ...]] = {
+    "images": ("generate", "edit", "create_variation"),
+    "audio.speech": ("create",),
+    "audio.transcriptions": ("create",),
+    "audio.translations": ("create",),
+    "completions": ("create",),
+    "batches": ("create",),
+    "fine_tuning.jobs": ("create",),
+    "beta.threads": ("create_and_run", "create_and_run_poll", "create_and_run_stream"),
+    "beta.threads.runs": (
+        "create",
+        "create_and_poll",
+        "create_and_stream",
+        "stream",
+        "submit_tool_outputs",
+        "submit_tool_outputs_and_poll",
+        "submit_tool_outputs_stream",
+    ),
+    "beta.responses": ("create", "stream", "parse", "compact", "connect"),
+    "beta.realtime": ("connect",),
+    "beta.realtime.sessions": ("create",),
+    "beta.realtime.transcription_sessions": ("create",),
+    "realtime": ("connect",),
+    "realtime.client_secrets": ("create",),
+    "responses": ("connect",),
+    "containers": ("create",),
+    "videos": ("create", "create_and_poll", "remix", "edit", "extend"),
+    "evals.runs": ("create",),
+    "live": ("create", "connect"),
+    "decisions": ("create",),
+}
+"""Paid endpoints guardrail cannot meter (resource path: methods); see the README table."""
+
+OPENAI_TREE: Node = unmetered_tree(
+    UNMETERED,
+    {
+        "chat.completions": {"create": guarded(CHAT), "parse": guarded(CHAT)},
+        "beta.chat.completions": {"create": guarded(CHAT), "parse": guarded(CHAT)},
+        "responses": {
+            "create": guarded(RESPONSES),
+            "parse": guarded(RESPONSES),
+            "compact": guarded(COMPACT),
+        },
+        "embeddings": {"create": guarded(EMBEDDINGS)},
+    },
+)
 
 
-class _ClientView:
-    """The client-level ``with_raw_response`` / ``with_streaming_response``: their chat
-    completions are guarded; every other resource is the SDK's own view."""
-
-    def __init__(self, owner: GuardedOpenAI, sdk_view: Any, *, raw: bool) -> None:
-        self._owner, self._sdk_view, self._raw = owner, sdk_view, raw
-
-    @property
-    def chat(self) -> Any:
-        completions = self._owner.chat.completions
-        view = completions.with_raw_response if self._raw else completions.with_streaming_response
-        return SimpleNamespace(completions=view)
-
-    def __getattr__(self, name: str) -> Any:
-        public(name)
-        return getattr(self._sdk_view, name)
+def guarded_openai_class(base: type) -> type:
+    """The guarded subclass of an OpenAI SDK client class (``openai.OpenAI``,
+    ``openai.AsyncOpenAI``, ``openai.AzureOpenAI``...)."""
+    return guarded_client_class(base, OPENAI_TREE)
 
 
-class GuardedOpenAI:
-    """A guarded ``OpenAI`` or ``AsyncOpenAI`` client; use it exactly like the client."""
-
-    def __init__(self, client: Any, guard: Guard, binding: TenantBinding | None = None) -> None:
-        self._client = client
-        self._guard = guard
-        self._binding = binding
-        self._unretried = client.with_options(max_retries=0)
-        self._is_async = type(client).__name__.startswith("Async")
-        self.chat = GuardedChat(self)
-
-    @property
-    def unwrapped(self) -> Any:
-        """The client as it was given (its own retries, no guard)."""
-        return self._client
-
-    def for_tenant(self, tenant: str, parents: Sequence[str] = ()) -> GuardedOpenAI:
-        """A view of this client whose calls are charged to ``tenant`` (and ``parents``)."""
-        return GuardedOpenAI(self._client, self._guard, TenantBinding.of(tenant, parents))
-
-    def with_options(self, **options: Any) -> GuardedOpenAI:
-        """Like the SDK's ``with_options``/``copy``, and still guarded."""
-        return GuardedOpenAI(self._client.with_options(**options), self._guard, self._binding)
-
-    copy = with_options
-
-    @property
-    def with_raw_response(self) -> _ClientView:
-        """``client.with_raw_response.chat.completions.create(...)``: still guarded."""
-        return _ClientView(self, self._client.with_raw_response, raw=True)
-
-    @property
-    def with_streaming_response(self) -> _ClientView:
-        """``client.with_streaming_response.chat.completions.create(...)``: still guarded."""
-        return _ClientView(self, self._client.with_streaming_response, raw=False)
-
-    def __getattr__(self, name: str) -> Any:
-        public(name)
-        return getattr(self._client, name)
-
-    def __repr__(self) -> str:
-        who = f" tenant={self._binding.tenant!r}" if self._binding else ""
-        return f"<guardrail guarded {type(self._client).__name__}{who}>"
+def wrap_openai(client: Any, guard: Guard) -> Any:
+    """``client`` (an ``OpenAI`` or ``AsyncOpenAI``, or a subclass) as a guarded copy."""
+    return wrap_client(client, guard, guarded_openai_class)

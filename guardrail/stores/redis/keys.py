@@ -152,6 +152,14 @@ class KeySpace:
             for d in days
         ]
 
+    def note_key(self, scope: str, key: str) -> str:
+        """Where :meth:`RedisStore.remember` keeps a number (the scope's hash tag)."""
+        return f"{self.base(scope)}n:{_escape(key)}"
+
+    def records_key(self, kind: str) -> str:
+        """The hash of one kind of record (the gateway's keys, its tenant policies)."""
+        return f"{self.prefix}:{{records}}:{_escape(kind)}"
+
     def report_match(self) -> str:
         return f"{self.prefix}:{{*}}:*:d:*"
 

@@ -374,6 +374,39 @@ class RedisStore:
             pipe.hgetall(key)
         return self.codec.report_rows(found, await pipe.execute() if found else [])
 
+    # -- notes: small numbers with a TTL, in the scope's hash slot
+
+    def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        self.client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
+
+    def recall(self, scope: str, key: str) -> int | None:
+        found = self.client.get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
+
+    async def aremember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
+        client = self._async()[0]
+        await client.set(self.keys.note_key(scope, key), int(value), ex=max(1, int(ttl_seconds)))
+
+    async def arecall(self, scope: str, key: str) -> int | None:
+        found = await self._async()[0].get(self.keys.note_key(scope, key))
+        return None if found is None else int(found)
+
+    # -- records: small texts shared by every process (the gateway's keys and policies)
+
+    async def aput_record(self, kind: str, name: str, value: str) -> None:
+        await self._async()[0].hset(self.keys.records_key(kind), name, value)
+
+    async def aget_record(self, kind: str, name: str) -> str | None:
+        found = await self._async()[0].hget(self.keys.records_key(kind), name)
+        return None if found is None else _decoded(found)
+
+    async def adelete_record(self, kind: str, name: str) -> bool:
+        return bool(await self._async()[0].hdel(self.keys.records_key(kind), name))
+
+    async def alist_records(self, kind: str) -> dict[str, str]:
+        found = await self._async()[0].hgetall(self.keys.records_key(kind))
+        return {_decoded(k): _decoded(v) for k, v in found.items()}
+
     # -- the spool
 
     def _spool_write(self, record: dict[str, Any], exc: BaseException) -> None:
@@ -436,3 +469,7 @@ class RedisStore:
             self._async_clients.clear()
         for client, _ in entries:
             await client.aclose()
+
+
+def _decoded(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,293 @@
+"""What every guarded SDK client shares (OpenAI's and Anthropic's): the state it carries,
+its guarded and unmetered methods, and ``copy`` / ``with_options`` / ``for_tenant``.
+
+A provider describes each guarded endpoint with an :class:`Endpoint` (its adapter, how its
+kwargs are prepared, how the provider counts a prompt) and each resource with a
+:class:`~guardrail.providers.sdk_classes.Node`; this module turns them into methods.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.drivers import parse_async_raw
+from guardrail.errors import UnmeteredCall
+from guardrail.providers.common import given, run_async, run_sync
+from guardrail.providers.sdk_classes import Node, guard_instance, guarded_class, resource_at
+from guardrail.tenancy import TenantBinding
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+__all__ = [
+    "ClientState",
+    "Endpoint",
+    "check_unmetered",
+    "guarded",
+    "guarded_client_class",
+    "is_async",
+    "unmetered",
+    "unmetered_tree",
+    "wrap_client",
+]
+
+_log = logging.getLogger("guardrail")
+
+Counter = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class ClientState:
+    """What a guarded client carries: its guard, the tenant it charges (None: resolved per
+    call), the client it was made from, and provider extras (``extra``)."""
+
+    guard: Guard
+    binding: TenantBinding | None
+    unwrapped: Any
+    extra: Any = None
+    _unretried: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def unretried(self, client: Any) -> Any:
+        """A plain SDK copy of ``client`` with its retries off: guarded calls are sent on
+        it, so that guardrail's retry policy is the only one (free calls keep the client's
+        own retries)."""
+        if self._unretried is None:
+            with self._lock:
+                if self._unretried is None:
+                    base = type(self.unwrapped)
+                    plain = base.copy(client, max_retries=0)
+                    plain.__class__ = base
+                    self._unretried = plain
+        return self._unretried
+
+    def fresh(self, **changes: Any) -> ClientState:
+        return replace(self, _unretried=None, _lock=threading.Lock(), **changes)
+
+
+def state_of(resource: Any) -> ClientState:
+    state: ClientState = resource._client._guardrail
+    return state
+
+
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether an SDK method is ``async def`` (under the SDK's own decorators)."""
+    return inspect.iscoroutinefunction(inspect.unwrap(function))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One guarded endpoint: its adapter (``adapter``, or ``adapter_of(state)`` when the
+    client's state holds it), how its kwargs are read once (``prepare``), and how the
+    provider counts its prompt (``count`` / ``acount``: ``(state, plain client) ->
+    counter``, for adapters that ask)."""
+
+    adapter: ProviderAdapter | None = None
+    adapter_of: Callable[[ClientState], ProviderAdapter] | None = None
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] = dict
+    count: Callable[[ClientState, Any], Counter | None] | None = None
+    acount: Callable[[ClientState, Any], Callable[[dict[str, Any]], Awaitable[int]]] | None = None
+
+    def adapter_for(self, state: ClientState) -> ProviderAdapter:
+        if self.adapter_of is not None:
+            return self.adapter_of(state)
+        assert self.adapter is not None
+        return self.adapter
+
+
+def _keywords(path: str, name: str, args: tuple[Any, ...]) -> None:
+    if args:  # the SDK's methods take keyword arguments only
+        raise TypeError(f"{path}.{name}() takes keyword arguments only")
+
+
+def guarded(endpoint: Endpoint) -> Any:
+    """The factory of a guarded method: the call planned and driven by the engine, and
+    sent by the SDK's own method on the client without retries."""
+
+    def factory(path: str, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        if is_async(original):
+
+            async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
+                _keywords(path, name, args)
+                state = state_of(self)
+                plain = state.unretried(self._client)
+                target = getattr(resource_at(plain, path), name)
+
+                async def send(kw: dict[str, Any]) -> Any:
+                    return await parse_async_raw(await target(**kw))
+
+                count = endpoint.acount(state, plain) if endpoint.acount else None
+                adapter = endpoint.adapter_for(state)
+                kwargs = endpoint.prepare(kwargs)
+                return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
+
+            return amethod
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _keywords(path, name, args)
+            state = state_of(self)
+            plain = state.unretried(self._client)
+            target = getattr(resource_at(plain, path), name)
+            count = endpoint.count(state, plain) if endpoint.count else None
+            adapter = endpoint.adapter_for(state)
+            kwargs = endpoint.prepare(kwargs)
+            return run_sync(
+                state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
+            )
+
+        return method
+
+    return factory
+
+
+# -- unmetered methods -----------------------------------------------------------------
+
+_logged: set[str] = set()
+
+
+def _limited(limits: Any) -> bool:
+    return any(
+        value is not None
+        for value in (
+            limits.daily_nanos,
+            limits.monthly_nanos,
+            limits.tokens_per_minute,
+            limits.tokens_per_day,
+            limits.max_in_flight,
+        )
+    )
+
+
+def check_unmetered(state: ClientState, what: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a paid call guardrail cannot meter when its tenant (or a parent, or the
+    global policy) has any limit (it would pass around it), unless the guard allows such
+    calls; log it once per process when it passes."""
+    guard = state.guard
+    engine = guard.engine
+    hint = kwargs.get("user")
+    binding = engine.binding_for(
+        state.binding, hint if given(hint) and isinstance(hint, str) else None
+    )
+    scopes = engine.scopes_for(binding, engine.policy_for(binding.tenant))
+    limited = tuple(s.scope for s in scopes if _limited(s))
+    if limited and guard.unmetered != "allow":
+        raise UnmeteredCall(endpoint=what, tenant=binding.tenant, scopes=limited)
+    if what not in _logged:
+        _logged.add(what)
+        _log.warning(
+            "guardrail: %s is a paid call guardrail cannot meter; it is sent unmetered "
+            "(tenant %s; logged once per process)",
+            what,
+            binding.tenant,
+        )
+
+
+def unmetered(path: str, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The factory of an unmetered method: checked by :func:`check_unmetered`, then the
+    SDK's own."""
+    what = f"{path}.{name}"
+    if is_async(original):
+
+        async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
+            check_unmetered(state_of(self), what, kwargs)
+            return await original(self, *args, **kwargs)
+
+        return amethod
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check_unmetered(state_of(self), what, kwargs)
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def unmetered_tree(
+    unmetered_paths: Mapping[str, Sequence[str]], guarded_paths: Mapping[str, Mapping[str, Any]]
+) -> Node:
+    """One tree of nodes from dotted resource paths: ``unmetered_paths`` (path: methods)
+    and ``guarded_paths`` (path: {method: factory}); every ancestor is a node too."""
+    methods: dict[str, dict[str, Any]] = {}
+    for path, names in unmetered_paths.items():
+        methods.setdefault(path, {}).update(dict.fromkeys(names, unmetered))
+    for path, factories in guarded_paths.items():
+        methods.setdefault(path, {}).update(factories)
+    for path in list(methods):
+        while "." in path:
+            path = path.rpartition(".")[0]
+            methods.setdefault(path, {})
+
+    def build(prefix: str) -> Node:
+        children = {
+            path.rpartition(".")[2]: build(path)
+            for path in sorted(methods)
+            if path.rpartition(".")[0] == prefix and path != prefix
+        }
+        return Node(methods=methods.get(prefix, {}), children=children)
+
+    return build("")
+
+
+# -- the client -----------------------------------------------------------------------
+
+
+def _copy(base: type) -> Callable[..., Any]:
+    def copy(self: Any, **options: Any) -> Any:
+        """Like the SDK's ``copy`` / ``with_options``, and still guarded."""
+        new = base.copy(self, **options)  # type: ignore[attr-defined]  # builds self.__class__(...)
+        new._guardrail = self._guardrail.fresh()
+        return new
+
+    return copy
+
+
+def _for_tenant(self: Any, tenant: str, parents: Sequence[str] = ()) -> Any:
+    """A copy of this client whose calls are charged to ``tenant`` (and ``parents``)."""
+    new = self.copy()
+    new._guardrail = self._guardrail.fresh(binding=TenantBinding.of(tenant, parents))
+    return new
+
+
+def _unwrapped(self: Any) -> Any:
+    """The client as it was given (its own retries, no guard)."""
+    return self._guardrail.unwrapped
+
+
+def _guard(self: Any) -> Any:
+    """The :class:`~guardrail.Guard` of this client (``guardrail.wrap`` made one)."""
+    return self._guardrail.guard
+
+
+def _repr(self: Any) -> str:
+    binding = self._guardrail.binding
+    who = f" tenant={binding.tenant!r}" if binding else ""
+    return f"<guardrail guarded {type(self._guardrail.unwrapped).__name__}{who}>"
+
+
+def guarded_client_class(base: type, tree: Node, extra: Mapping[str, Any] = {}) -> type:
+    """The guarded subclass of an SDK client class (made once per class and tree)."""
+    copy = _copy(base)
+    attrs = {
+        "copy": copy,
+        "with_options": copy,
+        "for_tenant": _for_tenant,
+        "unwrapped": property(_unwrapped),
+        "_guard": property(_guard),
+        "__repr__": _repr,
+        **extra,
+    }
+    return guarded_class(base, tree, "", attrs)
+
+
+def wrap_client(
+    client: Any, guard: Guard, guarded_class_of: Callable[[type], type], extra_state: Any = None
+) -> Any:
+    """A guarded copy of ``client``, of the class ``guarded_class_of(type(client))``."""
+    fresh = type(client).copy(client)
+    state = ClientState(guard, None, client, extra_state)
+    return guard_instance(fresh, guarded_class_of(type(client)), "_guardrail", state)

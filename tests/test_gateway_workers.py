@@ -1,0 +1,104 @@
+"""``guardrail serve --workers 2`` on real Redis: two worker processes hold one cap."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+from guardrail import RedisStore, count_messages, estimate_cost
+from guardrail.testing import FakeOpenAIServer
+from tests._gateway import TENANT_KEY
+from tests._sdk_http import http_library
+from tests.conftest import REDIS_HOST, REDIS_PORT
+
+pytestmark = pytest.mark.redis
+HTTP = http_library(openai)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_two_workers_share_one_cap_with_no_overspend(tmp_path: Path) -> None:
+    prefix = f"gw-{uuid.uuid4().hex[:10]}"
+    messages = [{"role": "user", "content": "hi " * 1000}]
+    prompt, output = count_messages(messages, "gpt-4o"), 200  # billed as counted
+    cost = estimate_cost("gpt-4o", prompt, output)
+    cap = cost * 13 + cost / 2  # room for 13 calls
+    with FakeOpenAIServer(reply="word " * (output - 1)) as server:
+        config = tmp_path / "guardrail.toml"
+        config.write_text(
+            f'store = "redis://{REDIS_HOST}:{REDIS_PORT}/0"\nprefix = "{prefix}"\n'
+            f'[upstream.openai]\nbase_url = "{server.base_url}"\napi_key_env = "GR_TEST_KEY"\n'
+            f'[policy]\ndaily_spend_usd = "{cap}"\ndefault_output_tokens = {output}\n'
+            "loop_limit = 1000\n"
+            f'[[keys]]\nkey = "{TENANT_KEY}"\ntenant = "team-a"\n'
+        )
+        port = _free_port()
+        env = {**os.environ, "GR_TEST_KEY": "sk-upstream"}
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "guardrail",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # both workers import guardrail and open Redis: wait for health
+                try:
+                    if HTTP.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except HTTP.TransportError:
+                    pass
+                assert gateway.poll() is None, gateway.stderr.read() if gateway.stderr else ""
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.1)  # a subprocess starting up; nothing is being raced
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=TENANT_KEY, max_retries=0)
+
+            def call(_: int) -> bool:
+                try:
+                    client.chat.completions.create(model="gpt-4o", messages=messages)
+                except openai.RateLimitError:
+                    return False
+                return True
+
+            with ThreadPoolExecutor(50) as pool:
+                results = list(pool.map(call, range(50)))
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        served = sum(results)
+        assert served == len(server.chat_requests)  # refused calls never reached upstream
+        store = RedisStore.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0", prefix=prefix)
+        spent = store.usage("team-a").spent_usd
+        assert spent <= cap and spent == cost * served
+        assert served == 13  # the cap was reached, and not over-run: 0 overspend
+        assert store.usage("team-a").reserved_usd == Decimal(0)
+        keys = list(store.client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            store.client.delete(*keys)
