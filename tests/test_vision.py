@@ -306,3 +306,20 @@ def test_claude_tiers_by_model() -> None:
     for name in ("claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "claude-3-haiku"):
         assert model_info(name).image_rule["max_tokens"] == 1568, name
     assert claude_tokens(1, 1, 1568, 1568) == 1
+
+
+def test_responses_input_images_are_counted_by_the_same_rules() -> None:
+    from guardrail.counting.messages import TokenCounter
+    from guardrail.counting.responses import as_message
+
+    item = {
+        "role": "user",
+        "content": [
+            {"type": "input_image", "image_url": "https://x.test/a.png", "detail": "original"}
+        ],
+    }
+    message, _ = as_message(item, "input[0]")
+    counter = TokenCounter("gpt-5.4")
+    assert counter.message(message) == 3 + counter.text("user") + 12_000
+    message, _ = as_message({**item, "content": [{**item["content"][0], "detail": "high"}]}, "x")
+    assert counter.message(message) == 3 + counter.text("user") + 3_000
