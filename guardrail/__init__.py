@@ -25,7 +25,11 @@ from guardrail.errors import (
     UnmeteredCall,
 )
 from guardrail.guard import Guard, wrap
+from guardrail.observe.alerts import Alerts
+from guardrail.observe.delivery import Webhook
+from guardrail.observe.rules import AlertEvent
 from guardrail.observe.sinks import JsonLinesSink, UsageRecord
+from guardrail.observe.telemetry import Telemetry
 from guardrail.policy import Policy
 from guardrail.prompt.allocation import (
     Allocation,
@@ -48,6 +52,8 @@ _moved.install()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertEvent",
+    "Alerts",
     "Allocation",
     "BudgetExceeded",
     "BudgetPart",
@@ -75,6 +81,7 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreUnavailable",
+    "Telemetry",
     "TokenBudget",
     "TokenUsage",
     "TrimEvent",
@@ -84,6 +91,7 @@ __all__ = [
     "UsageRecord",
     "UsageRow",
     "UsageSummary",
+    "Webhook",
     "allocate",
     "count_messages",
     "count_text",

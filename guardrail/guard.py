@@ -12,18 +12,23 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail._clock import Clock, system_clock
 from guardrail.engine.core import Engine, StoreErrorMode
 from guardrail.engine.plan import TrimEvent
 from guardrail.errors import ConfigurationError
 from guardrail.observe.sinks import JsonLinesSink, Sink
+from guardrail.observe.watch import observing
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, bound_tenant, validate_scope_id
+
+if TYPE_CHECKING:
+    from guardrail.observe.alerts import Alerts
+    from guardrail.observe.telemetry import Telemetry
 
 __all__ = ["Guard", "wrap"]
 
@@ -46,6 +51,10 @@ class Guard:
     * ``summarizer``: turns trimmed history into one summary message.
     * ``on_trim``: called with a :class:`TrimEvent` (what was dropped) when a call's
       history is trimmed; usage records also carry ``trimmed_messages``.
+    * ``alerts``: :class:`~guardrail.observe.Alerts`, rules and their destinations
+      (docs/observability.md); evaluated and delivered off the call path.
+    * ``telemetry``: True (or :class:`~guardrail.observe.Telemetry`) records
+      OpenTelemetry metrics and spans of every call (the ``[otel]`` extra).
     * ``unmetered``: paid endpoints guardrail cannot meter (images, audio, batches,
       fine-tuning, legacy completions, Assistants runs, realtime sessions: the README's
       table) are refused for a tenant with a money limit (``"refuse"``, the default), or
@@ -69,6 +78,8 @@ class Guard:
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        alerts: Alerts | None = None,
+        telemetry: Telemetry | bool = False,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a guardrail.Policy, got {policy!r}")
@@ -80,6 +91,8 @@ class Guard:
             raise ConfigurationError("unmetered must be 'refuse' or 'allow'")
         self.unmetered = unmetered
         self.store: Store = store if store is not None else MemoryStore(clock=clock or system_clock)
+        self.alerts = alerts
+        self.store, observers = observing(self.store, telemetry=telemetry, alerts=alerts)
         self.sleep = sleep
         self.async_sleep = async_sleep
         self.engine = Engine(
@@ -87,7 +100,7 @@ class Guard:
             tenant_policies=tenant_policies,
             global_policy=global_policy,
             default_tenant=default_tenant,
-            sinks=[JsonLinesSink(), *sinks],
+            sinks=[JsonLinesSink(), *sinks, *observers],
             clock=clock or self.store.now,
             on_store_error=on_store_error,
             summarizer=summarizer,

@@ -322,6 +322,41 @@ def test_health(gateway) -> None:
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
 
 
+def test_metrics_for_prometheus(gateway, server) -> None:
+    base, _ = gateway
+    with pytest.raises(openai.RateLimitError):
+        oa(base, OTHER_KEY).chat.completions.create(model="gpt-4o", messages=HELLO)
+    oa(base).chat.completions.create(model="gpt-4o", messages=HELLO)
+    text = httpx.get(f"{base}/metrics").text
+    for name in (
+        "gen_ai_client_token_usage",
+        "gen_ai_client_operation_duration",
+        "guardrail_refusals",
+    ):
+        assert name in text, name
+    refusals = [
+        line
+        for line in text.splitlines()
+        if line.startswith("guardrail_refusals") and "daily_spend_usd" in line
+    ]
+    assert refusals and float(refusals[0].rsplit(" ", 1)[1]) == 1.0
+
+
+def test_alerts_from_the_config(server, caplog) -> None:
+    alerts = {"rules": {"refusal": {}}, "destinations": [{"type": "log"}]}
+    with (
+        caplog.at_level("WARNING", logger="guardrail.alerts"),
+        running(config_for(server.base_url, alerts=alerts)) as (base, _),
+        pytest.raises(openai.RateLimitError),
+    ):
+        oa(base, OTHER_KEY).chat.completions.create(model="gpt-4o", messages=HELLO)
+    # Leaving the gateway delivered what was queued.
+    logged = [r.getMessage() for r in caplog.records if r.name == "guardrail.alerts"]
+    assert len(logged) == 1 and "team-b" in logged[0] and "daily_spend_usd" in logged[0]
+    with pytest.raises(ConfigurationError, match="alerts"):
+        config_for(server.base_url, alerts={"rules": {"nope": {}}})
+
+
 # -- the token service ----------------------------------------------------------------------
 
 

@@ -132,7 +132,13 @@ class Engine:
             plan = self.planner.plan(adapter, kwargs, view, view.model, binding, policy, scopes)
             self.loops.check(binding.tenant, plan.fingerprint, policy)
         except (ContextWindowExceeded, LoopDetected) as exc:
-            self.recorder.record_refusal(binding, view.model, exc)
+            self.recorder.record_refusal(
+                binding,
+                view.model,
+                exc,
+                provider=getattr(adapter, "provider", ""),
+                operation=getattr(adapter, "operation", "chat"),
+            )
             raise
         if plan.trim is not None and self.on_trim is not None:
             self.on_trim(TrimEvent(plan.tenant, plan.model.name, plan.trim))

@@ -219,7 +219,12 @@ class _StreamBase:
 
     def _observe(self, chunk: Any) -> bool:
         """Tally a chunk; whether the caller sees it."""
-        return self._adapter.observe_chunk(chunk, self._tally)
+        tally = self._tally
+        if tally.first_chunk_at is None:
+            tally.first_chunk_at = time.monotonic()
+            model = getattr(chunk, "model", None)
+            tally.response_model = model if isinstance(model, str) else None
+        return self._adapter.observe_chunk(chunk, tally)
 
     def _overran(self) -> bool:
         """Whether to stop because the output overran its reservation (or raise, per policy)."""

@@ -32,11 +32,13 @@ from guardrail.engine.operations import (
     StreamEnd,
 )
 from guardrail.engine.plan import Plan
+from guardrail.engine.records import CallLog
 from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import (
     BudgetExceeded,
     GuardrailError,
+    StoreUnavailable,
 )
 from guardrail.observe.sinks import Outcome
 from guardrail.policy import Policy
@@ -54,13 +56,21 @@ def run(
     engine: Engine, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
 ) -> Generator[Op, Any, Any]:
     """Reserve, send with retries, settle. Yields operations; returns the response."""
-    started = time.monotonic()
+    started = CallLog(
+        getattr(adapter, "provider", ""), operation=getattr(adapter, "operation", "chat")
+    )
+    if plan.trim is not None:
+        started.mark("guardrail.trim", dropped_messages=plan.trim.dropped_count)
     reservation: Reservation | None = None
     try:
         plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
     except BudgetExceeded as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
+    except StoreUnavailable as exc:
+        engine.recorder.record(plan, "error", started, attempts=0, error=exc)
+        raise
+    _mark_reserve(started, plan, 1)
     if plan.server_state is not None:
         plan, reservation = yield from recount.server_history(engine, plan, reservation, started)
     elif plan.count_exactly or getattr(adapter, "exact_count", False) is True:
@@ -82,6 +92,12 @@ def run(
             if isinstance(action, DoSleep):
                 last = _last_error(state)
                 state.prepare_for_next_attempt()
+                started.mark(
+                    "guardrail.retry",
+                    attempt=attempts + 1,
+                    sleep_seconds=float(action),
+                    error_type=type(last).__name__,
+                )
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
                     reservation = yield from reserve(engine, plan.reservation_request())
@@ -89,6 +105,7 @@ def run(
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
                     raise last from exc
+                _mark_reserve(started, plan, attempts + 1)
                 continue
         if not isinstance(action, DoAttempt):  # pragma: no cover - reraise=True raises
             return action
@@ -145,6 +162,8 @@ def run(
             usage = adapter.usage(response)
         except Exception as exc:  # a raw response whose parse fails (cut at its length)
             usage = _billed_usage(adapter, plan, exc)
+        model = getattr(response, "model", None)
+        started.response_model = model if isinstance(model, str) else None
         yield from _settle(
             engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
         )
@@ -153,6 +172,7 @@ def run(
         return response
     tally = _stream_tally(plan)
     end: StreamEnd = yield OpenStream(response, tally)
+    started.first_chunk_at, started.response_model = tally.first_chunk_at, tally.response_model
     source: Literal["provider", "local_count"] = "provider"
     if tally.usage is not None:
         usage = tally.usage
@@ -196,7 +216,7 @@ def _settle(
     plan: Plan,
     reservation: Reservation | None,
     usage: TokenUsage | None,
-    started: float,
+    started: CallLog,
     attempts: int,
     outcome: Outcome,
     request_id: str | None,
@@ -224,6 +244,12 @@ def _settle(
             yield Settle(reservation, settlement)
         except Exception as exc:
             _log.error("guardrail: could not settle reservation %s: %r", reservation.id, exc)
+        started.mark(
+            "guardrail.settle",
+            cost_usd=str(cost),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+        )
     engine.recorder.record(
         plan,
         outcome,
@@ -236,6 +262,10 @@ def _settle(
         error=error,
         reservation_id=reservation.id if reservation else None,
     )
+
+
+def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
+    log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
 
 
 def _sane(usage: TokenUsage) -> TokenUsage:

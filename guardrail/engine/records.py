@@ -11,10 +11,38 @@ from typing import Any, Literal
 from guardrail._clock import Clock
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.engine.plan import Plan
-from guardrail.observe.sinks import JsonLinesSink, Outcome, Sink, UsageRecord, emit
+from guardrail.observe.sinks import (
+    CallEvent,
+    JsonLinesSink,
+    Outcome,
+    Sink,
+    UsageRecord,
+    emit,
+    refusal_of,
+)
 from guardrail.tenancy import TenantBinding
 
-__all__ = ["Recorder"]
+__all__ = ["CallLog", "Recorder"]
+
+
+class CallLog:
+    """What one call did and when: its start (monotonic), its provider, and timestamped
+    events (reserve, retry, trim, settle) that a trace's span is built from."""
+
+    __slots__ = ("events", "first_chunk_at", "operation", "provider", "response_model", "started")
+
+    def __init__(
+        self, provider: str = "", started: float | None = None, operation: str = "chat"
+    ) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.provider = provider
+        self.operation = operation
+        self.events: list[CallEvent] = []
+        self.first_chunk_at: float | None = None
+        self.response_model: str | None = None
+
+    def mark(self, name: str, **attributes: str | int | float | bool) -> None:
+        self.events.append(CallEvent(name, time.monotonic() - self.started, attributes))
 
 
 class Recorder:
@@ -24,7 +52,14 @@ class Recorder:
         self.sinks = list(sinks)
         self.clock = clock
 
-    def record_refusal(self, binding: TenantBinding, model: str, exc: BaseException) -> None:
+    def record_refusal(
+        self,
+        binding: TenantBinding,
+        model: str,
+        exc: BaseException,
+        provider: str = "",
+        operation: str = "chat",
+    ) -> None:
         emit(
             self.sinks,
             UsageRecord(
@@ -35,6 +70,9 @@ class Recorder:
                 outcome="rejected",
                 error=f"{type(exc).__name__}: {exc}",
                 timestamp=self.clock(),
+                provider=provider,
+                operation=operation,
+                refusal=refusal_of(exc),
             ),
         )
 
@@ -47,7 +85,7 @@ class Recorder:
         self,
         plan: Plan,
         outcome: Outcome,
-        started: float,
+        started: CallLog | float,
         attempts: int,
         *,
         usage: TokenUsage | None = None,
@@ -70,6 +108,8 @@ class Recorder:
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        log = started if isinstance(started, CallLog) else CallLog(plan.model.provider, started)
+        first = log.first_chunk_at
         emit(
             self.sinks,
             UsageRecord(
@@ -84,7 +124,7 @@ class Recorder:
                 reasoning_tokens=usage.reasoning_tokens,
                 cost_usd=cost,
                 reserved_usd=plan.cost_usd,
-                latency_seconds=time.monotonic() - started,
+                latency_seconds=time.monotonic() - log.started,
                 attempts=attempts,
                 trimmed_messages=plan.trim.dropped_count if plan.trim else 0,
                 request_id=request_id,
@@ -94,6 +134,14 @@ class Recorder:
                 error=None if error is None else f"{type(error).__name__}: {error}",
                 timestamp=self.clock(),
                 extra=extra,
+                provider=log.provider,
+                operation=log.operation,
+                context_window=plan.model.context_window,
+                response_model=log.response_model,
+                time_to_first_chunk_seconds=None if first is None else first - log.started,
+                refusal=refusal_of(error),
+                events=tuple(log.events),
+                limits=plan.scopes,
             ),
         )
 

@@ -24,6 +24,7 @@ from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.holds import release, reserve
 from guardrail.engine.operations import CountTokens, Op, Recall, Remember
 from guardrail.engine.plan import Plan, input_budget, worst_case_cost
+from guardrail.engine.records import CallLog
 from guardrail.errors import BudgetExceeded, ContextWindowExceeded, InvalidRequestError
 from guardrail.stores.base import Reservation
 
@@ -36,7 +37,7 @@ _log = logging.getLogger("guardrail")
 
 
 def count_exactly(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
+    engine: Engine, plan: Plan, reservation: Reservation | None, started: CallLog
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     """Ask the provider to count the prompt, once the estimate's reservation is held.
 
@@ -66,7 +67,7 @@ def count_exactly(
 
 
 def server_history(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
+    engine: Engine, plan: Plan, reservation: Reservation | None, started: CallLog
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     """Reserve the history the provider keeps for the request (``previous_response_id``,
     ``conversation``), never as zero: for a stored response, what guardrail recorded when
@@ -105,7 +106,7 @@ def server_history(
 
 
 def _with_history(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float, history: int
+    engine: Engine, plan: Plan, reservation: Reservation | None, started: CallLog, history: int
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     grown = replace(plan, history_tokens=history)
     how = "with the history guardrail recorded for it"
@@ -124,7 +125,7 @@ def _recall(plan: Plan, key: str) -> Generator[Op, Any, int | None]:
 
 
 def _provider_count(
-    engine: Engine, plan: Plan, reservation: Reservation | None, started: float
+    engine: Engine, plan: Plan, reservation: Reservation | None, started: CallLog
 ) -> Generator[Op, Any, int | None]:
     """The provider's count of the prompt, or None when it failed."""
     try:
@@ -150,7 +151,7 @@ def _grow(
     engine: Engine,
     plan: Plan,
     reservation: Reservation | None,
-    started: float,
+    started: CallLog,
     prompt: int,
     how: str,
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:

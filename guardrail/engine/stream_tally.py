@@ -34,6 +34,10 @@ class StreamTally:
     the prompt, cache reads and writes), for a stream that ends before its final usage."""
     request_id: str | None = None
     overrun: bool = False
+    first_chunk_at: float | None = None
+    """When the first chunk arrived (``time.monotonic()``), for time to first chunk."""
+    response_model: str | None = None
+    """The model the chunks say answered, when they say so."""
     final: Any = None
     """The provider's final object, when a stream ends with one (the Responses API's
     ``response.completed`` carries the whole response)."""

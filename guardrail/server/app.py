@@ -23,6 +23,8 @@ from starlette.routing import Route as Path
 from guardrail.catalog.models import list_models
 from guardrail.errors import ConfigurationError, GuardrailError
 from guardrail.guard import Guard
+from guardrail.observe.config import alerts_from_config
+from guardrail.observe.prometheus import PrometheusMetrics
 from guardrail.observe.sinks import Sink
 from guardrail.providers.anthropic.adapter import AnthropicAdapter
 from guardrail.providers.openai.chat import OpenAIAdapter
@@ -72,6 +74,8 @@ def create_app(
     receive every call's UsageRecord)."""
     store = store if store is not None else store_for(config)
     tenants = Tenants(config, store)
+    metrics = PrometheusMetrics() if config.metrics else None
+    alerts = alerts_from_config(config.alerts) if config.alerts is not None else None
     guard = Guard(
         config.policy,
         store=store,
@@ -81,6 +85,8 @@ def create_app(
         on_store_error=config.on_store_error,
         unmetered=config.unmetered,
         sinks=sinks,
+        telemetry=metrics.telemetry() if metrics is not None else False,
+        alerts=alerts,
     )
     upstreams: dict[str, Upstream] = {}
     calls = Calls(guard, tenants, upstreams)
@@ -118,6 +124,8 @@ def create_app(
         finally:
             for session in sessions:
                 await session.close()
+            if alerts is not None:  # deliver what is queued before the process ends
+                alerts.close()
             close = getattr(store, "aclose", None)
             if close is not None:
                 await close()
@@ -259,6 +267,11 @@ def create_app(
             return JSONResponse({"status": "unavailable", "store": repr(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def prometheus(request: Request) -> Response:
+        if metrics is None:
+            return error("openai", 404, "metrics are off (metrics = false)", type="not_found")
+        return Response(metrics.render(), media_type=metrics.content_type)
+
     async def fallback(request: Request) -> Response:
         _, provider = _presented_key(request)
         path = request.url.path.rstrip("/")
@@ -280,6 +293,7 @@ def create_app(
         Path("/v1/models", models, methods=["GET"]),
         *(Path(p, service(f), methods=["POST"]) for p, f in SERVICES.items()),
         Path("/health", health, methods=["GET"]),
+        Path("/metrics", prometheus, methods=["GET"]),
         *admin,
         Path("/{path:path}", fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]

@@ -37,6 +37,8 @@ _TOP = frozenset(
         "tenants",
         "keys",
         "max_body_bytes",
+        "metrics",
+        "alerts",
     }
 )
 _UPSTREAM = frozenset({"base_url", "api_key_env", "timeout_seconds", "exact_count"})
@@ -87,6 +89,10 @@ class GatewayConfig:
     tenants: Mapping[str, Policy] = field(default_factory=dict)
     keys: tuple[KeyConfig, ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
+    metrics: bool = True
+    """Serve the guard's metrics in the Prometheus text format at ``GET /metrics``."""
+    alerts: Mapping[str, Any] | None = None
+    """The ``[alerts]`` table, for :func:`guardrail.observe.alerts_from_config`."""
 
     @property
     def admin_key(self) -> str | None:
@@ -219,6 +225,18 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
     limit = data.get("max_body_bytes", 32 * 1024 * 1024)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1024:
         raise _fail("max_body_bytes", "must be an integer of at least 1024")
+    metrics = data.get("metrics", True)
+    if not isinstance(metrics, bool):
+        raise _fail("metrics", "must be true or false")
+    alerts = None
+    if "alerts" in data:
+        from guardrail.observe.config import alerts_from_config
+
+        alerts = _table(data["alerts"], "alerts")
+        try:
+            alerts_from_config(alerts).close()  # checked now; built again when serving
+        except ConfigurationError as exc:
+            raise _fail("alerts", str(exc)) from None
     return GatewayConfig(
         store=store,
         prefix=_str(data.get("prefix", "guardrail"), "prefix"),
@@ -238,6 +256,8 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         tenants=tenants,
         keys=keys,
         max_body_bytes=limit,
+        metrics=metrics,
+        alerts=alerts,
     )
 
 

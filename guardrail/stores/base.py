@@ -303,6 +303,14 @@ class Store(Protocol):
         end: date | None = None,
     ) -> list[UsageRow]: ...
 
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """True for the first caller, in any process sharing the store, to claim ``key``
+        of ``scope``; False while that claim lives (``ttl_seconds``). Alerts use it to fire
+        once per window: ``key`` names its window (``"refusal:2026-11-23"``), so the TTL
+        only bounds how long a claim is kept."""
+        ...
+
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool: ...
     def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
         """Keep a number under ``key`` for ``scope`` for ``ttl_seconds`` (what a stored
         response left in its context, for the next call that continues it)."""

@@ -62,6 +62,7 @@ class _State:
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expiry: list[tuple[float, str]] = field(default_factory=list)
     settled: dict[str, float] = field(default_factory=dict)
+    claims: dict[tuple[str, str], float] = field(default_factory=dict)
     notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -291,6 +292,19 @@ class MemoryStore:
                 if d in days and (wanted is None or sc in wanted)
             )
 
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """True for the first claim of ``(scope, key)`` until ``ttl_seconds`` have passed
+        (on this store's clock)."""
+        with self._lock:
+            now = self._clock()
+            claims = self._s.claims
+            if claims.get((scope, key), now) > now:
+                return False
+            if len(claims) >= 10_000:  # bounded: forget the claims that have expired
+                self._s.claims = claims = {k: v for k, v in claims.items() if v > now}
+            claims[(scope, key)] = now + ttl_seconds
+            return True
+
     def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
         now = self._clock()
         with self._lock:
@@ -353,3 +367,6 @@ class MemoryStore:
         end: date | None = None,
     ) -> list[UsageRow]:
         return self.usage_report(scopes, start, end)
+
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        return self.claim_once(scope, key, ttl_seconds)

@@ -57,6 +57,7 @@ class EmbeddingsAdapter:
     """Reads ``embeddings.create`` requests and their usage."""
 
     provider = "openai"
+    operation = "embeddings"  # gen_ai.operation.name (metrics and spans)
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
         model = kwargs.get("model")

@@ -135,6 +135,10 @@ class KeySpace:
             self._lives[scope] = key
         return key
 
+    def claim_key(self, scope: str, key: str) -> str:
+        """A claim of ``scope`` (``claim_once``): in the scope's hash slot."""
+        return f"{self.base(scope)}c:{_escape(key)}"
+
     def day_key(self, scope: str, info: DayInfo) -> str:
         """A scope's day hash (cached: built once per scope and day)."""
         key = self._keys.get((scope, info.day))

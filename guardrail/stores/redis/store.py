@@ -320,6 +320,12 @@ class RedisStore:
             pipe.hgetall(key)
         return self.codec.report_rows(found, pipe.execute() if found else [])
 
+    def claim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        """``SET NX`` with a TTL, in the scope's hash slot: True for the first claim of
+        ``key`` by any process sharing this Redis, until the TTL (Redis time) runs out."""
+        ttl = max(1, math.ceil(ttl_seconds * 1000))
+        return bool(self.client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
+
     # -- the Store interface, async
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
@@ -373,6 +379,11 @@ class RedisStore:
         for _, _, key in found:
             pipe.hgetall(key)
         return self.codec.report_rows(found, await pipe.execute() if found else [])
+
+    async def aclaim_once(self, scope: str, key: str, ttl_seconds: float) -> bool:
+        ttl = max(1, math.ceil(ttl_seconds * 1000))
+        client = self._async()[0]
+        return bool(await client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
 
     # -- notes: small numbers with a TTL, in the scope's hash slot
 
