@@ -4,6 +4,8 @@ worst-case cost, before anything is reserved or sent (no I/O)."""
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,7 +15,7 @@ from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
-from guardrail.errors import ContextWindowExceeded, GuardrailError
+from guardrail.errors import ContextWindowExceeded, GuardrailError, PriceUnavailable
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
 from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
@@ -50,6 +52,9 @@ class Plan:
     history_tokens: int = 0
     """Tokens of the server-side history included in ``prompt_tokens``."""
     max_prompt_tokens: int | None = None
+    priced: bool = True
+    """False for a model nothing prices, let through because no scope has a money limit:
+    it reserves tokens only and is recorded with an unknown cost."""
 
     @property
     def reserved_output_total(self) -> int:
@@ -206,15 +211,22 @@ class Planner:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
-        cost = worst_case_cost(
-            info,
-            prompt,
-            reserved * view.choices,
-            view.prompt_cache_write,
-            view.reserved_searches,
-            view.reserved_file_searches,
-            view.reserved_containers,
-        )
+        priced = True
+        try:
+            cost = worst_case_cost(
+                info,
+                prompt,
+                reserved * view.choices,
+                view.prompt_cache_write,
+                view.reserved_searches,
+                view.reserved_file_searches,
+                view.reserved_containers,
+            )
+        except PriceUnavailable:
+            if any(s.daily_nanos is not None or s.monthly_nanos is not None for s in scopes):
+                raise  # a money limit cannot be kept without a price
+            _warn_unpriced(info)
+            cost, priced = Decimal(0), False
         last = field_of(messages[-1], "content") if messages else None
         fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
@@ -240,6 +252,7 @@ class Planner:
             server_state=view.server_state,
             count_exactly=view.count_exactly,
             max_prompt_tokens=view.max_prompt_tokens,
+            priced=priced,
         )
 
     def _larger_model_plan(
@@ -253,7 +266,7 @@ class Planner:
         current: ModelInfo,
     ) -> Plan | None:
         for name in policy.fallback_models:
-            if model_info(name).context_window <= current.context_window:
+            if model_info(name).input_limit <= current.input_limit:
                 continue
             try:
                 return self.plan(
@@ -331,15 +344,40 @@ def worst_case_cost(
 def input_budget(
     info: ModelInfo, policy: Policy, reserved_output: int, request_cap: int | None = None
 ) -> tuple[int, str]:
-    """The most prompt tokens a call may send, and the name of the limit that sets it
-    (``request_cap``: the endpoint's own input limit, in place of the model's window)."""
+    """The most prompt tokens a call may send, and the name of the limit that sets it: the
+    context window less the reserved output, the model's own input cap (gpt-5: 272,000)
+    or the policy's ``max_input_tokens``, whichever is smallest (``request_cap``: the
+    endpoint's own input limit, in place of the model's window and cap)."""
     if request_cap is not None:
         budget, name = request_cap, f"the request input limit of {info.name}"
     else:
         budget, name = info.context_window - reserved_output, f"the context window of {info.name}"
+        if info.max_input_tokens is not None and info.max_input_tokens < budget:
+            budget, name = info.max_input_tokens, f"the input limit of {info.name}"
     if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
         return policy.max_input_tokens, "the policy's max_input_tokens"
     return budget, name
+
+
+_unpriced_lock = threading.Lock()
+_unpriced_warned: set[str] = set()
+
+
+def _warn_unpriced(info: ModelInfo) -> None:
+    """One warning per model: its calls go through, counted, with an unknown cost. An
+    unknown model already had the catalog's warning, which says it has no price."""
+    with _unpriced_lock:
+        if info.name in _unpriced_warned or not info.known:
+            _unpriced_warned.add(info.name)
+            return
+        _unpriced_warned.add(info.name)
+    warnings.warn(
+        f"guardrail has no price for model {info.name!r}: its calls are counted and recorded "
+        "with an unknown cost, and would be refused under a money limit. Pass its prices to "
+        "guardrail.register_model() to price them.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _fit(
