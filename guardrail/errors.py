@@ -95,13 +95,15 @@ class UnknownModelError(GuardrailError, KeyError):
 class PriceUnavailable(GuardrailError, LookupError):
     """The price data has no price for a model, so a USD cost cannot be computed."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, reason: str | None = None) -> None:
         super().__init__(model)
         self.model = model
+        self.reason = reason
 
     def __str__(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
         return (
-            f"no price known for model {self.model!r}: pass prices to "
+            f"no price known for model {self.model!r}{why}: pass prices to "
             "guardrail.register_model(..., input_usd_per_mtok=..., output_usd_per_mtok=...) "
             "or register it like=<a priced model>"
         )

@@ -48,7 +48,9 @@ def calls(server: Any, store: Any, sink: Any, **policies: Any) -> Guard:
     return guard
 
 
-def store_rows(store: Any) -> dict[tuple[str, str, str], tuple[Decimal, int, int, int]]:
+def store_rows(
+    store: Any, day: date = TODAY
+) -> dict[tuple[str, str, str], tuple[Decimal, int, int, int]]:
     return {
         (r.scope, r.model, r.day.isoformat()): (
             r.cost_usd,
@@ -56,7 +58,7 @@ def store_rows(store: Any) -> dict[tuple[str, str, str], tuple[Decimal, int, int
             r.output_tokens,
             r.requests,
         )
-        for r in store.usage_report(None, TODAY, TODAY)
+        for r in store.usage_report(None, day, day)
     }
 
 

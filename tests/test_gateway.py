@@ -454,3 +454,33 @@ def test_memory_store_with_workers_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="redis"):
         check_workers(config, 2)
     check_workers(config, 1)
+
+
+def test_a_policy_store_that_fails_is_a_503_not_a_500(server) -> None:
+    """The tenant's stored policy cannot be read: whose cap applies is unknown, so the call
+    is refused with a clear 503 (fail closed); once known, a blip keeps the known policy."""
+    from guardrail import MemoryStore
+
+    class Flaky(MemoryStore):
+        failing = True
+
+        async def aget_record(self, kind: str, name: str) -> str | None:
+            if self.failing and kind == "policies":
+                raise ConnectionError("Timeout connecting to server")
+            return await super().aget_record(kind, name)
+
+    store = Flaky()
+    with running(config_for(server.base_url), store=store) as (base, app):
+        with pytest.raises(openai.APIStatusError) as info:
+            oa(base).chat.completions.create(model="gpt-4o", messages=HELLO)
+        assert info.value.status_code == 503
+        assert info.value.response.json()["error"]["code"] == "store_unavailable"
+        assert server.requests == []
+        store.failing = False
+        oa(base).chat.completions.create(model="gpt-4o", messages=HELLO)
+        store.failing = True  # the policy is known now: a blip does not refuse anybody
+        cache = app.state.tenants._policies
+        for scope, (_, policy) in list(cache.items()):
+            cache[scope] = (0.0, policy)  # expired: the next call must try the store
+        oa(base).chat.completions.create(model="gpt-4o", messages=HELLO)
+        assert len(server.chat_requests) == 2

@@ -242,9 +242,10 @@ def test_counting_includes_system_tools_images_and_documents(fake) -> None:
     remote = counted(
         fake, messages=user({"type": "image", "source": {"type": "url", "url": "https://x/a.png"}})
     )
-    assert big - base == math.ceil(1000 * 1000 / 750)  # Anthropic's formula, from the header
-    assert small - base == math.ceil(200 * 200 / 750)
-    assert remote - base == 1600  # never fetched: the most an image can cost
+    # Anthropic's 28px patches, from the header: ceil(1000/28)^2 and ceil(200/28)^2.
+    assert big - base == 36 * 36
+    assert small - base == 8 * 8
+    assert remote - base == 1568  # never fetched: the most an image costs on the standard tier
     document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf"}}
     three_pages = counted(
         fake, messages=user({**document, "source": {**document["source"], "data": pdf(3)}})

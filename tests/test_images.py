@@ -235,7 +235,8 @@ def test_patch_formula_matches_openai_examples() -> None:
         ("low", MINI_PATCH, 2489),  # detail does not change the patch rule: ceil(1536*1.62)
         ("high", MINI_PATCH, 2489),
         ("high", NANO_PATCH, 3779),  # ceil(1536 * 2.46) = ceil(3778.56)
-        (None, images.ANTHROPIC_IMAGE_RULE, 1600),
+        (None, images.ANTHROPIC_IMAGE_RULE, 1568),
+        (None, images.ANTHROPIC_HIGH_RES_IMAGE_RULE, 4784),
     ],
 )
 def test_remote_urls_count_the_worst_case(
@@ -257,9 +258,11 @@ def test_remote_urls_count_the_worst_case(
         ((1024, 1024), "high", GPT_4O_MINI, 2833 + 4 * 5667),
         ((1024, 1024), "high", MINI_PATCH, 1659),
         ((1800, 2400), "low", MINI_PATCH, math.ceil(1452 * 1.62)),
-        # Anthropic: 1000*1000/750 = 1333.3 -> 1334; 2000x1500 is scaled to the cap, 1600.
-        ((1000, 1000), None, images.ANTHROPIC_IMAGE_RULE, 1334),
-        ((2000, 1500), None, images.ANTHROPIC_IMAGE_RULE, 1600),
+        # Anthropic: ceil(1000/28)^2 = 36^2 = 1296; 2000x1500 is scaled down to a 1270 px
+        # long edge (46 patches) and a 952.5 px short side: 34 patches rounded down (1564),
+        # 35 rounded up (1610): the bound is the tier's cap, 1568.
+        ((1000, 1000), None, images.ANTHROPIC_IMAGE_RULE, 1296),
+        ((2000, 1500), None, images.ANTHROPIC_IMAGE_RULE, 1568),
     ],
 )
 def test_data_urls_of_each_format_and_rule(
@@ -317,7 +320,7 @@ def test_remote_image_in_a_message_is_the_worst_case() -> None:
     assert counter.message(msg) == 3 + counter.text("user") + 1445
 
 
-def test_claude_images_use_the_area_rule() -> None:
+def test_claude_images_use_the_patch_rule() -> None:
     counter = TokenCounter("claude-sonnet-4")
     part = {
         "type": "image",
@@ -327,6 +330,6 @@ def test_claude_images_use_the_area_rule() -> None:
             "data": base64.b64encode(png(1000, 1000)).decode(),
         },
     }
-    assert counter.message({"role": "user", "content": [part]}) == 3 + counter.text("user") + 1334
+    assert counter.message({"role": "user", "content": [part]}) == 3 + counter.text("user") + 1296
     remote = {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
-    assert counter.message({"role": "user", "content": [remote]}) == 3 + counter.text("user") + 1600
+    assert counter.message({"role": "user", "content": [remote]}) == 3 + counter.text("user") + 1568

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,30 @@ def test_rebuild_on_real_redis(server, clock, sink, ledger_url, tmp_path) -> Non
         db.close()
     finally:
         cleanup(store)
+
+
+def test_retention_deletes_whole_days_past_the_limit(server, clock, ledger_url, tmp_path) -> None:
+    """Records from 2026-11-23, a ledger kept 7 days, read on 2026-12-01: they go (and their
+    scopes with them); a record of the day itself stays."""
+    store = MemoryStore(clock=clock)
+    later = clock() + 8 * 86_400
+    sink = LedgerSink(
+        ledger_url, spool_path=tmp_path / "r.jsonl", retention_days=7, clock=lambda: later
+    )
+    calls(server, store, sink)
+    assert sink.flush()
+    sink.close()
+    assert ledger_rows(ledger_url) == {}
+    db = connect(ledger_url)
+    assert db.execute("SELECT COUNT(*) FROM usage_scopes") == [(0,)]
+    clock.advance(8 * 86_400)
+    fresh = LedgerSink(ledger_url, spool_path=tmp_path / "r2.jsonl", retention_days=7, clock=clock)
+    calls(server, store, fresh)
+    assert fresh.flush()
+    fresh.close()
+    assert ledger_rows(ledger_url) == store_rows(store, clock_day(clock))
+    db.close()
+
+
+def clock_day(clock: Any) -> date:
+    return datetime.fromtimestamp(clock(), UTC).date()

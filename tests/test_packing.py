@@ -209,3 +209,100 @@ def test_pieces_are_packed_safely() -> None:
     for budget in (5, 50, 500):
         result = pack_documents(docs, budget, MODEL, min_tokens_for_partial=3)
         assert result.tokens <= budget and "\ufffd" not in result.text.replace("\ufffd" * 20, "")
+
+
+# ----------------------------------------------------------------------------- shapes
+#
+# Stand-ins with the attribute names of the real classes (langchain_core.documents.Document,
+# llama_index.core.schema.TextNode / NodeWithScore, haystack.Document), so that these tests
+# need none of those libraries.
+
+
+class LangChainDocument:
+    def __init__(self, page_content: str, metadata: dict[str, Any] | None = None) -> None:
+        self.page_content = page_content
+        self.metadata = metadata or {}
+        self.id = None
+
+
+class LlamaTextNode:
+    def __init__(self, text: str, metadata: dict[str, Any] | None = None) -> None:
+        self.text = text
+        self.metadata = metadata or {}
+        self.id_ = "node-1"
+
+    def get_content(self, metadata_mode: object = None) -> str:
+        return self.text
+
+
+class LlamaNodeWithScore:
+    def __init__(self, node: LlamaTextNode, score: float | None = None) -> None:
+        self.node = node
+        self.score = score
+
+
+class HaystackDocument:
+    def __init__(self, content: str, meta: dict[str, Any], score: float | None) -> None:
+        self.content = content
+        self.meta = meta
+        self.score = score
+
+
+class OnlyGetContent:
+    def get_content(self) -> str:
+        return "from get_content"
+
+
+@pytest.mark.parametrize(
+    ("doc", "text", "score", "metadata"),
+    [
+        ({"text": "a", "score": 2}, "a", 2.0, {}),
+        ({"content": "b", "score": 0.5, "id": 7}, "b", 0.5, {"id": 7}),
+        ({"page_content": "c", "metadata": {"score": 0.25, "src": "x"}}, "c", 0.25, None),
+        ({"content": "d", "metadata": {"relevance_score": 0.75}}, "d", 0.75, None),
+        (LangChainDocument("e", {"source": "f.md"}), "e", 0.0, {"source": "f.md"}),
+        (LangChainDocument("f", {"score": 0.9}), "f", 0.9, {"score": 0.9}),
+        ((LangChainDocument("g"), 0.3), "g", 0.3, {}),
+        (LlamaTextNode("h", {"page": 2}), "h", 0.0, {"page": 2}),
+        (LlamaNodeWithScore(LlamaTextNode("i"), 0.8), "i", 0.8, {}),
+        (LlamaNodeWithScore(LlamaTextNode("j", {"score": 0.1}), None), "j", 0.1, None),
+        (HaystackDocument("k", {"file": "k.pdf"}, 0.6), "k", 0.6, {"file": "k.pdf"}),
+        (OnlyGetContent(), "from get_content", 0.0, {}),
+        (("l", 4), "l", 4.0, {}),
+    ],
+)
+def test_documents_in_the_ecosystems_shapes(
+    doc: Any, text: str, score: float, metadata: dict[str, Any] | None
+) -> None:
+    found = as_document(doc)
+    assert (found.text, found.score) == (text, score)
+    if metadata is not None:
+        assert dict(found.metadata) == metadata
+    assert found.source is doc  # the caller's object comes back with the result
+
+
+def test_pack_documents_takes_mixed_shapes_and_hands_back_the_originals() -> None:
+    lc = LangChainDocument("LangChain text. " * 5, {"score": 0.2})
+    node = LlamaNodeWithScore(LlamaTextNode("LlamaIndex text. " * 5), 0.9)
+    rag = {"content": "Plain RAG dict. " * 5, "score": 0.5}
+    result = pack_documents([lc, node, rag], 10_000, MODEL)
+    assert [d.source for d in result.included] == [node, rag, lc]
+    assert result.text.startswith("LlamaIndex text.")
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"score": 1}, "no 'text' \\(nor 'content' or 'page_content'\\)"),
+        ({"content": 3}, r"docs\[0\]\['content'\] must be a str"),
+        ({"text": "x", "score": None, "metadata": {"score": "high"}}, "metadata\\['score'\\]"),
+        (LangChainDocument("x", {"score": "high"}), "score"),
+        ((LangChainDocument("x"), "high"), "must be a Document"),
+        ((LangChainDocument("x"), float("nan")), "NaN"),
+        (object(), "a LangChain Document, a LlamaIndex node"),
+        (b"bytes", "got bytes"),
+    ],
+)
+def test_unreadable_documents_say_what_was_expected(doc: Any, match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=match):
+        pack_documents([doc], 100, MODEL)

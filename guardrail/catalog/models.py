@@ -1,31 +1,38 @@
-"""The model catalog: encoding, context window, output cap and provider of each model.
+"""The model catalog: encoding, context window, input and output caps, provider, prices.
 
-Where each figure comes from:
+Where each figure comes from (docs/catalog.md has the detail and how to update it):
 
-* ``context_window``: the smaller of genai-prices' figure for the model (maintained price
-  data, shipped offline) and the family figure in ``guardrail/data/models.json``, so that
-  a stale figure errs towards trimming rather than towards a provider 400.
-* ``max_output_tokens``: ``models.json``, from the providers' model pages.
+* ``context_window``, ``max_input_tokens``, ``max_output_tokens``: the provider's model
+  page, kept with its source in ``guardrail/catalog/data/models.json``;
+  ``tests/test_models.py`` checks every catalog model's window against genai-prices'
+  within a stated tolerance, so drift in either source is seen.
+* prices (``input_usd_per_mtok`` ...): genai-prices' base-tier prices, shown here as the
+  cost functions use them (they also apply genai-prices' long-context tiers and
+  cache-write prices); fine-tunes genai-prices does not price: ``models.json``'s
+  ``fine_tunes``, from OpenAI's pricing page; :func:`register_model` overrides.
 * ``encoding``: tiktoken's own model table where it knows the model; otherwise the
   family's entry in ``models.json``, flagged ``encoding_assumed`` (the gpt-6 family:
   tiktoken 0.14 has no entry for it; every OpenAI chat model since gpt-4o uses
   ``o200k_base``, so that is assumed until tiktoken says otherwise).
 * Claude models use ``encoding="claude"``: Anthropic publishes no local tokenizer, so
-  local counts for them are estimates (see :mod:`guardrail.counting.messages`).
+  local counts for them are estimates, ``o200k_base`` times the family's ``text_margin``.
+* ``image_rule``: the provider's published image rule for the family
+  (:mod:`guardrail.counting.vision`).
 
-Names resolve to a family by their longest known prefix, after dropping a provider
-prefix (``azure/``, ``openai/``), a fine-tune wrapper (``ft:gpt-4o-mini:org::id``) and
-a ``@version`` suffix; dated snapshots (``gpt-4o-2024-08-06``) resolve to their family.
-A new model of a known family needs no code; a new family needs one line of data.
+Names resolve to a family by their longest known prefix, after
+:func:`~guardrail.catalog.names.parse_name` dropped what does not change the model (a
+router prefix, a fine-tune wrapper, Bedrock's region and version, Vertex's ``@date``);
+dated snapshots (``gpt-4o-2024-08-06``) resolve to their family. A new model of a known
+family needs no code; a new family needs one line of data.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 import threading
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
@@ -33,15 +40,30 @@ from typing import Any, Literal
 
 import tiktoken
 
+from guardrail.catalog.names import parse_name
+from guardrail.catalog.price_data import pricing_for
 from guardrail.errors import ConfigurationError, UnknownModelError, describe
 
-__all__ = ["ModelInfo", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "catalog_data",
+    "image_rule",
+    "list_models",
+    "model_info",
+    "normalise_name",
+    "register_model",
+]
 
 Provider = Literal["openai", "anthropic", "unknown"]
+Kind = Literal["chat", "embedding"]
 FALLBACK_ENCODING = "o200k_base"
 # Figures for a model nobody knows: the most common window of current chat models.
 _FALLBACK_CONTEXT_WINDOW = 128_000
 _FALLBACK_MAX_OUTPUT = 16_384
+# A Claude model without a family (registered from scratch): the larger image tier and
+# text margin, which err high.
+_UNKNOWN_CLAUDE_IMAGE = "claude-high-res"
+_UNKNOWN_CLAUDE_TEXT = "claude-opus-4.7"
 
 
 @dataclass(frozen=True)
@@ -59,16 +81,47 @@ class ModelInfo:
     price_ref: str | None = None
     """The name prices are looked up under (a registered deployment points at its base)."""
     input_usd_per_mtok: Decimal | None = None
-    """Price overrides from :func:`register_model`; None means "ask genai-prices"."""
+    """USD per million input tokens: the price the cost functions use (the base tier of a
+    tiered price); None when nothing prices the model. See :attr:`price_override`."""
     output_usd_per_mtok: Decimal | None = None
     cached_input_usd_per_mtok: Decimal | None = None
     tool_constants: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     image_rule: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    max_input_tokens: int | None = None
+    """The most prompt tokens the API accepts, when it is below ``context_window`` minus
+    the output (gpt-5: 272,000 of a 400,000 window). None: the window is the only limit."""
+    kind: Kind = "chat"
+    """``"embedding"`` for embedding models (no output; ``max_input_tokens`` per input)."""
+    text_margin: float | None = None
+    """Claude estimates: each string counts ``ceil(o200k_base tokens * text_margin)``."""
+    price_override: bool | None = None
+    """True: the three price fields are the price (:func:`register_model`, the catalog's
+    fine-tune prices). False: they show the price data's base-tier prices, and costs are
+    computed by the price data (tiers, cache writes). None (a ``ModelInfo`` built by hand):
+    the fields are the price when both are set."""
+    price_provider: str | None = None
+    """The price data's provider id, when it is not ``provider`` (``"aws"`` for Bedrock)."""
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Where the figures come from (``models.json``)."""
 
     @property
     def exact_tokenizer(self) -> bool:
         """True when local counts are exact (a tiktoken encoding), False for estimates."""
         return self.encoding != "claude"
+
+    @property
+    def input_limit(self) -> int:
+        """The most prompt tokens a call can send, before any output is reserved."""
+        if self.max_input_tokens is None:
+            return self.context_window
+        return min(self.context_window, self.max_input_tokens)
+
+    @property
+    def prices_set(self) -> bool:
+        """Whether the price fields are the price the cost functions charge."""
+        if self.price_override is None:
+            return self.input_usd_per_mtok is not None and self.output_usd_per_mtok is not None
+        return self.price_override
 
 
 @functools.cache
@@ -83,21 +136,21 @@ MAX_NAME_LENGTH = 256
 would be kept by the resolver's cache and printed whole in the unknown-model warning."""
 _MAX_WARNED = 1024  # unknown names warned about once each; past this, no more warnings
 
+
+def catalog_data() -> Mapping[str, Any]:
+    """The catalog's data (``data/models.json``, parsed once): families, rules, sources."""
+    return _data()
+
+
 _lock = threading.Lock()
 _registered: dict[str, ModelInfo] = {}
 _warned: set[str] = set()
-_DATE_OR_VERSION = re.compile(r"@.*$")
 
 
 def normalise_name(model: str) -> str:
-    """Strip what does not change the model: provider prefix, fine-tune wrapper, ``@v``."""
-    name = model.strip().lower()
-    if name.startswith("ft:"):
-        parts = name.split(":")
-        name = parts[1] if len(parts) > 1 and parts[1] else name
-    if "/" in name:
-        name = name.rsplit("/", 1)[1]
-    return _DATE_OR_VERSION.sub("", name)
+    """Strip what does not change the model: router prefix, fine-tune wrapper, platform
+    prefixes and suffixes (Bedrock, Vertex), ``@version``; apply the catalog's aliases."""
+    return parse_name(model, _data()["aliases"]).name
 
 
 def _family_of(name: str) -> str | None:
@@ -110,31 +163,6 @@ def _family_of(name: str) -> str | None:
     return best
 
 
-def _price_data_model(name: str, provider: str) -> Any | None:
-    from genai_prices import data_snapshot
-
-    try:
-        _, found = data_snapshot.get_snapshot().find_provider_model(name, None, provider, None)
-    except LookupError:
-        return None
-    return found
-
-
-def _price_data_window(name: str, provider: str) -> int | None:
-    found = _price_data_model(name, provider)
-    return None if found is None else found.context_window
-
-
-def _price_ref(model: str, name: str, provider: str) -> str:
-    """The name prices are looked up under: the name as given when the price data knows it,
-    else the normalised name (``azure/gpt-4o`` is priced as ``gpt-4o``). A fine-tune the
-    price data does not know keeps its own name (and so no price): its base model's price
-    would understate it."""
-    if model.lower().startswith("ft:") or _price_data_model(model, provider) is not None:
-        return model
-    return name
-
-
 def _tiktoken_encoding(name: str) -> str | None:
     try:
         return tiktoken.encoding_name_for_model(name)
@@ -142,35 +170,60 @@ def _tiktoken_encoding(name: str) -> str | None:
         return None
 
 
+def image_rule(name: str) -> dict[str, Any]:
+    """The catalog's image rule called ``name``, with ``max`` rules expanded."""
+    rules: Mapping[str, Any] = _data()["images"]
+    rule = {k: v for k, v in rules[name].items() if k not in ("source", "note")}
+    if rule.get("kind") == "max":
+        rule["rules"] = [image_rule(r) for r in rule["rules"]]
+    return rule
+
+
+def _text_margin(name: str) -> float:
+    return float(_data()["text"][name]["margin"])
+
+
 @functools.lru_cache(maxsize=4096)
 def _resolve(model: str) -> ModelInfo | None:
-    name = normalise_name(model)
-    family = _family_of(name)
+    data = _data()
+    parsed = parse_name(model, data["aliases"])
+    family = _family_of(parsed.name)
     if family is None:
         return None
-    data = _data()
     fam: dict[str, Any] = data["families"][family]
-    window: int = fam["context_window"]
-    priced_window = _price_data_window(name, fam["provider"])
-    if priced_window:
-        window = min(window, priced_window)
+    provider = fam["provider"]
     encoding = fam["encoding"]
     assumed = bool(fam.get("encoding_assumed", False))
-    if fam["provider"] == "openai":
-        known_encoding = _tiktoken_encoding(name)
+    if provider == "openai":
+        known_encoding = _tiktoken_encoding(parsed.name)
         if known_encoding is not None:
             encoding, assumed = known_encoding, False
+    pricing = pricing_for(model.strip(), parsed, family, provider, data["fine_tunes"])
+    sources = {"figures": fam["source"], "prices": pricing.source}
+    if "image" in fam:
+        sources["image"] = data["images"][fam["image"]]["source"]
+    if "text" in fam:
+        sources["text"] = data["text"][fam["text"]]["source"]
     return ModelInfo(
         name=model.strip(),
-        provider=fam["provider"],
+        provider=provider,
         encoding=encoding,
-        context_window=window,
+        context_window=fam["context_window"],
         max_output_tokens=fam["max_output_tokens"],
         family=family,
         encoding_assumed=assumed,
-        price_ref=_price_ref(model.strip(), name, fam["provider"]),
+        price_ref=pricing.ref,
+        input_usd_per_mtok=pricing.prices[0],
+        output_usd_per_mtok=pricing.prices[1],
+        cached_input_usd_per_mtok=pricing.prices[2],
         tool_constants=dict(data["tools"].get(fam.get("tools", ""), data["tools"]["o200k"])),
-        image_rule=dict(data["images"].get(fam.get("image", ""), {})),
+        image_rule=image_rule(fam["image"]) if "image" in fam else {},
+        max_input_tokens=fam.get("max_input_tokens"),
+        kind=fam.get("kind", "chat"),
+        text_margin=_text_margin(fam["text"]) if "text" in fam else None,
+        price_override=pricing.override,
+        price_provider=pricing.provider,
+        sources=sources,
     )
 
 
@@ -202,8 +255,8 @@ def model_info(model: str, *, strict: bool = False) -> ModelInfo:
     if first:
         warnings.warn(
             f"guardrail does not know model {describe(model)}; counting with "
-            f"{FALLBACK_ENCODING} and assuming a {_FALLBACK_CONTEXT_WINDOW}-token window. "
-            "Register it with guardrail.register_model() to silence this.",
+            f"{FALLBACK_ENCODING} and assuming a {_FALLBACK_CONTEXT_WINDOW}-token window, with "
+            "no price. Register it with guardrail.register_model() to silence this.",
             UserWarning,
             stacklevel=2,
         )
@@ -217,7 +270,7 @@ def model_info(model: str, *, strict: bool = False) -> ModelInfo:
         known=False,
         price_ref=model,
         tool_constants=dict(_data()["tools"]["o200k"]),
-        image_rule=dict(_data()["images"]["tile-85-170"]),
+        image_rule=image_rule("tile-85-170"),
     )
 
 
@@ -232,13 +285,15 @@ def register_model(
     input_usd_per_mtok: Decimal | int | str | None = None,
     output_usd_per_mtok: Decimal | int | str | None = None,
     cached_input_usd_per_mtok: Decimal | int | str | None = None,
+    max_input_tokens: int | None = None,
 ) -> ModelInfo:
     """Add a model (an Azure deployment, a new release) or override a known one.
 
     ``like`` copies every figure (and the price) from an existing model first, so
     ``register_model("azure/my-deployment", like="gpt-4o")`` is enough for a deployment.
     Prices are USD per million tokens; money is never a float, so pass ``Decimal``,
-    ``int`` or ``str``.
+    ``int`` or ``str``. Give ``input_usd_per_mtok`` and ``output_usd_per_mtok`` together
+    (``cached_input_usd_per_mtok`` defaults to the input price).
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"model name must be a non-empty string, got {describe(name)}")
@@ -262,15 +317,7 @@ def register_model(
             raise ConfigurationError(
                 f"registering unknown model {describe(name)} needs like=... or {', '.join(missing)}"
             )
-        # Only gpt-4o's counting constants are kept; the price is this model's own, and the
-        # encoding is assumed (Claude's estimate for an Anthropic model) unless given.
-        base = replace(
-            model_info("gpt-4o"),
-            price_ref=name,
-            family=None,
-            encoding="claude" if provider == "anthropic" else FALLBACK_ENCODING,
-            encoding_assumed=provider != "anthropic",
-        )
+        base = _from_scratch(name, provider)
     if encoding is not None and encoding != "claude":
         try:
             tiktoken.get_encoding(encoding)
@@ -279,45 +326,70 @@ def register_model(
     for label, value in (
         ("context_window", context_window),
         ("max_output_tokens", max_output_tokens),
+        ("max_input_tokens", max_input_tokens),
     ):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value <= 0
         ):
             raise ConfigurationError(f"{label} must be a positive int, got {describe(value)}")
-
-    def price_or(label: str, value: object, current: Decimal | None) -> Decimal | None:
-        return current if value is None else _price(label, value)
-
     info = replace(
         base,
-        input_usd_per_mtok=price_or(
-            "input_usd_per_mtok", input_usd_per_mtok, base.input_usd_per_mtok
-        ),
-        output_usd_per_mtok=price_or(
-            "output_usd_per_mtok", output_usd_per_mtok, base.output_usd_per_mtok
-        ),
-        cached_input_usd_per_mtok=price_or(
-            "cached_input_usd_per_mtok", cached_input_usd_per_mtok, base.cached_input_usd_per_mtok
-        ),
         name=name,
         provider=provider or base.provider,
         encoding=encoding or base.encoding,
         context_window=context_window or base.context_window,
         max_output_tokens=max_output_tokens or base.max_output_tokens,
+        max_input_tokens=max_input_tokens or base.max_input_tokens,
         encoding_assumed=False if encoding else base.encoding_assumed,
         known=True,
     )
-    if (info.input_usd_per_mtok is None) != (info.output_usd_per_mtok is None) or (
-        info.cached_input_usd_per_mtok is not None and info.input_usd_per_mtok is None
-    ):
-        # A half-given price would be silently replaced by the price data's.
-        raise ConfigurationError(
-            f"model {describe(name)}: give input_usd_per_mtok and output_usd_per_mtok together "
-            "(and cached_input_usd_per_mtok only with them)"
+    prices = (
+        None if input_usd_per_mtok is None else _price("input_usd_per_mtok", input_usd_per_mtok),
+        None if output_usd_per_mtok is None else _price("output_usd_per_mtok", output_usd_per_mtok),
+        None
+        if cached_input_usd_per_mtok is None
+        else _price("cached_input_usd_per_mtok", cached_input_usd_per_mtok),
+    )
+    if any(p is not None for p in prices):
+        if prices[0] is None or prices[1] is None:
+            # A half-given price would be silently completed by the price data's.
+            raise ConfigurationError(
+                f"model {describe(name)}: give input_usd_per_mtok and output_usd_per_mtok together "
+                "(and cached_input_usd_per_mtok only with them)"
+            )
+        info = replace(
+            info,
+            input_usd_per_mtok=prices[0],
+            output_usd_per_mtok=prices[1],
+            cached_input_usd_per_mtok=prices[2],
+            price_override=True,
         )
     with _lock:
         _registered[name] = info
     return info
+
+
+def _from_scratch(name: str, provider: Provider | None) -> ModelInfo:
+    """The base of a model registered without ``like``: only gpt-4o's counting constants
+    are kept; the price is this model's own (none until given), the encoding assumed
+    (Claude's estimate, at its larger margin and image tier, for an Anthropic model)."""
+    claude = provider == "anthropic"
+    return replace(
+        model_info("gpt-4o"),
+        price_ref=name,
+        family=None,
+        encoding="claude" if claude else FALLBACK_ENCODING,
+        encoding_assumed=not claude,
+        input_usd_per_mtok=None,
+        output_usd_per_mtok=None,
+        cached_input_usd_per_mtok=None,
+        price_override=None,
+        price_provider=None,
+        max_input_tokens=None,
+        text_margin=_text_margin(_UNKNOWN_CLAUDE_TEXT) if claude else None,
+        image_rule=image_rule(_UNKNOWN_CLAUDE_IMAGE if claude else "tile-85-170"),
+        sources={},
+    )
 
 
 def _price(label: str, value: object) -> Decimal:

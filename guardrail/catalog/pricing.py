@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import genai_prices
 from genai_prices import data_snapshot
@@ -80,6 +80,9 @@ def _check_count(label: str, value: object) -> int:
 
 
 def _provider_id(info: ModelInfo) -> str | None:
+    """The provider the price data prices the model under (Bedrock ids: ``aws``)."""
+    if info.price_provider is not None:
+        return info.price_provider
     return info.provider if info.provider in ("openai", "anthropic") else None
 
 
@@ -207,7 +210,7 @@ def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
 
 
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
-    if info.input_usd_per_mtok is not None and info.output_usd_per_mtok is not None:
+    if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         if cached_price is None:
             cached_price = info.input_usd_per_mtok
@@ -215,7 +218,7 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
         return (
             uncached * info.input_usd_per_mtok
             + usage.cached_input_tokens * cached_price
-            + usage.output_tokens * info.output_usd_per_mtok
+            + usage.output_tokens * (info.output_usd_per_mtok or 0)
         ) / _MTOK
     ref = info.price_ref or info.name
     provider = _provider_id(info)
@@ -223,7 +226,7 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     if resolved.price is None or (
         resolved.price.input_mtok is None and resolved.price.output_mtok is None
     ):
-        raise PriceUnavailable(info.name)
+        raise PriceUnavailable(info.name, reason=_unpriced_reason(info))
     if resolved.flat is not None:
         fast = _fast_cost(resolved.flat, usage)
         if fast is not None:
@@ -231,10 +234,19 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     try:
         calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=provider)
     except LookupError as exc:
-        raise PriceUnavailable(info.name) from exc
+        raise PriceUnavailable(info.name, reason=_unpriced_reason(info)) from exc
     except ValueError as exc:  # inconsistent usage, e.g. more cached than input tokens
         raise InvalidRequestError(f"invalid token usage {usage}: {exc}") from exc
     return calc.total_price
+
+
+def _unpriced_reason(info: ModelInfo) -> str | None:
+    if info.name.strip().lower().startswith("ft:") and info.family is not None:
+        return (
+            f"neither the price data nor the catalog's fine_tunes price fine-tunes of "
+            f"{info.family} (a base model's price would understate a fine-tune)"
+        )
+    return None
 
 
 def estimate_cost(
@@ -273,25 +285,54 @@ def _as_mapping(usage: Any) -> Mapping[str, Any]:
     raise InvalidRequestError(f"cannot read token usage from {type(usage).__name__}")
 
 
+UsageShape = Literal["chat", "responses", "embeddings", "anthropic"]
+
+
+def _shape(data: Mapping[str, Any], provider: str) -> UsageShape:
+    if provider == "anthropic":
+        return "anthropic"
+    if "prompt_tokens" in data:
+        return "chat" if "completion_tokens" in data else "embeddings"
+    if "input_tokens" in data:
+        return "responses"
+    return "chat"  # the extractor then names what is missing
+
+
+_FLAVOR: dict[UsageShape, str] = {
+    "chat": "chat",
+    "responses": "responses",
+    "embeddings": "embeddings",
+    "anthropic": "default",
+}
+
+
 def usage_from_sdk(usage: Any, *, provider: str) -> TokenUsage:
     """Normalise an SDK usage object (or its dict) into :class:`TokenUsage`.
 
-    OpenAI chat completions: ``prompt_tokens`` (cached ones in
+    OpenAI Chat Completions: ``prompt_tokens`` (cached ones in
     ``prompt_tokens_details.cached_tokens``), ``completion_tokens`` (reasoning included).
-    Anthropic messages: ``input_tokens`` excludes cache reads and writes, which are added.
+    OpenAI Responses: ``input_tokens`` (cached in ``input_tokens_details.cached_tokens``),
+    ``output_tokens`` (reasoning in ``output_tokens_details.reasoning_tokens``, included).
+    OpenAI embeddings: ``prompt_tokens`` alone. Anthropic messages: ``input_tokens``
+    excludes cache reads and writes, which are added. The shape is told by its fields.
     """
     data = _as_mapping(usage)
-    flavor = "default" if provider == "anthropic" else "chat"
+    shape = _shape(data, provider)
+    # Details an SDK leaves unset are dumped as None: the extractors want them absent.
+    cleaned = {k: v for k, v in data.items() if v is not None}
     try:
         extractor = data_snapshot.get_snapshot().find_provider(None, provider, None)
-        _, u = extractor.extract_usage({"usage": dict(data)}, api_flavor=flavor)
+        _, u = extractor.extract_usage({"usage": cleaned}, api_flavor=_FLAVOR[shape])
     except (LookupError, ValueError, TypeError) as exc:
         raise InvalidRequestError(
             f"malformed {provider} usage {describe(dict(data))}: {exc}"
         ) from exc
 
     def get(name: str) -> int:
-        return int(getattr(u, name, None) or 0)
+        value = getattr(u, name, None) or 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequestError(f"usage field {name} must be a non-negative int: {value!r}")
+        return value
 
     return TokenUsage(
         input_tokens=get("input_tokens"),
@@ -304,20 +345,23 @@ def usage_from_sdk(usage: Any, *, provider: str) -> TokenUsage:
 
 
 def usage_cost(model: str | ModelInfo, usage: TokenUsage | Any) -> Decimal:
-    """USD cost of an SDK response's ``usage`` (or a :class:`TokenUsage`)."""
+    """USD cost of an SDK response's ``usage`` (or a :class:`TokenUsage`): a Chat
+    Completions, Responses or embeddings usage (object or dict), or an Anthropic one."""
     info = model if isinstance(model, ModelInfo) else model_info(model)
     if isinstance(usage, TokenUsage):
         for name in TokenUsage.__dataclass_fields__:
             _check_count(name, getattr(usage, name))
     else:
-        usage = usage_from_sdk(usage, provider=_provider_id(info) or "openai")
+        # The usage's shape is the API's (Bedrock speaks Anthropic's), not the price data's.
+        shape = info.provider if info.provider in ("openai", "anthropic") else "openai"
+        usage = usage_from_sdk(usage, provider=shape)
     return _cost(info, usage)
 
 
 def prices_per_million(model: str | ModelInfo) -> tuple[Decimal | None, Decimal | None]:
     """(input, output) USD per million tokens at the base tier, or None where unknown."""
     info = model if isinstance(model, ModelInfo) else model_info(model)
-    if info.input_usd_per_mtok is not None:
+    if info.prices_set:
         return info.input_usd_per_mtok, info.output_usd_per_mtok
     price = _resolve_price(info.price_ref or info.name, _provider_id(info)).price
     if price is None:

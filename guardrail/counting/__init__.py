@@ -1,8 +1,9 @@
 """Exact prompt-token counting: text, chat messages, tools, images, audio.
 
 Owns: the OpenAI cookbook's rules (:mod:`.messages`, :mod:`.tools`), the providers'
-published image rules (:mod:`.images`, :mod:`.media`), the per-encoding string caches
-(:mod:`.text`), and the local estimate of a Claude prompt (:mod:`.claude`).
+published image rules (:mod:`.vision`) and the image parts they apply to (:mod:`.images`,
+:mod:`.media`), the per-encoding string caches (:mod:`.text`), and the local estimate of
+a Claude prompt (:mod:`.claude`).
 May import: catalog (a model's encoding and constants), errors.
 """
 

@@ -1,8 +1,9 @@
 """The local estimate of a Claude prompt: Anthropic publishes no tokenizer for its current
-models, so every string is counted with ``o200k_base`` times the model's margin (see
-:class:`~guardrail.counting.messages.TokenCounter`), plus the rules below for what is not
-text (images, PDF pages, the tool-use system prompt, turn markers). The exact count is
-the provider's ``messages.count_tokens`` (:mod:`guardrail.providers.anthropic`).
+models, so every string is counted with ``o200k_base`` times the family's margin
+(``ModelInfo.text_margin``, see :class:`~guardrail.counting.messages.TokenCounter`), plus
+the rules below for what is not text (images, PDF pages, the tool-use system prompt,
+turn markers). The exact count is the provider's ``messages.count_tokens``
+(:mod:`guardrail.providers.anthropic`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from guardrail.counting.images import (
-    ANTHROPIC_IMAGE_RULE,
+    ANTHROPIC_HIGH_RES_IMAGE_RULE,
     image_size_from_base64,
     tokens_for_size,
     worst_case_tokens,
 )
 from guardrail.counting.messages import TokenCounter, field_of
+from guardrail.counting.text import CLAUDE_SAFETY_MARGIN, estimate_margin
 from guardrail.errors import InvalidRequestError
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "TOKENS_PER_TOOL_CALL",
     "TOOL_USE_SYSTEM_PROMPT_TOKENS",
     "message_tokens",
+    "pdf_page_tokens",
     "plain",
     "request_tokens",
 ]
@@ -45,8 +49,10 @@ TOOL_USE_SYSTEM_PROMPT_TOKENS = 346
 """Anthropic adds a tool-use system prompt when ``tools`` are given: 346 tokens on current
 models with ``tool_choice`` auto or none (313 with any or tool), the largest it publishes."""
 PDF_PAGE_TOKENS = 4_600
-"""A PDF page: Anthropic bills its text (1,500-3,000 tokens a page, it says) and the page as
-an image (at most ~1,600 tokens), so 3,000 + 1,600 errs high."""
+"""A PDF page before Opus 4.7: Anthropic bills its text (1,500-3,000 tokens a page, it says)
+and the page as an image (at most 1,568 tokens on the standard tier), so 3,000 + 1,600
+errs high. Models with a larger image tier or text margin pay :func:`pdf_page_tokens`."""
+_PDF_PAGE_TEXT_TOKENS = 3_000
 DOCUMENT_ASSUMED_PAGES = 20
 """Pages assumed for a PDF guardrail cannot read (a URL or file id, or no page objects
 found): an assumption, not a bound. The exact count replaces it when it is on."""
@@ -164,11 +170,21 @@ def _document(counter: TokenCounter, block: Mapping[str, Any], where: str) -> in
     pages = DOCUMENT_ASSUMED_PAGES
     if kind == "base64":
         pages = _pdf_pages(source.get("data"), where) or DOCUMENT_ASSUMED_PAGES
-    return total + pages * PDF_PAGE_TOKENS
+    return total + pages * pdf_page_tokens(counter)
+
+
+def pdf_page_tokens(counter: TokenCounter) -> int:
+    """The most a PDF page costs on this model: its text (3,000 tokens at the 4.6-era
+    tokenizer, scaled by the family's margin over the 1.25 default) and its page image
+    (the worst case of the model's image rule)."""
+    rule = counter.info.image_rule or ANTHROPIC_HIGH_RES_IMAGE_RULE
+    margin = estimate_margin(counter.info) or CLAUDE_SAFETY_MARGIN
+    text = math.ceil(_PDF_PAGE_TEXT_TOKENS * margin / CLAUDE_SAFETY_MARGIN)
+    return max(PDF_PAGE_TOKENS, text + worst_case_tokens(None, rule))
 
 
 def _image_tokens(counter: TokenCounter, source: Any, where: str) -> int:
-    rule = counter.info.image_rule or ANTHROPIC_IMAGE_RULE
+    rule = counter.info.image_rule or ANTHROPIC_HIGH_RES_IMAGE_RULE
     source = plain(source)
     if not isinstance(source, Mapping):
         raise InvalidRequestError(f"{where}.source must be a dict, got {_type(source)}")

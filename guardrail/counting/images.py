@@ -1,26 +1,20 @@
-"""Image token counts: OpenAI's published vision formulas, and image sizes read from headers.
+"""Image token counts of content parts, and image sizes read from headers.
 
-Two OpenAI rules exist (``guardrail/data/models.json`` says which model uses which):
-
-* ``tile`` (gpt-4o, gpt-4.1, gpt-5, o-series, ...): ``detail="low"`` costs ``base`` tokens.
-  ``detail="high"``: the image is scaled to fit in 2048x2048 (aspect kept), then scaled so
-  that its shortest side is 768px (only ever down), and every 512px tile costs ``tile``
-  tokens on top of ``base``. A 1024x1024 image costs 85 + 4 * 170 = 765 tokens on gpt-4o.
-* ``patch`` (gpt-4.1-mini/nano, o4-mini, gpt-5-mini/nano): the image is covered by 32px
-  patches; over ``cap`` patches it is scaled down (OpenAI's two-step shrink) to fit the cap;
-  tokens = patches * the model's multiplier, rounded up. ``detail`` does not change it.
-
-Claude models have no rule in the catalog; they get Anthropic's published estimate
-(``width * height / 750``, long edge at most 1568px, about 1600 tokens at most), see
-:data:`ANTHROPIC_IMAGE_RULE`.
+The rules themselves (OpenAI's tile and patch rules, Anthropic's 28px patches) are in
+:mod:`guardrail.counting.vision`; ``guardrail/catalog/data/models.json`` says which model
+uses which, and docs/catalog.md where each figure comes from. This module finds the size
+an image part has and hands it to its rule.
 
 Where guardrail cannot know the size it counts the **worst case** for the detail level, so
 that a prompt is never under-counted:
 
 * remote ``http(s)://`` URLs (guardrail never fetches them);
-* ``detail="auto"`` or any detail other than ``"low"`` (OpenAI does not publish how "auto"
-  chooses, so it is counted as ``"high"``);
 * ``data:`` URLs whose bytes are not a PNG, JPEG, GIF or WebP header guardrail can read.
+
+``detail`` is counted as the rule says (:func:`~guardrail.counting.vision.resolve_detail`):
+``"auto"`` as ``"high"`` on tile models (OpenAI does not publish how it chooses), as the
+model's documented default on patch models (``"original"`` on gpt-5.5 and later); a detail
+a model does not know as its costliest.
 
 A ``data:`` URL whose payload is not base64 at all raises
 :class:`~guardrail.errors.InvalidRequestError` when its size matters (not for a ``"low"``
@@ -35,16 +29,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import struct
 import urllib.parse
 from collections.abc import Mapping
-from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
 
+from guardrail.counting.vision import (
+    patch_tokens,
+    size_free_tokens,
+    tile_tokens,
+    tokens_for_size,
+    worst_case_tokens,
+)
 from guardrail.errors import InvalidRequestError
 
 __all__ = [
+    "ANTHROPIC_HIGH_RES_IMAGE_RULE",
     "ANTHROPIC_IMAGE_RULE",
     "Base64Reader",
     "image_size",
@@ -58,15 +58,19 @@ __all__ = [
 ]
 
 ANTHROPIC_IMAGE_RULE: Mapping[str, Any] = {
-    "kind": "area",
-    "divisor": 750,
+    "kind": "claude",
     "max_edge": 1568,
-    "max_tokens": 1600,
+    "max_tokens": 1568,
 }
-"""Anthropic's vision guide: tokens ~= width * height / 750, after scaling the image down
-so that its long edge is at most 1568px and it costs at most ~1600 tokens."""
+"""Anthropic's standard tier: 28px patches, long edge at most 1568px, at most 1568 tokens."""
+ANTHROPIC_HIGH_RES_IMAGE_RULE: Mapping[str, Any] = {
+    "kind": "claude",
+    "max_edge": 2576,
+    "max_tokens": 4784,
+}
+"""Anthropic's high-resolution tier (Opus 4.7 and later): 2576px, at most 4784 tokens. The
+rule of a Claude model the catalog has no tier for: the larger tier errs high."""
 
-_DEFAULT_TILE_RULE: Mapping[str, Any] = {"kind": "tile", "base": 85, "tile": 170}
 # Most JPEG headers (EXIF, ICC profile) fit here; past it the reader jumps segment by segment.
 _MAX_HEADER_SCAN = 16 * 1024 * 1024
 # Segments and fill-byte runs read before giving up on a JPEG header (real files have a
@@ -75,106 +79,17 @@ _MAX_HEADER_SCAN = 16 * 1024 * 1024
 _MAX_JPEG_STEPS = 1024
 
 
-# --------------------------------------------------------------------------- formulas
-
-
-def _scale_down(w: int, h: int, num: int, den: int) -> tuple[int, int]:
-    # Exact integer scaling by num/den, rounding each side up: when a side lands a fraction
-    # of a pixel past a tile boundary, the count errs by one tile high, never low.
-    return -(-w * num // den), -(-h * num // den)
-
-
-def tile_tokens(width: int, height: int, base: int, tile: int) -> int:
-    """High-detail tokens of a ``width`` x ``height`` image under the tile rule."""
-    w, h = width, height
-    longest = max(w, h)
-    if longest > 2048:
-        w, h = _scale_down(w, h, 2048, longest)
-    shortest = min(w, h)
-    if shortest > 768:
-        w, h = _scale_down(w, h, 768, shortest)
-    tiles = -(-w // 512) * -(-h // 512)
-    return base + tile * tiles
-
-
-def patch_tokens(width: int, height: int, multiplier: Decimal | str, cap: int) -> int:
-    """Tokens of a ``width`` x ``height`` image under the patch rule (32px patches)."""
-    patches = -(-width // 32) * -(-height // 32)
-    if patches > cap:
-        # OpenAI's documented shrink: scale so the area fits cap patches, then shrink a bit
-        # more so that a whole number of patches covers the limiting side.
-        r = math.sqrt(32 * 32 * cap / (width * height))
-        pw, ph = width * r / 32, height * r / 32
-        r *= min(math.floor(pw) / pw, math.floor(ph) / ph)
-        # The limiting side is a whole number of patches up to float error: take 1e-9 off.
-        patches = math.ceil(width * r / 32 - 1e-9) * math.ceil(height * r / 32 - 1e-9)
-        patches = min(patches, cap)
-    return _times(patches, multiplier)
-
-
-def _times(count: int, multiplier: Decimal | str) -> int:
-    # OpenAI does not say how it rounds patches * multiplier; rounding up never under-counts.
-    return int((count * Decimal(multiplier)).to_integral_value(rounding=ROUND_CEILING))
-
-
-def _area_tokens(width: int, height: int, rule: Mapping[str, Any]) -> int:
-    divisor: int = rule["divisor"]
-    max_edge: int = rule["max_edge"]
-    max_tokens: int = rule["max_tokens"]
-    area_scale = math.sqrt(max_tokens * divisor / (width * height))
-    scale = min(1.0, max_edge / max(width, height), area_scale)
-    w, h = width * scale, height * scale
-    return min(max_tokens, math.ceil(w * h / divisor))
-
-
-def tokens_for_size(width: int, height: int, detail: str | None, rule: Mapping[str, Any]) -> int:
-    """Tokens of an image of known size under ``rule`` (a catalog ``image_rule``)."""
-    if width <= 0 or height <= 0:
-        return worst_case_tokens(detail, rule)
-    rule = rule or _DEFAULT_TILE_RULE
-    kind = rule.get("kind")
-    if kind == "tile":
-        if detail == "low":
-            return int(rule["base"])
-        return tile_tokens(width, height, int(rule["base"]), int(rule["tile"]))
-    if kind == "patch":
-        return patch_tokens(width, height, str(rule["multiplier"]), int(rule["cap"]))
-    if kind == "area":
-        return _area_tokens(width, height, rule)
-    raise ValueError(f"unknown image rule kind {kind!r}")
-
-
-def worst_case_tokens(detail: str | None, rule: Mapping[str, Any]) -> int:
-    """The most an image of any size can cost at this detail level under ``rule``.
-
-    Tile rule: ``base`` for ``"low"``, else ``base + 8 * tile`` (after the two scalings an
-    image is at most 768 x 2048, which is 2 x 4 tiles). Patch rule: ``cap * multiplier``.
-    Area rule: ``max_tokens``.
-    """
-    rule = rule or _DEFAULT_TILE_RULE
-    kind = rule.get("kind")
-    if kind == "tile":
-        if detail == "low":
-            return int(rule["base"])
-        return int(rule["base"]) + 8 * int(rule["tile"])
-    if kind == "patch":
-        return _times(int(rule["cap"]), str(rule["multiplier"]))
-    if kind == "area":
-        return int(rule["max_tokens"])
-    raise ValueError(f"unknown image rule kind {kind!r}")
-
-
 def image_tokens(url: str, detail: str | None, rule: Mapping[str, Any]) -> int:
     """Tokens of one ``image_url`` content part under ``rule``.
 
-    ``data:`` URLs are measured from their header (PNG, JPEG, GIF, WebP). Remote URLs,
-    unreadable images and ``detail`` other than ``"low"``/``"high"`` count as the worst case
-    (see the module docstring); a ``data:`` URL that is not valid base64 raises
+    ``data:`` URLs are measured from their header (PNG, JPEG, GIF, WebP). Remote URLs and
+    unreadable images count as the worst case for the detail level (see the module
+    docstring); a ``data:`` URL that is not valid base64 raises
     :class:`~guardrail.errors.InvalidRequestError`.
     """
-    rule = rule or _DEFAULT_TILE_RULE
-    if detail == "low" and rule.get("kind") == "tile":
-        return int(rule["base"])  # size does not matter: skip reading the header
+    known = size_free_tokens(detail, rule)
+    if known is not None:
+        return known  # size does not matter: skip reading the header
     size = image_size(url)
     if size is None:
         return worst_case_tokens(detail, rule)

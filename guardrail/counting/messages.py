@@ -38,8 +38,10 @@ Where OpenAI publishes nothing, guardrail picks these rules (they err high unles
   value (and any unknown part type) costs the tokens of every string and key in it.
 
 Anthropic models (encoding ``"claude"``) have no local tokenizer: their counts are an
-**estimate**, the ``o200k_base`` count of each string times :data:`CLAUDE_SAFETY_MARGIN`,
-rounded up, with the same per-message overheads. Exact Anthropic counting is future work.
+**estimate**, the ``o200k_base`` count of each string times the family's margin
+(``ModelInfo.text_margin``; :data:`~guardrail.counting.text.CLAUDE_SAFETY_MARGIN` by
+default), rounded up. The exact count is Anthropic's ``messages.count_tokens``
+(:mod:`guardrail.providers.anthropic`), on by default for guarded calls.
 
 Speed: a conversation re-sends its whole history every turn, so every string's token count
 is cached per encoding (a bounded dict shared by all counters of that encoding). Counting a
@@ -56,7 +58,7 @@ from typing import Any
 
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.counting.documents import file_part_tokens
-from guardrail.counting.images import ANTHROPIC_IMAGE_RULE
+from guardrail.counting.images import ANTHROPIC_HIGH_RES_IMAGE_RULE
 from guardrail.counting.media import (
     anthropic_image_tokens,
     audio_tokens,
@@ -64,6 +66,7 @@ from guardrail.counting.media import (
 )
 from guardrail.counting.text import (
     clear_text_caches,
+    estimate_margin,
     new_cache,
     shared_cache,
 )
@@ -164,7 +167,10 @@ class TokenCounter:
         self.reply_priming = REPLY_PRIMING
         self.tokens_per_message = TOKENS_PER_MESSAGE
         self.tokens_per_name = TOKENS_PER_NAME
-        self._cache = shared_cache(info.encoding) if cache else new_cache(info.encoding)
+        margin = estimate_margin(info)
+        self._cache = (
+            shared_cache(info.encoding, margin) if cache else new_cache(info.encoding, margin)
+        )
         # The bound C method: the hot path calls it directly, no Python frame in between.
         self._text: Callable[[str], int] = self._cache.__getitem__
         constants = info.tool_constants or {}
@@ -181,7 +187,7 @@ class TokenCounter:
         }
         rule: Mapping[str, Any] = info.image_rule
         if not rule and info.encoding == "claude":
-            rule = ANTHROPIC_IMAGE_RULE
+            rule = ANTHROPIC_HIGH_RES_IMAGE_RULE  # no tier known: the larger errs high
         self._image_rule = rule
 
     def __repr__(self) -> str:
@@ -458,7 +464,7 @@ def count_messages(
     Follows the OpenAI cookbook (3 tokens per message, +1 per ``name``, +3 reply priming,
     its tool-definition constants), with the documented additions of this module for tool
     calls, content parts, images and audio. For Claude models the result is an estimate:
-    ``o200k_base`` counts times :data:`CLAUDE_SAFETY_MARGIN`, rounded up.
+    ``o200k_base`` counts times the family's margin, rounded up.
 
     Unknown models count with ``o200k_base`` and warn once; ``strict=True`` raises
     :class:`~guardrail.errors.UnknownModelError` instead. Malformed input raises

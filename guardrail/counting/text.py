@@ -13,7 +13,7 @@ from itertools import islice
 
 import tiktoken
 
-from guardrail.catalog.models import FALLBACK_ENCODING
+from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
 from guardrail.counting.bounded import BOUND_MIN_CHARS, bounded_count
 
 __all__ = [
@@ -25,13 +25,25 @@ __all__ = [
     "TextCache",
     "clear_text_caches",
     "counting_limit",
+    "estimate_margin",
     "new_cache",
     "shared_cache",
 ]
 
 CLAUDE_SAFETY_MARGIN = 1.25
-"""Claude estimates: ``ceil(o200k_base tokens * 1.25)`` per string (Claude's tokenizer
-produces more tokens than o200k_base for most text)."""
+"""Claude estimates before Opus 4.7: ``ceil(o200k_base tokens * 1.25)`` per string
+(Claude's tokenizer produces more tokens than o200k_base for most text). Each Claude
+family has its own margin in the catalog (``ModelInfo.text_margin``: 1.85 from Opus 4.7,
+whose new tokenizer counts 1.3-1.47x the 4.6 tokenizer); this is the default of a
+``ModelInfo`` without one."""
+
+
+def estimate_margin(info: ModelInfo) -> float | None:
+    """The margin a model's local counts are multiplied by: None for exact tokenizers."""
+    if info.exact_tokenizer:
+        return None
+    return info.text_margin or CLAUDE_SAFETY_MARGIN
+
 
 CACHE_MAX_ENTRIES = 50_000
 """Strings whose counts each per-encoding cache keeps."""
@@ -176,21 +188,27 @@ _caches_lock = threading.Lock()
 _caches: dict[str, TextCache] = {}
 
 
-def new_cache(encoding: str) -> TextCache:
+def new_cache(encoding: str, margin: float | None = None) -> TextCache:
+    """A string-count cache for ``encoding`` (``"claude"``: o200k_base times ``margin``,
+    :data:`CLAUDE_SAFETY_MARGIN` by default)."""
     if encoding == "claude":
         enc = tiktoken.get_encoding(FALLBACK_ENCODING)
-        return TextCache(enc.encode_ordinary, CLAUDE_SAFETY_MARGIN, encoding=FALLBACK_ENCODING)
+        return TextCache(
+            enc.encode_ordinary, margin or CLAUDE_SAFETY_MARGIN, encoding=FALLBACK_ENCODING
+        )
     # encode_ordinary: special-token text such as "<|endoftext|>" is ordinary user text.
     return TextCache(tiktoken.get_encoding(encoding).encode_ordinary, encoding=encoding)
 
 
-def shared_cache(encoding: str) -> TextCache:
-    cache = _caches.get(encoding)
+def shared_cache(encoding: str, margin: float | None = None) -> TextCache:
+    """The cache shared by every counter of ``encoding`` (and, for estimates, ``margin``)."""
+    key = encoding if encoding != "claude" else f"claude*{margin or CLAUDE_SAFETY_MARGIN}"
+    cache = _caches.get(key)
     if cache is None:
         with _caches_lock:
-            cache = _caches.get(encoding)
+            cache = _caches.get(key)
             if cache is None:
-                cache = _caches[encoding] = new_cache(encoding)
+                cache = _caches[key] = new_cache(encoding, margin)
     return cache
 
 

@@ -19,7 +19,7 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 from guardrail.catalog.models import FALLBACK_ENCODING
 from guardrail.catalog.pricing import TokenUsage, usage_cost
 from guardrail.counting.messages import counter_for
-from guardrail.counting.text import CLAUDE_SAFETY_MARGIN
+from guardrail.counting.text import estimate_margin
 from guardrail.engine import recount
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.holds import release, reserve
@@ -232,7 +232,7 @@ def _settle(
         usage, source = _unreported(plan), "local_count"
     usage = _sane(usage)
     try:
-        cost = usage_cost(plan.model, usage)
+        cost = usage_cost(plan.model, usage) if plan.priced else Decimal(0)
     except GuardrailError as exc:
         # Usage we cannot price must not lose a paid call: charge the worst case.
         _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)
@@ -357,7 +357,7 @@ def _stream_tally(plan: Plan) -> StreamTally:
         counter_for(replace(info, encoding=FALLBACK_ENCODING)),
         plan.reserved_output_total,
         plan.hide_usage_chunk,
-        margin=CLAUDE_SAFETY_MARGIN,
+        margin=estimate_margin(info) or 1.0,
     )
 
 

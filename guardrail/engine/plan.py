@@ -4,6 +4,8 @@ worst-case cost, before anything is reserved or sent (no I/O)."""
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,7 +17,12 @@ from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
-from guardrail.errors import ContextWindowExceeded, GuardrailError, InvalidRequestError
+from guardrail.errors import (
+    ContextWindowExceeded,
+    GuardrailError,
+    InvalidRequestError,
+    PriceUnavailable,
+)
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
 from guardrail.stores.base import LoopRule, ReservationRequest, ScopeLimits, usd_to_nanos
@@ -65,6 +72,10 @@ class Plan:
     def prompt_held(self) -> int:
         """The prompt tokens the reservation holds."""
         return self.prompt_tokens if self.reserved_prompt is None else self.reserved_prompt
+
+    priced: bool = True
+    """False for a model nothing prices, let through because no scope has a money limit:
+    it reserves tokens only and is recorded with an unknown cost."""
 
     @property
     def reserved_output_total(self) -> int:
@@ -247,15 +258,22 @@ class Planner:
         final = list(messages) if trim else view.messages
         uncounted = _uncountable(adapter, view, final)
         held = _held_prompt(prompt, uncounted, info, policy, reserved)
-        cost = worst_case_cost(
-            info,
-            held,
-            reserved * view.choices,
-            view.prompt_cache_write,
-            view.reserved_searches,
-            view.reserved_file_searches,
-            view.reserved_containers,
-        )
+        priced = True
+        try:
+            cost = worst_case_cost(
+                info,
+                held,
+                reserved * view.choices,
+                view.prompt_cache_write,
+                view.reserved_searches,
+                view.reserved_file_searches,
+                view.reserved_containers,
+            )
+        except PriceUnavailable:
+            if any(s.daily_nanos is not None or s.monthly_nanos is not None for s in scopes):
+                raise  # a money limit cannot be kept without a price
+            _warn_unpriced(info)
+            cost, priced = Decimal(0), False
         return Plan(
             binding=binding,
             scopes=scopes,
@@ -282,6 +300,7 @@ class Planner:
             server_state=view.server_state,
             count_exactly=view.count_exactly,
             max_prompt_tokens=view.max_prompt_tokens,
+            priced=priced,
         )
 
     def _larger_model_plan(
@@ -295,7 +314,7 @@ class Planner:
         current: ModelInfo,
     ) -> Plan | None:
         for name in policy.fallback_models:
-            if model_info(name).context_window <= current.context_window:
+            if model_info(name).input_limit <= current.input_limit:
                 continue
             try:
                 return self.plan(
@@ -402,15 +421,40 @@ def _held_prompt(
 def input_budget(
     info: ModelInfo, policy: Policy, reserved_output: int, request_cap: int | None = None
 ) -> tuple[int, str]:
-    """The most prompt tokens a call may send, and the name of the limit that sets it
-    (``request_cap``: the endpoint's own input limit, in place of the model's window)."""
+    """The most prompt tokens a call may send, and the name of the limit that sets it: the
+    context window less the reserved output, the model's own input cap (gpt-5: 272,000)
+    or the policy's ``max_input_tokens``, whichever is smallest (``request_cap``: the
+    endpoint's own input limit, in place of the model's window and cap)."""
     if request_cap is not None:
         budget, name = request_cap, f"the request input limit of {info.name}"
     else:
         budget, name = info.context_window - reserved_output, f"the context window of {info.name}"
+        if info.max_input_tokens is not None and info.max_input_tokens < budget:
+            budget, name = info.max_input_tokens, f"the input limit of {info.name}"
     if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
         return policy.max_input_tokens, "the policy's max_input_tokens"
     return budget, name
+
+
+_unpriced_lock = threading.Lock()
+_unpriced_warned: set[str] = set()
+
+
+def _warn_unpriced(info: ModelInfo) -> None:
+    """One warning per model: its calls go through, counted, with an unknown cost. An
+    unknown model already had the catalog's warning, which says it has no price."""
+    with _unpriced_lock:
+        if info.name in _unpriced_warned or not info.known:
+            _unpriced_warned.add(info.name)
+            return
+        _unpriced_warned.add(info.name)
+    warnings.warn(
+        f"guardrail has no price for model {info.name!r}: its calls are counted and recorded "
+        "with an unknown cost, and would be refused under a money limit. Pass its prices to "
+        "guardrail.register_model() to price them.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _fit(

@@ -127,6 +127,8 @@ class Recorder:
             return
         usage = usage or TokenUsage()
         extra: dict[str, Any] = {}
+        if not plan.priced:
+            extra["cost_unknown"] = True  # no price: cost_usd is 0 because it is unknown
         if plan.exact_prompt_tokens is not None:
             extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
         if plan.reserved_prompt is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator
 from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from guardrail.catalog.pricing import TokenUsage
@@ -185,7 +186,9 @@ def _grow(
             plan.reserved_searches,
             plan.reserved_file_searches,
             plan.reserved_containers,
-        ),
+        )
+        if plan.priced
+        else Decimal(0),  # an unpriced model let through: tokens only
     )
     yield from release(reservation)
     try:

@@ -17,7 +17,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -134,7 +134,8 @@ class LedgerSink:
     * ``timezone``: the store's, so a record's day is the store's day.
     * ``batch_size``, ``flush_seconds``: a batch is written when it has this many records,
       or this long after its first.
-    * ``retention_days``: rows older than this are deleted (once an hour); None keeps all.
+    * ``retention_days``: days older than this (by ``clock``) are deleted, checked once an
+      hour; None keeps all.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class LedgerSink:
         retention_days: int | None = None,
         retry_seconds: float = 1.0,
         timeout_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         check_url(url)  # a wrong URL or a missing driver is an error now, not in the thread
         self.url = url
@@ -159,6 +161,7 @@ class LedgerSink:
         self.retention_days = retention_days
         self.retry_seconds = retry_seconds
         self.timeout_seconds = timeout_seconds
+        self.clock = clock  # what "older than retention_days" is measured from
         self.written = 0
         self.spooled = 0
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
@@ -312,7 +315,7 @@ class LedgerSink:
         if self.retention_days is None or time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + 3600
-        cutoff = datetime.fromtimestamp(time.time() - self.retention_days * 86_400, self.timezone)
+        cutoff = datetime.fromtimestamp(self.clock() - self.retention_days * 86_400, self.timezone)
         day = cutoff.strftime("%Y-%m-%d")
         db = self._database()
         db.execute("DELETE FROM usage_scopes WHERE day < ?", (day,))

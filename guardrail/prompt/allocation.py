@@ -254,8 +254,15 @@ class TokenBudget:
 
     @property
     def limit(self) -> int:
-        """Tokens the whole prompt may use."""
-        return self.context_window - self.reserve_output
+        """Tokens the whole prompt may use: the window less the output reserve, and at most
+        the model's input cap (``ModelInfo.max_input_tokens``) for the catalog's window."""
+        limit = self.context_window - self.reserve_output
+        if (
+            self.info.max_input_tokens is not None
+            and self.context_window == self.info.context_window
+        ):
+            limit = min(limit, self.info.max_input_tokens)
+        return limit
 
     def __repr__(self) -> str:
         return (

@@ -22,8 +22,9 @@ whole. Sizes for Claude models add up in raw tokens and take the estimate's marg
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias, Union
 
 from guardrail.catalog.models import ModelInfo
@@ -50,11 +51,13 @@ _Packed: TypeAlias = "tuple[int, dict[int, str], int | None, str, int]"
 @dataclass(frozen=True)
 class Document:
     """A retrieved document: its text, its relevance score (higher is better) and any
-    metadata (source, id, page...) the application wants back."""
+    metadata (source, id, page...) the application wants back. ``source`` is the object it
+    was read from (a LangChain ``Document``, a LlamaIndex node, a dict), when it was."""
 
     text: str
     score: float = 0.0
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    source: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -69,28 +72,103 @@ class Document:
             raise InvalidRequestError("document metadata must be a mapping")
 
 
-DocumentLike: TypeAlias = Union[Document, Mapping[str, Any], str]  # noqa: UP007
-"""A :class:`Document`; a dict with ``"text"`` and optional ``"score"`` and ``"metadata"``
-(any other key is added to the metadata); or a plain string (score 0)."""
+DocumentLike: TypeAlias = Union[Document, Mapping[str, Any], str, Any]  # noqa: UP007
+"""What :func:`pack_documents` accepts as a document:
+
+* a :class:`Document` or a plain string (score 0);
+* a dict with its text under ``"text"``, ``"content"`` (the shape most RAG code passes
+  around) or ``"page_content"``, an optional ``"score"`` and ``"metadata"`` (any other key
+  is added to the metadata);
+* a LangChain ``Document`` (``page_content``, ``metadata``), a LlamaIndex node
+  (``text``/``get_content()``, ``metadata``) or ``NodeWithScore`` (``node``, ``score``), a
+  Haystack ``Document`` (``content``, ``meta``, ``score``);
+* a ``(document, score)`` pair, as ``similarity_search_with_score`` returns them.
+
+The score is read from the pair, the dict's or object's ``score``, or its metadata's
+``score`` / ``relevance_score``, in that order; 0 when none has one."""
+
+_TEXT_KEYS = ("text", "content", "page_content")
+_TEXT_ATTRIBUTES = ("page_content", "text", "content")
+_SCORE_KEYS = ("score", "relevance_score")
+_EXPECTED = (
+    "a Document, a str, a dict with 'text', 'content' or 'page_content', a LangChain "
+    "Document, a LlamaIndex node, a Haystack Document or a (document, score) pair"
+)
+
+
+def _number(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidRequestError(f"{where} must be a number, got {value!r}")
+    return float(value)
+
+
+def _score(explicit: object, metadata: Mapping[str, Any], where: str) -> float:
+    score = _number(explicit, f"{where}.score")
+    for key in _SCORE_KEYS:
+        if score is not None:
+            break
+        score = _number(metadata.get(key), f"{where}.metadata[{key!r}]")
+    return 0.0 if score is None else score
+
+
+def _from_mapping(doc: Mapping[str, Any], where: str) -> Document:
+    key = next((k for k in _TEXT_KEYS if k in doc), None)
+    if key is None:
+        raise InvalidRequestError(
+            f"{where} has no 'text' (nor 'content' or 'page_content'): expected {_EXPECTED}"
+        )
+    text = doc[key]
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"{where}[{key!r}] must be a str, got {type(text).__name__}")
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise InvalidRequestError(f"{where}.metadata must be a mapping")
+    extra = {k: v for k, v in doc.items() if k not in (key, "score", "metadata")}
+    metadata = {**meta, **extra}
+    return Document(text, _score(doc.get("score"), metadata, where), metadata, doc)
+
+
+def _from_object(doc: Any, where: str, score: object = None) -> Document | None:
+    node = getattr(doc, "node", None)
+    if node is not None and hasattr(doc, "score"):  # LlamaIndex NodeWithScore
+        found = _from_object(node, f"{where}.node", getattr(doc, "score", None))
+        return None if found is None else replace(found, source=doc)
+    text = next((t for a in _TEXT_ATTRIBUTES if isinstance(t := getattr(doc, a, None), str)), None)
+    if text is None:
+        get_content = getattr(doc, "get_content", None)
+        text = get_content() if callable(get_content) else None
+        if not isinstance(text, str):
+            return None
+    meta = getattr(doc, "metadata", None)
+    if not isinstance(meta, Mapping):
+        meta = getattr(doc, "meta", None)  # Haystack
+    metadata = dict(meta) if isinstance(meta, Mapping) else {}
+    if score is None:
+        score = getattr(doc, "score", None)
+    return Document(text, _score(score, metadata, where), metadata, doc)
 
 
 def as_document(doc: DocumentLike, index: int = 0) -> Document:
     """``doc`` as a :class:`Document` (see :data:`DocumentLike`)."""
+    where = f"docs[{index}]"
     if isinstance(doc, Document):
         return doc
     if isinstance(doc, str):
-        return Document(doc)
+        return Document(doc, source=doc)
     if isinstance(doc, Mapping):
-        if "text" not in doc:
-            raise InvalidRequestError(f"docs[{index}] has no 'text'")
-        extra = {k: v for k, v in doc.items() if k not in ("text", "score", "metadata")}
-        meta = doc.get("metadata") or {}
-        if not isinstance(meta, Mapping):
-            raise InvalidRequestError(f"docs[{index}].metadata must be a mapping")
-        return Document(doc["text"], doc.get("score", 0.0), {**meta, **extra})
-    raise InvalidRequestError(
-        f"docs[{index}] must be a Document, a dict or a str, got {type(doc).__name__}"
-    )
+        return _from_mapping(doc, where)
+    if isinstance(doc, (tuple, list)) and len(doc) == 2 and not isinstance(doc[1], str):
+        inner, score = doc
+        base = as_document(inner, index)
+        found = _number(score, f"{where}[1] (the score)")
+        return replace(base, score=base.score if found is None else found, source=doc)
+    if not isinstance(doc, (bytes, int, float, tuple, list)):
+        found_doc = _from_object(doc, where)
+        if found_doc is not None:
+            return found_doc
+    raise InvalidRequestError(f"{where} must be {_EXPECTED}, got {type(doc).__name__}")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ import tiktoken
 
 from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
 from guardrail.counting.messages import TokenCounter, counter_for
-from guardrail.counting.text import CLAUDE_SAFETY_MARGIN
+from guardrail.counting.text import estimate_margin
 from guardrail.errors import InvalidRequestError, describe
 
 __all__ = ["DEFAULT_MARKERS", "Strategy", "truncate_text"]
@@ -79,7 +79,7 @@ class _Encoder:
     def __init__(self, counter: TokenCounter) -> None:
         if counter.encoding == "claude":
             enc = tiktoken.get_encoding(FALLBACK_ENCODING)
-            self.margin: float | None = CLAUDE_SAFETY_MARGIN
+            self.margin: float | None = estimate_margin(counter.info)
         else:
             enc = tiktoken.get_encoding(counter.encoding)
             self.margin = None

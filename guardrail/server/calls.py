@@ -67,7 +67,17 @@ class Calls:
         if isinstance(model, str) and not principal.may_use(model):
             message = f"this key may not use model {model!r}"
             return error(provider, 403, message, type="permission_error", code="model_not_allowed")
-        await self.tenants.refresh((principal.tenant, *principal.parents))
+        try:
+            await self.tenants.refresh((principal.tenant, *principal.parents))
+        except Exception as exc:  # the store failed: whose policy applies is unknown
+            return error(
+                provider,
+                503,
+                f"the policy store is unavailable: {exc!r}",
+                type="store_unavailable",
+                code="store_unavailable",
+                headers={"retry-after": "1"},
+            )
 
         async def send(kw: dict[str, Any]) -> Any:
             return await upstream.post(route.path, kw, incoming)

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,8 @@ __all__ = ["CACHE_SECONDS", "Principal", "Tenants", "digest", "new_key", "policy
 
 CACHE_SECONDS = 1.0
 KEYS, POLICIES = "keys", "policies"
+
+_log = logging.getLogger("guardrail")
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,14 @@ class Tenants:
             cached = self._policies.get(scope)
             if cached is not None and cached[0] > now:
                 continue
-            record = await self.store.aget_record(POLICIES, scope)
+            try:
+                record = await self.store.aget_record(POLICIES, scope)
+            except Exception as exc:
+                if cached is None:  # an admin's policy may be tighter than the file's
+                    raise
+                # The policy known a moment ago, rather than refusing everybody on a blip.
+                _log.warning("guardrail: cannot refresh the policy of %s (%r)", scope, exc)
+                continue
             policy = None if record is None else policy_from_json(json.loads(record))
             self._policies[scope] = (now + CACHE_SECONDS, policy)
 
