@@ -46,6 +46,7 @@ from guardrail.prompt.truncation import truncate_text
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.stores.redis import RedisStore
+from guardrail.tenancy import TenantFromRequest
 
 _moved.install()
 
@@ -82,6 +83,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Telemetry",
+    "TenantFromRequest",
     "TokenBudget",
     "TokenUsage",
     "TrimEvent",

@@ -12,7 +12,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
-    ├── LoopDetected                the same request repeated too often; nothing was sent
+    ├── LoopDetected                the same request kept failing; nothing was sent
     ├── UnmeteredCall               a paid endpoint guardrail cannot meter, under a limit
     └── StoreUnavailable            the budget store failed and the policy fails closed
 
@@ -21,6 +21,7 @@ This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import reprlib
 from datetime import datetime
 from decimal import Decimal
 
@@ -39,6 +40,24 @@ __all__ = [
 ]
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def describe(value: object, limit: int = 80) -> str:
+    """A short repr of ``value`` for an error message: bounded in depth and length, so a
+    hostile value (nested thousands deep, megabytes long) cannot blow the stack or the
+    log line, and it never raises."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a __repr__ that fails (or recurses without end)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GuardrailError(Exception):
     """Base class of every error guardrail raises itself."""
 
@@ -49,6 +68,10 @@ class ConfigurationError(GuardrailError, ValueError):
 
 class InvalidRequestError(GuardrailError, ValueError):
     """The request (messages, tools, parameters) is malformed; the message names the field."""
+
+
+class InvalidRequestTypeError(InvalidRequestError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, as Python convention expects)."""
 
 
 class InvalidTenantError(InvalidRequestError):
@@ -164,17 +187,32 @@ class BudgetExceeded(GuardrailError):
 
 
 class LoopDetected(GuardrailError):
-    """The same request fingerprint came from one tenant too often within a window."""
+    """The same request kept failing for one tenant: it was sent and failed more than the
+    policy's ``loop_limit`` times within ``loop_window_seconds``, with no success in
+    between. ``retry_after`` is the number of seconds until the oldest of those failures
+    leaves the window."""
 
-    def __init__(self, *, tenant: str, repeats: int, window_seconds: float, limit: int) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        repeats: int,
+        window_seconds: float,
+        limit: int,
+        retry_after: float | None = None,
+    ) -> None:
         self.tenant = tenant
         self.repeats = repeats
         self.window_seconds = window_seconds
         self.limit = limit
-        super().__init__(
-            f"tenant {tenant!r} sent the same request {repeats} times within "
+        self.retry_after = retry_after
+        msg = (
+            f"tenant {tenant!r} sent the same request, and it failed, {repeats} times within "
             f"{window_seconds:g}s (limit {limit}): refusing to send it again"
         )
+        if retry_after is not None:
+            msg += f"; retry after {retry_after:.1f}s"
+        super().__init__(msg)
 
 
 class StoreUnavailable(GuardrailError):

@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from guardrail._clock import Clock, system_clock
 from guardrail.engine.core import Engine, StoreErrorMode
 from guardrail.engine.plan import TrimEvent
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, describe
 from guardrail.observe.sinks import JsonLinesSink, Sink
 from guardrail.observe.watch import observing
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
-from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, bound_tenant, validate_scope_id
+from guardrail.tenancy import (
+    GLOBAL_SCOPE,
+    TenantBinding,
+    TenantFromRequest,
+    bound_tenant,
+    is_derived,
+    validate_scope_id,
+)
 
 if TYPE_CHECKING:
     from guardrail.observe.alerts import Alerts
@@ -51,6 +58,12 @@ class Guard:
     * ``summarizer``: turns trimmed history into one summary message.
     * ``on_trim``: called with a :class:`TrimEvent` (what was dropped) when a call's
       history is trimmed; usage records also carry ``trimmed_messages``.
+    * ``tenant_from_request``: a :class:`~guardrail.TenantFromRequest` to charge a call
+      with no tenant bound to one derived (a keyed hash) from the request's
+      ``safety_identifier``/``user`` (Anthropic: ``metadata.user_id``). Off by default:
+      the request's fields then never choose who pays.
+    * ``error_messages``: put the provider's error messages in usage records (they may
+      quote the prompt); by default a record keeps their class, status, type and code.
     * ``alerts``: :class:`~guardrail.observe.Alerts`, rules and their destinations
       (docs/observability.md); evaluated and delivered off the call path.
     * ``telemetry``: True (or :class:`~guardrail.observe.Telemetry`) records
@@ -74,6 +87,8 @@ class Guard:
         on_store_error: StoreErrorMode = "fail_closed",
         summarizer: Summarizer | None = None,
         on_trim: Callable[[TrimEvent], object] | None = None,
+        tenant_from_request: TenantFromRequest | None = None,
+        error_messages: bool = False,
         unmetered: Literal["refuse", "allow"] = "refuse",
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -82,11 +97,17 @@ class Guard:
         telemetry: Telemetry | bool = False,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigurationError(f"policy must be a guardrail.Policy, got {policy!r}")
+            raise ConfigurationError(f"policy must be a guardrail.Policy, got {describe(policy)}")
         if on_store_error not in ("fail_closed", "fail_open"):
             raise ConfigurationError("on_store_error must be 'fail_closed' or 'fail_open'")
         if default_tenant is not None:
             validate_scope_id(default_tenant, what="default_tenant")
+        if tenant_from_request is not None and not isinstance(
+            tenant_from_request, TenantFromRequest
+        ):
+            raise ConfigurationError(
+                "tenant_from_request must be a guardrail.TenantFromRequest(key=...)"
+            )
         if unmetered not in ("refuse", "allow"):
             raise ConfigurationError("unmetered must be 'refuse' or 'allow'")
         self.unmetered = unmetered
@@ -106,6 +127,8 @@ class Guard:
             summarizer=summarizer,
             windows=self.store.windows,
             on_trim=on_trim,
+            tenant_from_request=tenant_from_request,
+            error_messages=error_messages,
         )
 
     @property
@@ -147,12 +170,19 @@ class Guard:
         with bound_tenant(tenant, parents) as binding:
             yield binding
 
+    def request_tenant(self, value: str) -> str:
+        """The tenant a request with ``safety_identifier``/``user`` = ``value`` is charged
+        to (``Guard(tenant_from_request=...)``)."""
+        if self.engine.tenant_from_request is None:
+            raise ConfigurationError("this guard has no tenant_from_request")
+        return self.engine.tenant_from_request.tenant_for(value)
+
     def usage(self, tenant: str, day: date | None = None) -> UsageSummary:
         """A tenant's usage today (or on ``day``): spent_usd, tokens, requests."""
-        return self.store.usage(validate_scope_id(tenant), day)
+        return self.store.usage(_scope_id(tenant, "tenant id"), day)
 
     async def ausage(self, tenant: str, day: date | None = None) -> UsageSummary:
-        return await self.store.ausage(validate_scope_id(tenant), day)
+        return await self.store.ausage(_scope_id(tenant, "tenant id"), day)
 
     def usage_report(
         self,
@@ -179,7 +209,14 @@ def _scope_ids(scopes: Sequence[str] | None) -> list[str] | None:
         return None
     if isinstance(scopes, str):
         scopes = [scopes]
-    return [s if s == GLOBAL_SCOPE else validate_scope_id(s, what="scope id") for s in scopes]
+    return [_scope_id(s) for s in scopes]
+
+
+def _scope_id(scope: str, what: str = "scope id") -> str:
+    """An explicit scope id, the global scope, or a derived tenant (``_r-...``)."""
+    if isinstance(scope, str) and (scope == GLOBAL_SCOPE or is_derived(scope)):
+        return scope
+    return validate_scope_id(scope, what=what)
 
 
 def wrap(client: Any, policy: Policy | None = None, **guard_options: Any) -> Any:

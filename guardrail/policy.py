@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, describe
 
 __all__ = ["Policy", "PolicySource", "to_decimal_usd"]
 
@@ -21,13 +21,15 @@ __all__ = ["Policy", "PolicySource", "to_decimal_usd"]
 def to_decimal_usd(label: str, value: object) -> Decimal:
     """Read a USD amount without ever going through binary floating point arithmetic."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ConfigurationError(f"{label} must be a number of USD, got {value!r}")
+        raise ConfigurationError(f"{label} must be a number of USD, got {describe(value)}")
     try:
         amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     except InvalidOperation as exc:
-        raise ConfigurationError(f"{label} is not a number: {value!r}") from exc
+        raise ConfigurationError(f"{label} is not a number: {describe(value)}") from exc
     if not amount.is_finite() or amount < 0:
-        raise ConfigurationError(f"{label} must be a finite, non-negative amount, got {value!r}")
+        raise ConfigurationError(
+            f"{label} must be a finite, non-negative amount, got {describe(value)}"
+        )
     return amount
 
 
@@ -35,7 +37,7 @@ def _positive_int(label: str, value: object, *, allow_zero: bool = False) -> Non
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{label} must be an int, got {value!r}")
+        raise ConfigurationError(f"{label} must be an int, got {describe(value)}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigurationError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -84,13 +86,28 @@ class Policy:
     fallback_before_trim: bool = False
     """On a window overflow, try a larger fallback model before trimming history."""
     loop_limit: int | None = 20
-    """Refuse a request whose fingerprint this tenant sent more than this many times..."""
+    """Refuse a request (the whole request: model, messages, tools, every parameter) that
+    was sent and **failed** this many times for the tenant (an HTTP error, a timeout, a
+    cut stream) with no success since, within ``loop_window_seconds``: a retry loop
+    around the guard, burning money on an answer that never comes. Successful repeats
+    never count (sampling one prompt many times, eval runs): the budget guards those.
+    Budget refusals and other calls never sent do not count. The count lives in the
+    store (one per Redis for every process). ``None`` turns loop detection off."""
     loop_window_seconds: float = 60.0
-    """...within this many seconds. ``loop_limit=None`` turns loop detection off."""
+    """...within this many seconds of the first of those failures."""
     stream_overrun: Literal["raise", "end"] = "raise"
     """A stream producing more output than was reserved: raise BudgetExceeded or end it."""
     reservation_ttl_seconds: float = 900.0
     """A reservation nobody settles (a crashed worker) returns to the budget after this."""
+
+    # -- what cannot be counted
+    file_id_tokens: int | Literal["window", "refuse"] = "window"
+    """How to reserve a document guardrail cannot read (a Chat Completions ``file`` part
+    given by ``file_id``, or a PDF whose pages cannot be seen): ``"window"`` reserves the
+    prompt as the whole context window less the reserved output (the provider bills no
+    prompt beyond that: a true upper bound), an int reserves that many tokens per such
+    part (a figure of your own: usage beyond it is charged and flagged as an overrun),
+    ``"refuse"`` refuses the call with InvalidRequestError before anything is reserved."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -118,6 +135,8 @@ class Policy:
                 or value <= 0
             ):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if self.file_id_tokens not in ("window", "refuse"):
+            _positive_int("file_id_tokens", self.file_id_tokens)
         if self.output_over_cap not in ("clamp", "reject"):
             raise ConfigurationError("output_over_cap must be 'clamp' or 'reject'")
         if self.stream_overrun not in ("raise", "end"):

@@ -107,6 +107,7 @@ def server(_session_server):  # type: ignore[no-untyped-def]
     _session_server.prompt_tokens = default_prompt_tokens
     _session_server.cached_tokens = 0
     _session_server.reasoning_tokens = 0
+    _session_server.stream_usage = True
     return _session_server
 
 

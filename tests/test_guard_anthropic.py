@@ -740,9 +740,10 @@ def test_a_response_appended_to_the_history_is_counted_and_sent(fake) -> None:
 
 
 def test_tenant_from_metadata_user_id(fake) -> None:
-    guard, client = make(fake, default_tenant=None)
+    derive = guardrail.TenantFromRequest(key=b"0123456789abcdef")
+    guard, client = make(fake, default_tenant=None, tenant_from_request=derive)
     client.messages.create(model=MODEL, max_tokens=10, messages=HI, metadata={"user_id": "u-9"})
-    assert guard.usage("u-9").requests == 1
+    assert guard.usage(guard.request_tenant("u-9")).requests == 1
     with pytest.raises(guardrail.InvalidRequestError, match="no tenant"):
         client.messages.create(model=MODEL, max_tokens=10, messages=HI)
     assert len(fake.message_requests) == 1

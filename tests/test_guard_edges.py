@@ -167,10 +167,12 @@ def test_generators_for_messages_and_tools_are_counted_and_sent(server) -> None:
 
 @pytest.mark.parametrize("hint", ["dXNlcjE2MjM=/x", "user 42", "u" * 200])
 def test_any_user_string_the_api_accepts_works_as_a_tenant_hint(server, hint: str) -> None:
-    guard, client, records = make(server)
+    derive = guardrail.TenantFromRequest(key=b"0123456789abcdef")
+    guard, client, records = make(server, tenant_from_request=derive)
     client.chat.completions.create(model=MODEL, messages=HELLO, user=hint)
     tenant = records[-1].tenant
-    assert tenant.startswith("h-") and guard.usage(tenant).requests == 1
+    assert tenant == guard.request_tenant(hint) and tenant.startswith("_r-")
+    assert guard.usage(tenant).requests == 1
     client.chat.completions.create(model=MODEL, messages=HELLO, user=hint)
     assert records[-1].tenant == tenant  # stable
 

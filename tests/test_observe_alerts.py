@@ -292,15 +292,17 @@ def test_monthly_caps_and_reads_of_the_store_between_refreshes(
 
 def test_a_loop_detected(store: Any, clock: ManualClock, server: Any) -> None:
     alerts, inbox = alerts_on(store, LoopRule(), RefusalRule())
-    client = _client(_guard(store, alerts, clock, loop_limit=2), server)
-    for _ in range(2):
-        client.for_tenant("u-1").chat.completions.create(model="gpt-4o", messages=HELLO)
+    client = _client(_guard(store, alerts, clock, loop_limit=2, max_attempts=1), server)
+    for _ in range(2):  # a loop is the same request failing again and again
+        server.enqueue_error(500)
+        with pytest.raises(openai.InternalServerError):
+            client.for_tenant("u-1").chat.completions.create(model="gpt-4o", messages=HELLO)
     with pytest.raises(LoopDetected):
         client.for_tenant("u-1").chat.completions.create(model="gpt-4o", messages=HELLO)
     assert alerts.flush(10)
     (event,) = inbox.events  # the loop rule, not the refusal rule (budget refusals only)
     assert (event.rule, event.scope) == ("loop", "u-1")
-    assert event.figures == {"repeats": 3, "limit": 2, "window_seconds": 60.0}
+    assert event.figures == {"repeats": 2, "limit": 2, "window_seconds": 60.0}
     alerts.close()
 
 
@@ -316,6 +318,27 @@ def test_usage_above_its_reservation(store: Any, clock: ManualClock) -> None:
     assert [(e.rule, e.scope) for e in inbox.events] == [("overrun", "u-1"), ("overrun", "u-2")]
     assert inbox.events[0].figures["cost_usd"] == "0.04"
     assert "ran past 500 reserved output tokens" in inbox.events[1].text
+    alerts.close()
+
+
+def test_an_overrun_flagged_by_the_engine(store: Any, clock: ManualClock) -> None:
+    """The engine's overrun figures (a prompt larger than held, within the reserved cost)
+    fire the rule too."""
+    alerts, inbox = alerts_on(store, OverrunRule())
+    feed(
+        alerts,
+        record(clock, "u-3", cost_usd=Decimal("0.02"), reserved_usd=Decimal("0.03")),
+        record(
+            clock,
+            "u-3",
+            cost_usd=Decimal("0.02"),
+            reserved_usd=Decimal("0.03"),
+            overrun_tokens=120,
+            overrun_usd=Decimal("0"),
+        ),
+    )
+    (event,) = inbox.events
+    assert event.figures["overrun_tokens"] == 120 and "120 tokens past" in event.text
     alerts.close()
 
 

@@ -42,7 +42,7 @@ import tiktoken
 
 from guardrail.catalog.names import parse_name
 from guardrail.catalog.price_data import pricing_for
-from guardrail.errors import ConfigurationError, UnknownModelError
+from guardrail.errors import ConfigurationError, UnknownModelError, describe
 
 __all__ = [
     "ModelInfo",
@@ -129,6 +129,12 @@ def _data() -> dict[str, Any]:
     text = resources.files("guardrail.catalog").joinpath("data/models.json").read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
+
+
+MAX_NAME_LENGTH = 256
+"""The longest model name looked up: real names are far shorter, and an unbounded one
+would be kept by the resolver's cache and printed whole in the unknown-model warning."""
+_MAX_WARNED = 1024  # unknown names warned about once each; past this, no more warnings
 
 
 def catalog_data() -> Mapping[str, Any]:
@@ -228,7 +234,12 @@ def model_info(model: str, *, strict: bool = False) -> ModelInfo:
     warning once per name; with ``strict=True`` they raise :class:`UnknownModelError`.
     """
     if not isinstance(model, str) or not model.strip():
-        raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
+        raise ConfigurationError(f"model must be a non-empty string, got {describe(model)}")
+    if len(model) > MAX_NAME_LENGTH:
+        raise ConfigurationError(
+            f"model name of {len(model)} characters ({describe(model, 40)}): model names "
+            f"are at most {MAX_NAME_LENGTH}"
+        )
     registered = _registered.get(model) or _registered.get(normalise_name(model))
     if registered is not None:
         return registered
@@ -238,13 +249,14 @@ def model_info(model: str, *, strict: bool = False) -> ModelInfo:
     if strict:
         raise UnknownModelError(model)
     with _lock:
-        first = model not in _warned
-        _warned.add(model)
+        first = model not in _warned and len(_warned) < _MAX_WARNED
+        if first:
+            _warned.add(model)
     if first:
         warnings.warn(
-            f"guardrail does not know model {model!r}; counting with {FALLBACK_ENCODING} and "
-            f"assuming a {_FALLBACK_CONTEXT_WINDOW}-token window, with no price. Register it "
-            "with guardrail.register_model() to silence this.",
+            f"guardrail does not know model {describe(model)}; counting with "
+            f"{FALLBACK_ENCODING} and assuming a {_FALLBACK_CONTEXT_WINDOW}-token window, with "
+            "no price. Register it with guardrail.register_model() to silence this.",
             UserWarning,
             stacklevel=2,
         )
@@ -284,7 +296,9 @@ def register_model(
     (``cached_input_usd_per_mtok`` defaults to the input price).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(f"model name must be a non-empty string, got {name!r}")
+        raise ConfigurationError(f"model name must be a non-empty string, got {describe(name)}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError(f"model names are at most {MAX_NAME_LENGTH} characters")
     if like is not None:
         base = model_info(like, strict=True)
     elif (known := _resolve(name)) is not None:
@@ -301,14 +315,14 @@ def register_model(
         ]
         if missing:
             raise ConfigurationError(
-                f"registering unknown model {name!r} needs like=... or {', '.join(missing)}"
+                f"registering unknown model {describe(name)} needs like=... or {', '.join(missing)}"
             )
         base = _from_scratch(name, provider)
     if encoding is not None and encoding != "claude":
         try:
             tiktoken.get_encoding(encoding)
         except ValueError as exc:
-            raise ConfigurationError(f"unknown tiktoken encoding {encoding!r}") from exc
+            raise ConfigurationError(f"unknown tiktoken encoding {describe(encoding)}") from exc
     for label, value in (
         ("context_window", context_window),
         ("max_output_tokens", max_output_tokens),
@@ -317,7 +331,7 @@ def register_model(
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value <= 0
         ):
-            raise ConfigurationError(f"{label} must be a positive int, got {value!r}")
+            raise ConfigurationError(f"{label} must be a positive int, got {describe(value)}")
     info = replace(
         base,
         name=name,
@@ -340,7 +354,7 @@ def register_model(
         if prices[0] is None or prices[1] is None:
             # A half-given price would be silently completed by the price data's.
             raise ConfigurationError(
-                f"model {name!r}: give input_usd_per_mtok and output_usd_per_mtok together "
+                f"model {describe(name)}: give input_usd_per_mtok and output_usd_per_mtok together "
                 "(and cached_input_usd_per_mtok only with them)"
             )
         info = replace(
@@ -384,9 +398,11 @@ def _price(label: str, value: object) -> Decimal:
     try:
         price = Decimal(str(value))
     except ArithmeticError as exc:
-        raise ConfigurationError(f"{label} is not a number: {value!r}") from exc
+        raise ConfigurationError(f"{label} is not a number: {describe(value)}") from exc
     if not price.is_finite() or price < 0:
-        raise ConfigurationError(f"{label} must be a finite, non-negative price, got {value!r}")
+        raise ConfigurationError(
+            f"{label} must be a finite, non-negative price, got {describe(value)}"
+        )
     return price
 
 

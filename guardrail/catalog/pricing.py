@@ -20,7 +20,7 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
 from guardrail.catalog.models import ModelInfo, model_info
-from guardrail.errors import InvalidRequestError, PriceUnavailable
+from guardrail.errors import InvalidRequestError, PriceUnavailable, describe
 
 __all__ = ["TokenUsage", "estimate_cost", "prices_per_million", "usage_cost", "usage_from_sdk"]
 
@@ -75,7 +75,7 @@ class TokenUsage:
 
 def _check_count(label: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(f"{label} must be a non-negative int, got {value!r}")
+        raise InvalidRequestError(f"{label} must be a non-negative int, got {describe(value)}")
     return value
 
 
@@ -324,7 +324,9 @@ def usage_from_sdk(usage: Any, *, provider: str) -> TokenUsage:
         extractor = data_snapshot.get_snapshot().find_provider(None, provider, None)
         _, u = extractor.extract_usage({"usage": cleaned}, api_flavor=_FLAVOR[shape])
     except (LookupError, ValueError, TypeError) as exc:
-        raise InvalidRequestError(f"malformed {provider} usage {dict(data)!r}: {exc}") from exc
+        raise InvalidRequestError(
+            f"malformed {provider} usage {describe(dict(data))}: {exc}"
+        ) from exc
 
     def get(name: str) -> int:
         value = getattr(u, name, None) or 0

@@ -73,6 +73,10 @@ rule of a Claude model the catalog has no tier for: the larger tier errs high.""
 
 # Most JPEG headers (EXIF, ICC profile) fit here; past it the reader jumps segment by segment.
 _MAX_HEADER_SCAN = 16 * 1024 * 1024
+# Segments and fill-byte runs read before giving up on a JPEG header (real files have a
+# few dozen segments before the frame): a crafted "FF D8" + 15 MB of FF is read in
+# bounded time and counted as the worst case, like any unreadable image.
+_MAX_JPEG_STEPS = 1024
 
 
 def image_tokens(url: str, detail: str | None, rule: Mapping[str, Any]) -> int:
@@ -247,13 +251,17 @@ _STANDALONE = frozenset((0x01, *range(0xD0, 0xD9)))
 def _jpeg_size(reader: _Reader) -> tuple[int, int] | None:
     pos = 2
     limit = min(reader.size, _MAX_HEADER_SCAN)
-    while pos + 4 <= limit:
+    for _ in range(_MAX_JPEG_STEPS):  # bounded time: a crafted file gets the worst case
+        if pos + 4 > limit:
+            return None
         seg = reader.read(pos, 10)
         if len(seg) < 4 or seg[0] != 0xFF:
             return None
         marker = seg[1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
+        if marker == 0xFF:  # fill bytes: skip the whole run at once
+            run = reader.read(pos + 1, 64)
+            fill = len(run) - len(run.lstrip(b"\xff"))
+            pos += max(1, fill)
             continue
         if marker in _STANDALONE:
             pos += 2

@@ -28,10 +28,12 @@ Where OpenAI publishes nothing, guardrail picks these rules (they err high unles
   cost OpenAI's vision formula (:mod:`guardrail.counting.images`; remote URLs and ``detail="auto"``
   count the worst case). ``input_audio`` parts cost :data:`AUDIO_TOKENS_PER_SECOND` per
   second of audio (duration read from a WAV header, from the first MP3 frame's bitrate, or
-  assumed at 16 kbit/s for other formats). ``file`` parts cost their ``filename`` only:
-  OpenAI extracts PDF text and page images server-side, which cannot be counted locally,
-  so **documents are under-counted**. An assistant's ``audio`` reference (``{"id": ...}``)
-  is not counted either.
+  assumed at 16 kbit/s for other formats). ``file`` parts cost their ``filename`` plus,
+  for a PDF given as ``file_data``, an upper bound per page (its text allowance and its
+  page image, :mod:`guardrail.counting.documents`). A ``file_id`` (or a PDF whose pages
+  cannot be seen) is not countable here: the guarded client reserves it as
+  ``Policy.file_id_tokens`` says. An assistant's ``audio`` reference (``{"id": ...}``) is
+  not counted.
 * any other key: a string value is counted like the cookbook counts every value; a nested
   value (and any unknown part type) costs the tokens of every string and key in it.
 
@@ -55,6 +57,7 @@ from operator import itemgetter
 from typing import Any
 
 from guardrail.catalog.models import ModelInfo, model_info
+from guardrail.counting.documents import file_part_tokens
 from guardrail.counting.images import ANTHROPIC_HIGH_RES_IMAGE_RULE
 from guardrail.counting.media import (
     anthropic_image_tokens,
@@ -68,7 +71,7 @@ from guardrail.counting.text import (
     shared_cache,
 )
 from guardrail.counting.tools import MAX_DEPTH, tool_tokens
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, InvalidRequestTypeError, describe
 
 __all__ = [
     "REPLY_PRIMING",
@@ -195,7 +198,7 @@ class TokenCounter:
     def text(self, text: str) -> int:
         """Tokens of ``text`` alone (special-token strings count as ordinary text)."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {_type(text)}")
+            raise InvalidRequestTypeError(f"text must be a str, got {_type(text)}")
         return self._text(text)
 
     def message(self, message: Mapping[str, Any] | Any) -> int:
@@ -276,7 +279,7 @@ class TokenCounter:
         total = TOKENS_PER_MESSAGE
         for key, value in msg.items():
             if not isinstance(key, str):
-                raise InvalidRequestError(f"{where} has a non-string key {key!r}")
+                raise InvalidRequestError(f"{where} has a non-string key {describe(key)}")
             if key == "content":
                 total += self._content(value, f"{where}.content")
             elif key == "role":
@@ -344,8 +347,13 @@ class TokenCounter:
             if not isinstance(file, Mapping):
                 raise InvalidRequestError(f"{where}.file must be a dict, got {_type(file)}")
             name = file.get("filename")
-            # The document itself is read server-side (text and page images): not countable.
-            return self._text(name) if isinstance(name, str) else 0
+            # The document is read server-side (text and page images): a PDF is bounded per
+            # page; a file_id is reserved by the engine as the policy says (documents.py).
+            named = self._text(name) if isinstance(name, str) else 0
+            try:
+                return named + file_part_tokens(file, self._image_rule)
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"{where}.file: {exc}") from None
         if kind == "image" and isinstance(part.get("source"), Mapping):
             return anthropic_image_tokens(part["source"], f"{where}.source", self._image_rule)
         return self.nested(part, where, 0, skip_type=True)

@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from itertools import islice
 
 import tiktoken
 
 from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
+from guardrail.counting.bounded import BOUND_MIN_CHARS, bounded_count
 
 __all__ = [
     "CACHE_MAX_CHARS",
     "CACHE_MAX_ENTRIES",
     "CACHE_MAX_STRING",
     "CLAUDE_SAFETY_MARGIN",
+    "PromptTooLong",
     "TextCache",
     "clear_text_caches",
+    "counting_limit",
     "estimate_margin",
     "new_cache",
     "shared_cache",
@@ -48,6 +54,52 @@ CACHE_MAX_STRING = 1024 * 1024
 alive would cost more memory than the cache is worth."""
 
 
+class PromptTooLong(Exception):
+    """Raised out of a count made under ``counting_limit(limit, whole_prompt=True)`` as soon
+    as the prompt is known to be over ``limit`` tokens; ``at_least`` is a lower bound."""
+
+    def __init__(self, at_least: int) -> None:
+        super().__init__(f"at least {at_least} tokens")
+        self.at_least = at_least
+
+
+_EARLY_EXIT_CHARS = 1024 * 1024
+"""A prompt is counted whole (its refusal names its exact size) until this many
+characters were encoded for it; past that, counting stops once it is over the limit."""
+
+
+@dataclass
+class _Limit:
+    limit: int
+    whole_prompt: bool
+    counted: int = 0  # tokens of the strings encoded so far (cache misses) in this count
+    chars: int = 0  # their characters: a small prompt is always counted whole
+
+
+_limit: ContextVar[_Limit | None] = ContextVar("guardrail_counting_limit", default=None)
+
+
+@contextmanager
+def counting_limit(limit: int, *, whole_prompt: bool) -> Iterator[None]:
+    """Bound the work of the counts made in this block (this thread or task).
+
+    Strings of :data:`~guardrail.counting.bounded.BOUND_MIN_CHARS` characters or more
+    that are known to be over ``limit`` tokens are not encoded whole
+    (:func:`~guardrail.counting.bounded.bounded_count`). With ``whole_prompt=True`` the
+    block counts one prompt whose total may not pass ``limit``: :class:`PromptTooLong` is
+    raised as soon as the strings encoded so far pass it (once 1 MB of text was encoded:
+    a smaller prompt is counted whole, so its refusal names its exact size). Otherwise
+    (trimming, where each message is judged on its own) a string over ``limit`` counts as
+    a lower bound above ``limit``, and is not cached. Cached strings cost nothing, so they
+    are not added up.
+    """
+    token = _limit.set(_Limit(limit, whole_prompt))
+    try:
+        yield
+    finally:
+        _limit.reset(token)
+
+
 class TextCache(dict[str, int]):
     """``cache[text]`` is the token count of ``text``: a hit is one C-level dict lookup.
 
@@ -57,7 +109,15 @@ class TextCache(dict[str, int]):
     a lock; lookups need none (a dict read is atomic), so concurrent counting is safe.
     """
 
-    __slots__ = ("_chars", "_encode", "_lock", "_margin", "max_chars", "max_entries")
+    __slots__ = (
+        "_chars",
+        "_encode",
+        "_encoding",
+        "_lock",
+        "_margin",
+        "max_chars",
+        "max_entries",
+    )
 
     def __init__(
         self,
@@ -65,9 +125,11 @@ class TextCache(dict[str, int]):
         margin: float | None = None,
         max_entries: int = CACHE_MAX_ENTRIES,
         max_chars: int = CACHE_MAX_CHARS,
+        encoding: str = "",
     ) -> None:
         super().__init__()
         self._encode = encode
+        self._encoding = encoding
         self._margin = margin
         self._lock = threading.Lock()
         self._chars = 0
@@ -78,10 +140,19 @@ class TextCache(dict[str, int]):
         if not isinstance(text, str):
             # Reached only from the fast path with a non-str value: makes it fall back.
             raise TypeError(f"expected a string, got {type(text).__name__}")
-        n = len(self._encode(text))
-        if self._margin is not None:
-            n = math.ceil(n * self._margin)
         size = len(text)
+        limit = _limit.get()
+        if limit is None or size < BOUND_MIN_CHARS:
+            n = len(self._encode(text))
+            if self._margin is not None:
+                n = math.ceil(n * self._margin)
+        else:
+            room = limit.limit - limit.counted if limit.whole_prompt else limit.limit
+            n, exact = bounded_count(text, self._encode, self._encoding, self._margin, room)
+            if not exact:  # a lower bound above the limit: never cached
+                if limit.whole_prompt:
+                    raise PromptTooLong(limit.counted + n)
+                return n
         if size <= CACHE_MAX_STRING:
             with self._lock:
                 if text not in self:
@@ -89,6 +160,11 @@ class TextCache(dict[str, int]):
                         self._evict(size)
                     self[text] = n
                     self._chars += size
+        if limit is not None and limit.whole_prompt:
+            limit.counted += n
+            limit.chars += size
+            if limit.counted > limit.limit and limit.chars >= _EARLY_EXIT_CHARS:
+                raise PromptTooLong(limit.counted)
         return n
 
     def _evict(self, incoming: int) -> None:
@@ -117,9 +193,11 @@ def new_cache(encoding: str, margin: float | None = None) -> TextCache:
     :data:`CLAUDE_SAFETY_MARGIN` by default)."""
     if encoding == "claude":
         enc = tiktoken.get_encoding(FALLBACK_ENCODING)
-        return TextCache(enc.encode_ordinary, margin or CLAUDE_SAFETY_MARGIN)
+        return TextCache(
+            enc.encode_ordinary, margin or CLAUDE_SAFETY_MARGIN, encoding=FALLBACK_ENCODING
+        )
     # encode_ordinary: special-token text such as "<|endoftext|>" is ordinary user text.
-    return TextCache(tiktoken.get_encoding(encoding).encode_ordinary)
+    return TextCache(tiktoken.get_encoding(encoding).encode_ordinary, encoding=encoding)
 
 
 def shared_cache(encoding: str, margin: float | None = None) -> TextCache:

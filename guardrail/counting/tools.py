@@ -107,6 +107,8 @@ def _schema_extra(counter: TokenCounter, schema: object, where: str, depth: int)
     """What a property schema holds beyond the cookbook's name/type/description."""
     if not isinstance(schema, Mapping):
         return 0
+    if depth > MAX_DEPTH:
+        raise InvalidRequestError(f"{where} is nested more than {MAX_DEPTH} levels deep")
     total = 0
     if "enum" in schema:
         total += _enum(counter, schema["enum"], f"{where}.enum")
@@ -151,5 +153,7 @@ def _description(desc: object, where: str) -> str:
 def json_text(value: object) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except RecursionError:
+        raise InvalidRequestError("a tool schema value is nested too deeply") from None
     except (TypeError, ValueError):
         return str(value)

@@ -51,6 +51,10 @@ class RequestView:
     Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
     reserved_searches: int = 0
     """Server-side web searches the request allows (billed per search): reserved too."""
+    hidden_reasoning: bool = False
+    """The model reasons in tokens it bills as output but does not stream (OpenAI's
+    o-series and gpt-5, Claude with ``thinking``): a call whose usage never arrives is
+    settled at its whole reserved output, not at the visible tokens."""
     prompt_cache_write: Literal["5m", "1h"] | None = None
     """The request asks the provider to write its prompt cache (Anthropic ``cache_control``):
     those tokens are billed at the cache-write price, so the worst case prices the whole
@@ -80,7 +84,10 @@ class ProviderAdapter(Protocol):
     own count of the prompt (a :class:`CountTokens` operation) before sending; one with a
     ``state_keys(kwargs, response)`` method names the server-side state a settled response
     leaves (the flow remembers its tokens for the next call that continues it); one with a
-    ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself.
+    ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself; one
+    with ``uncountable(view, messages)`` returns where the parts are that it cannot bound
+    (documents by ``file_id``), which the planner reserves as ``Policy.file_id_tokens``
+    says.
     """
 
     provider: str

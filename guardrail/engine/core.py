@@ -14,16 +14,15 @@ from typing import Any, Literal
 from guardrail._clock import Clock, system_clock
 from guardrail.engine import flow
 from guardrail.engine.adapter import ProviderAdapter
-from guardrail.engine.loops import LoopDetector
 from guardrail.engine.operations import Op
 from guardrail.engine.plan import Plan, Planner, TrimEvent
 from guardrail.engine.records import Recorder
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError, LoopDetected
+from guardrail.errors import ContextWindowExceeded, InvalidRequestError, describe
 from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
 from guardrail.stores.base import ScopeLimits, Windows, usd_to_nanos
-from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, current_binding, tenant_from_hint
+from guardrail.tenancy import GLOBAL_SCOPE, TenantBinding, TenantFromRequest, current_binding
 
 __all__ = ["Engine", "StoreErrorMode"]
 
@@ -46,6 +45,8 @@ class Engine:
         summarizer: Summarizer | None = None,
         windows: Windows | None = None,
         on_trim: Callable[[TrimEvent], object] | None = None,
+        tenant_from_request: TenantFromRequest | None = None,
+        error_messages: bool = False,
     ) -> None:
         self.policy = policy
         self.tenant_policies = tenant_policies
@@ -54,10 +55,10 @@ class Engine:
         self.clock = clock
         self.on_store_error = on_store_error
         self.planner = Planner(summarizer)
-        self.recorder = Recorder(sinks, clock)
+        self.recorder = Recorder(sinks, clock, error_messages=error_messages)
+        self.tenant_from_request = tenant_from_request
         self.windows = windows or Windows()
         self.on_trim = on_trim
-        self.loops = LoopDetector(clock)
         # (scope, id(policy)) -> (policy, limits): a Policy is frozen, and holding it here
         # keeps its id from being reused while the entry lives.
         self._limits_cache: dict[tuple[str, int], tuple[Policy | None, ScopeLimits]] = {}
@@ -73,7 +74,9 @@ class Engine:
             return source.get(scope)
         found = source(scope)
         if found is not None and not isinstance(found, Policy):
-            raise TypeError(f"tenant_policies({scope!r}) returned {found!r}, not a Policy")
+            raise TypeError(
+                f"tenant_policies({describe(scope)}) returned {describe(found)}, not a Policy"
+            )
         return found
 
     def policy_for(self, tenant: str) -> Policy:
@@ -83,12 +86,13 @@ class Engine:
         binding = explicit or current_binding()
         if binding is not None:
             return binding
-        if hint is not None:
-            return TenantBinding.of(tenant_from_hint(hint))
+        if hint is not None and self.tenant_from_request is not None:
+            return self.tenant_from_request.binding_for(hint)
         if self.default_tenant is None:
             raise InvalidRequestError(
                 "no tenant for this call: use client.for_tenant(...), guard.tenant(...), "
-                "the request's safety_identifier/user, or Guard(default_tenant=...)"
+                "Guard(default_tenant=...), or Guard(tenant_from_request=...) to derive "
+                "one from the request's safety_identifier/user"
             )
         cached = self._default_binding
         if cached is None or cached.tenant != self.default_tenant:
@@ -130,8 +134,7 @@ class Engine:
             policy = self.policy_for(binding.tenant)
             scopes = self.scopes_for(binding, policy)
             plan = self.planner.plan(adapter, kwargs, view, view.model, binding, policy, scopes)
-            self.loops.check(binding.tenant, plan.fingerprint, policy)
-        except (ContextWindowExceeded, LoopDetected) as exc:
+        except ContextWindowExceeded as exc:
             self.recorder.record_refusal(
                 binding,
                 view.model,

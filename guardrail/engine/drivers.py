@@ -31,6 +31,7 @@ from guardrail.engine.operations import (
     Release,
     Remember,
     Reserve,
+    ReserveOffline,
     Send,
     Settle,
     Sleep,
@@ -74,9 +75,11 @@ class SyncDriver:
                 elif isinstance(op, Reserve):
                     value = self.store.reserve(op.request)
                 elif isinstance(op, Settle):
-                    self.store.settle(op.reservation, op.settlement)
+                    value = self.store.settle(op.reservation, op.settlement)
                 elif isinstance(op, Release):
-                    self.store.release(op.reservation)
+                    self.store.release(op.reservation, failed=op.failed)
+                elif isinstance(op, ReserveOffline):
+                    value = _offline(self.store, "reserve_offline")(op.request)
                 elif isinstance(op, Sleep):
                     self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
@@ -103,11 +106,10 @@ class AsyncDriver:
         self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
         self.count = count
 
-    async def _write(self, op: Settle | Release) -> None:
+    async def _write(self, op: Settle | Release) -> Any:
         if isinstance(op, Settle):
-            await self.store.asettle(op.reservation, op.settlement)
-        else:
-            await self.store.arelease(op.reservation)
+            return await self.store.asettle(op.reservation, op.settlement)
+        return await self.store.arelease(op.reservation, failed=op.failed)
 
     async def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
@@ -126,11 +128,13 @@ class AsyncDriver:
                     value = await self.send(op.kwargs)
                 elif isinstance(op, Reserve):
                     value = await self.store.areserve(op.request)
+                elif isinstance(op, ReserveOffline):
+                    value = await _offline(self.store, "areserve_offline")(op.request)
                 elif isinstance(op, Settle | Release):
                     # A cancellation must not cut a settlement in half: the write runs to
                     # its end, the flow records the call, then the cancellation goes on.
                     try:
-                        await asyncio.shield(self._write(op))
+                        value = await asyncio.shield(self._write(op))
                     except asyncio.CancelledError as cancelled:
                         deferred = cancelled
                 elif isinstance(op, Sleep):
@@ -145,6 +149,13 @@ class AsyncDriver:
                     return _hand_over(op, AsyncGuardedStream(op, flow, self, plan))
             except BaseException as error:
                 exc = error
+
+
+def _offline(store: Store, name: str) -> Callable[[Any], Any]:
+    method = getattr(store, name, None)
+    if method is None:  # the flow lets the call through unheld
+        raise NotImplementedError(f"{type(store).__name__} has no {name}")
+    return method  # type: ignore[no-any-return]
 
 
 def _counter(count: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any]:
@@ -353,6 +364,7 @@ class AsyncGuardedStream(_StreamBase):
         super().__init__(op, flow, plan, driver.store, driver.adapter)
         self._driver = driver
         self._chunks = self._generate()
+        self._closing = False
 
     async def _finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
         flow = self._take_flow()
@@ -387,12 +399,16 @@ class AsyncGuardedStream(_StreamBase):
             async for chunk in self._chunks:
                 yield chunk
         finally:
-            await self._chunks.aclose()
+            # The loop's finaliser runs this after a ``break``, maybe while ``close()`` is
+            # closing the chunks already (then they are settled by it): do not close twice.
+            if not self._closing:
+                await self._chunks.aclose()
 
     async def __anext__(self) -> Any:
         return await self._chunks.__anext__()
 
     async def close(self) -> None:
+        self._closing = True
         await self._chunks.aclose()
         if self._flow is not None:
             await _aclose_quietly(self._stream)

@@ -38,6 +38,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import (
     BudgetExceeded,
     GuardrailError,
+    LoopDetected,
     StoreUnavailable,
 )
 from guardrail.observe.sinks import Outcome
@@ -64,7 +65,7 @@ def run(
     reservation: Reservation | None = None
     try:
         plan, reservation = yield from _reserve_first(engine, adapter, kwargs, plan)
-    except BudgetExceeded as exc:
+    except (BudgetExceeded, LoopDetected) as exc:
         engine.recorder.record(plan, "rejected", started, attempts=0, error=exc)
         raise
     except StoreUnavailable as exc:
@@ -101,7 +102,7 @@ def run(
                 yield Sleep(float(action))
                 try:  # every retry re-checks the budget
                     reservation = yield from reserve(engine, plan.reservation_request())
-                except BudgetExceeded as exc:
+                except (BudgetExceeded, StoreUnavailable, LoopDetected) as exc:
                     last.add_note(f"guardrail stopped retrying: {exc}")
                     engine.recorder.record(plan, "error", started, attempts, error=last)
                     raise last from exc
@@ -117,7 +118,7 @@ def run(
             if billed is None:
                 # Failed without usage (an HTTP error, or cancelled by the caller): the
                 # reservation goes back whole.
-                yield from release(reservation)
+                yield from release(reservation, failed=isinstance(exc, Exception))
             elif not is_retryable(exc):
                 # The provider answered and billed (a completion cut at its length or
                 # content filter): settle it as the call's outcome, then re-raise.
@@ -177,8 +178,11 @@ def run(
     if tally.usage is not None:
         usage = tally.usage
     else:  # ended early: the provider's prompt-side usage if it came, our output count
-        start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_tokens)
-        usage = replace(start, output_tokens=max(start.output_tokens, tally.output_tokens))
+        start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_held)
+        output = max(start.output_tokens, tally.output_tokens)
+        if plan.hidden_output:  # hidden reasoning may have used all of the reserved output
+            output = max(output, plan.reserved_output_total)
+        usage = replace(start, output_tokens=output)
         source = "local_count"
     yield from _settle(
         engine,
@@ -225,7 +229,7 @@ def _settle(
     error: BaseException | None = None,
 ) -> Generator[Op, Any, None]:
     if usage is None:  # a provider answer without usage: bill the prompt we counted
-        usage, source = TokenUsage(input_tokens=plan.prompt_tokens), "local_count"
+        usage, source = _unreported(plan), "local_count"
     usage = _sane(usage)
     try:
         cost = usage_cost(plan.model, usage) if plan.priced else Decimal(0)
@@ -233,17 +237,51 @@ def _settle(
         # Usage we cannot price must not lose a paid call: charge the worst case.
         _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)
         cost = plan.cost_usd
+    overrun_tokens = max(0, usage.input_tokens - plan.prompt_held) + max(
+        0, usage.output_tokens - plan.reserved_output_total
+    )
+    overrun_usd = max(Decimal(0), cost - plan.cost_usd)
+    if overrun_tokens or overrun_usd:
+        _log.warning(
+            "guardrail: tenant %s was billed past its reservation on %s: %d tokens and "
+            "%s USD over (input %d, output %d; reserved %d prompt, %d output tokens, %s USD); "
+            "charged in full",
+            plan.tenant,
+            plan.model.name,
+            overrun_tokens,
+            overrun_usd,
+            usage.input_tokens,
+            usage.output_tokens,
+            plan.prompt_held,
+            plan.reserved_output_total,
+            plan.cost_usd,
+        )
+    settled_to = "none"
     if reservation is not None:
         settlement = Settlement(
             cost_nanos=usd_to_nanos(cost),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             model=plan.model.name,
+            failed=outcome in ("error", "stream_error"),
         )
         try:
-            yield Settle(reservation, settlement)
+            written = yield Settle(reservation, settlement)
         except Exception as exc:
-            _log.error("guardrail: could not settle reservation %s: %r", reservation.id, exc)
+            written = "failed"
+            _log.error(
+                "guardrail: could not settle reservation %s of tenant %s (%s USD, %d input "
+                "and %d output tokens): %r",
+                reservation.id,
+                plan.tenant,
+                cost,
+                usage.input_tokens,
+                usage.output_tokens,
+                exc,
+            )
+        if written in ("pending", "failed"):
+            outcome = "settle_pending"
+        settled_to = written if isinstance(written, str) else "settled"
         started.mark(
             "guardrail.settle",
             cost_usd=str(cost),
@@ -261,6 +299,9 @@ def _settle(
         source=source,
         error=error,
         reservation_id=reservation.id if reservation else None,
+        overrun_tokens=overrun_tokens,
+        overrun_usd=overrun_usd,
+        settlement=settled_to,
         day=reservation.day if reservation else None,
     )
 
@@ -295,8 +336,16 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
         and is_retryable(exc)
         and getattr(exc, "status_code", None) is None
     ):
-        return TokenUsage(input_tokens=plan.prompt_tokens)
+        return _unreported(plan)
     return None
+
+
+def _unreported(plan: Plan) -> TokenUsage:
+    """What a call the provider processed without reporting usage is charged: the prompt
+    held, and for a model with hidden reasoning the whole reserved output (the provider
+    may have billed all of it); other models' visible output is counted by the caller."""
+    output = plan.reserved_output_total if plan.hidden_output else 0
+    return TokenUsage(input_tokens=plan.prompt_held, output_tokens=output)
 
 
 def _stream_tally(plan: Plan) -> StreamTally:

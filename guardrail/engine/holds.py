@@ -1,5 +1,6 @@
 """Holding and returning reservations: the store's answer, or (when the store fails) the
-policy's: fail closed (refuse) or fail open (let the call through unmetered)."""
+policy's: fail closed (refuse) or fail open (let the call through, reserved against what
+this process alone knows when the store can: ``ReserveOffline``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.operations import Op, Release, Reserve
-from guardrail.errors import GuardrailError, StoreUnavailable
+from guardrail.engine.operations import Op, Release, Reserve, ReserveOffline
+from guardrail.errors import BudgetExceeded, GuardrailError, StoreUnavailable
 from guardrail.stores.base import Reservation, ReservationRequest
 
 if TYPE_CHECKING:
@@ -22,17 +23,29 @@ _log = logging.getLogger("guardrail")
 def reserve(engine: Engine, request: ReservationRequest) -> Generator[Op, Any, Reservation]:
     try:
         reservation: Reservation = yield Reserve(request)
+    except StoreUnavailable as exc:
+        return (yield from _store_failed(engine, request, exc, str(exc)))
     except GuardrailError:
         raise
     except Exception as exc:
-        scope = request.scopes[0].scope if request.scopes else None
-        if engine.on_store_error == "fail_closed":
-            raise StoreUnavailable(
-                f"budget store failed on reserve: {exc!r}", tenant=scope
-            ) from exc
-        _log.error("guardrail: store failed on reserve (%r); failing OPEN for %s", exc, scope)
-        return _unheld(engine, request)
+        return (yield from _store_failed(engine, request, exc, f"budget store failed: {exc!r}"))
     return reservation
+
+
+def _store_failed(
+    engine: Engine, request: ReservationRequest, exc: Exception, message: str
+) -> Generator[Op, Any, Reservation]:
+    scope = request.scopes[0].scope if request.scopes else None
+    if engine.on_store_error == "fail_closed":
+        raise StoreUnavailable(f"{message}; nothing was sent", tenant=scope) from exc
+    try:  # fail open, within what this process alone knows the tenant has spent
+        held: Reservation = yield ReserveOffline(request)
+    except BudgetExceeded:
+        raise
+    except Exception:
+        held = _unheld(engine, request)
+    _log.error("guardrail: %s; failing OPEN for %s", message, scope)
+    return held
 
 
 def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
@@ -53,10 +66,12 @@ def _unheld(engine: Engine, request: ReservationRequest) -> Reservation:
     )
 
 
-def release(reservation: Reservation | None) -> Generator[Op, Any, None]:
+def release(reservation: Reservation | None, *, failed: bool = False) -> Generator[Op, Any, None]:
+    """Return a reservation whole; ``failed``: the request was sent and failed (it counts
+    towards the loop check)."""
     if reservation is None:
         return
     try:
-        yield Release(reservation)
+        yield Release(reservation, failed)
     except Exception as exc:  # the TTL will return it; never mask the call's own error
         _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)

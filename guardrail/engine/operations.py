@@ -21,6 +21,7 @@ __all__ = [
     "Release",
     "Remember",
     "Reserve",
+    "ReserveOffline",
     "Send",
     "Settle",
     "Sleep",
@@ -34,8 +35,19 @@ class Reserve:
 
 
 @dataclass(frozen=True)
+class ReserveOffline:
+    """The store failed and the guard fails open: reserve against what this process alone
+    knows (the store's ``reserve_offline``), so one process cannot spend past a cap during
+    an outage. A store without it lets the call through unheld."""
+
+    request: ReservationRequest
+
+
+@dataclass(frozen=True)
 class Release:
     reservation: Reservation
+    failed: bool = False
+    """The request was sent and failed (an HTTP error): a failure for the loop check."""
 
 
 @dataclass(frozen=True)
@@ -95,4 +107,15 @@ class Remember:
     ttl_seconds: int
 
 
-Op = Reserve | Release | Settle | Send | Sleep | OpenStream | CountTokens | Recall | Remember
+Op = (
+    Reserve
+    | ReserveOffline
+    | Release
+    | Settle
+    | Send
+    | Sleep
+    | OpenStream
+    | CountTokens
+    | Recall
+    | Remember
+)

@@ -14,11 +14,18 @@ from typing import Any, Literal
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
+from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
-from guardrail.errors import ContextWindowExceeded, GuardrailError, PriceUnavailable
+from guardrail.engine.fingerprint import fingerprint
+from guardrail.errors import (
+    ContextWindowExceeded,
+    GuardrailError,
+    InvalidRequestError,
+    PriceUnavailable,
+)
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
-from guardrail.stores.base import ReservationRequest, ScopeLimits, usd_to_nanos
+from guardrail.stores.base import LoopRule, ReservationRequest, ScopeLimits, usd_to_nanos
 from guardrail.tenancy import TenantBinding
 
 __all__ = ["Plan", "Planner", "TrimEvent", "input_budget", "worst_case_cost"]
@@ -38,7 +45,7 @@ class Plan:
     trim: TrimResult | None
     stream: bool
     hide_usage_chunk: bool
-    fingerprint: tuple[Any, ...]
+    fingerprint: str
     fallback_reason: str | None = None
     choices: int = 1
     exact_prompt_tokens: int | None = None
@@ -52,6 +59,20 @@ class Plan:
     history_tokens: int = 0
     """Tokens of the server-side history included in ``prompt_tokens``."""
     max_prompt_tokens: int | None = None
+    reserved_prompt: int | None = None
+    """Prompt tokens reserved when parts of the prompt could only be bounded (documents by
+    ``file_id``): at least ``prompt_tokens``; None when the count is the reservation."""
+    hidden_output: bool = False
+    """The model bills reasoning it does not stream: a call whose usage never arrives is
+    settled at the whole reserved output."""
+    uncounted_parts: int = 0
+    """Parts of the prompt reserved by ``Policy.file_id_tokens`` instead of counted."""
+
+    @property
+    def prompt_held(self) -> int:
+        """The prompt tokens the reservation holds."""
+        return self.prompt_tokens if self.reserved_prompt is None else self.reserved_prompt
+
     priced: bool = True
     """False for a model nothing prices, let through because no scope has a money limit:
     it reserves tokens only and is recorded with an unknown cost."""
@@ -75,10 +96,17 @@ class Plan:
             id=os.urandom(16).hex(),
             scopes=self.scopes,
             cost_nanos=usd_to_nanos(self.cost_usd),
-            tokens=self.prompt_tokens + self.reserved_output_total,
+            tokens=self.prompt_held + self.reserved_output_total,
             ttl_seconds=self.policy.reservation_ttl_seconds,
             model=self.model.name,
+            loop=self._loop_rule(),
         )
+
+    def _loop_rule(self) -> LoopRule | None:
+        limit = self.policy.loop_limit
+        if limit is None or not self.fingerprint:
+            return None
+        return LoopRule(self.fingerprint, limit, self.policy.loop_window_seconds)
 
 
 @dataclass(frozen=True)
@@ -154,13 +182,21 @@ class Planner:
         reserved, send_output = self._reserved_output(view, info, policy)
         budget, limit_name = input_budget(info, policy, reserved, view.max_prompt_tokens)
         messages = view.messages
-        prompt = adapter.count(counter, view, messages)
-        trim: TrimResult | None = None
         over_history = (
             policy.max_history_messages is not None
             and sum(1 for m in messages if field_of(m, "role") not in ("system", "developer"))
             > policy.max_history_messages
         )
+        # Bounded work: counting stops once the prompt is known to be over the budget (a
+        # prompt that may be trimmed is judged message by message instead).
+        may_trim = policy.trim or over_history
+        trim: TrimResult | None = None
+        stopped = False
+        try:
+            with counting_limit(budget, whole_prompt=not may_trim):
+                prompt = adapter.count(counter, view, messages)
+        except PromptTooLong as exc:
+            prompt, stopped = exc.at_least, True
         if prompt > budget or over_history:
             if prompt > budget and allow_model_fallback and policy.fallback_before_trim:
                 bigger = self._larger_model_plan(
@@ -169,17 +205,19 @@ class Planner:
                 if bigger is not None:
                     return bigger
             if policy.trim or over_history:
+                fit_budget = budget if policy.trim else 1 << 62
                 try:
-                    trim = _fit(
-                        adapter,
-                        view,
-                        messages,
-                        counter,
-                        budget if policy.trim else 1 << 62,
-                        max_history_messages=policy.max_history_messages,
-                        summarizer=self.summarizer if policy.trim else None,
-                        model_name=info.name,
-                    )
+                    with counting_limit(fit_budget, whole_prompt=False):
+                        trim = _fit(
+                            adapter,
+                            view,
+                            messages,
+                            counter,
+                            fit_budget,
+                            max_history_messages=policy.max_history_messages,
+                            summarizer=self.summarizer if policy.trim else None,
+                            model_name=info.name,
+                        )
                 except ContextWindowExceeded:
                     trim = None
                 if trim is not None:
@@ -199,6 +237,12 @@ class Planner:
                     limit_name=limit_name,
                     tenant=binding.tenant,
                     detail=(
+                        "at least that many: counting stopped once the prompt was known not "
+                        "to fit; "
+                        if stopped
+                        else ""
+                    )
+                    + (
                         "trimming could not make it fit"
                         if policy.trim
                         else "set Policy(trim=True) to drop the oldest history"
@@ -211,11 +255,14 @@ class Planner:
             messages=list(messages) if trim else view.messages,
             max_output=send_output,
         )
+        final = list(messages) if trim else view.messages
+        uncounted = _uncountable(adapter, view, final)
+        held = _held_prompt(prompt, uncounted, info, policy, reserved)
         priced = True
         try:
             cost = worst_case_cost(
                 info,
-                prompt,
+                held,
                 reserved * view.choices,
                 view.prompt_cache_write,
                 view.reserved_searches,
@@ -227,8 +274,6 @@ class Planner:
                 raise  # a money limit cannot be kept without a price
             _warn_unpriced(info)
             cost, priced = Decimal(0), False
-        last = field_of(messages[-1], "content") if messages else None
-        fingerprint = (info.name, len(messages), prompt, reserved, repr(last)[:512])
         return Plan(
             binding=binding,
             scopes=scopes,
@@ -242,11 +287,14 @@ class Planner:
             trim=trim if trim is not None and trim.dropped_count else None,
             stream=view.stream,
             hide_usage_chunk=hide_usage,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint(new_kwargs) if policy.loop_limit is not None else "",
             fallback_reason=fallback_reason,
             choices=view.choices,
             prompt_cache_write=view.prompt_cache_write,
             reserved_searches=view.reserved_searches,
+            reserved_prompt=None if held == prompt else held,
+            hidden_output=view.hidden_reasoning,
+            uncounted_parts=len(uncounted),
             reserved_file_searches=view.reserved_file_searches,
             reserved_containers=view.reserved_containers,
             server_state=view.server_state,
@@ -339,6 +387,35 @@ def worst_case_cost(
         return max(plain, usage_cost(info, worst))
     except GuardrailError:  # no cache-write or search price known: the plain price is all
         return plain
+
+
+def _uncountable(adapter: ProviderAdapter, view: RequestView, messages: Sequence[Any]) -> list[str]:
+    find = getattr(adapter, "uncountable", None)
+    return [] if find is None else list(find(view, messages))
+
+
+def _held_prompt(
+    prompt: int,
+    uncounted: list[str],
+    info: ModelInfo,
+    policy: Policy,
+    reserved_output: int,
+) -> int:
+    """The prompt tokens to reserve: the count, plus what ``Policy.file_id_tokens`` says
+    for the parts that could not be counted."""
+    if not uncounted:
+        return prompt
+    rule = policy.file_id_tokens
+    if rule == "refuse":
+        raise InvalidRequestError(
+            f"{uncounted[0]} is a document guardrail cannot read (a file_id, or a PDF whose "
+            "pages cannot be seen), and Policy(file_id_tokens='refuse') refuses those; "
+            "nothing was sent"
+        )
+    if rule == "window":
+        # The provider bills no prompt past its window less the output bound sent.
+        return max(prompt, info.context_window - reserved_output)
+    return prompt + rule * len(uncounted)
 
 
 def input_budget(

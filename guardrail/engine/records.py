@@ -11,6 +11,7 @@ from typing import Any, Literal
 from guardrail._clock import Clock
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.engine.plan import Plan
+from guardrail.errors import GuardrailError
 from guardrail.observe.sinks import (
     CallEvent,
     JsonLinesSink,
@@ -48,9 +49,32 @@ class CallLog:
 class Recorder:
     """Builds a :class:`UsageRecord` for each call and hands it to the sinks."""
 
-    def __init__(self, sinks: Sequence[Sink], clock: Clock) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink], clock: Clock, *, error_messages: bool = False
+    ) -> None:
         self.sinks = list(sinks)
         self.clock = clock
+        self.error_messages = error_messages
+
+    def error_text(self, exc: BaseException) -> str:
+        """What a record says of an error: guardrail's own message (it holds no prompt
+        text); for the provider's errors only their class, status, type and code, since
+        their message may quote the prompt (unless ``Guard(error_messages=True)``)."""
+        name = type(exc).__name__
+        if isinstance(exc, GuardrailError) or self.error_messages:
+            return f"{name}: {exc}"
+        body = getattr(exc, "body", None)
+        inner = body.get("error", body) if isinstance(body, dict) else None
+        facts = [
+            f"{label} {value}"
+            for label, value in (
+                ("status", getattr(exc, "status_code", None)),
+                ("type", getattr(exc, "type", None) or _get(inner, "type")),
+                ("code", getattr(exc, "code", None) or _get(inner, "code")),
+            )
+            if isinstance(value, (str, int)) and not isinstance(value, bool)
+        ]
+        return f"{name} ({', '.join(facts)})" if facts else name
 
     def record_refusal(
         self,
@@ -68,7 +92,7 @@ class Recorder:
                 model=model,
                 requested_model=model,
                 outcome="rejected",
-                error=f"{type(exc).__name__}: {exc}",
+                error=self.error_text(exc),
                 timestamp=self.clock(),
                 provider=provider,
                 operation=operation,
@@ -94,6 +118,9 @@ class Recorder:
         source: Literal["provider", "local_count", "none"] = "none",
         error: BaseException | None = None,
         reservation_id: str | None = None,
+        overrun_tokens: int = 0,
+        overrun_usd: Decimal = Decimal(0),
+        settlement: str = "none",
         day: str | None = None,
     ) -> None:
         if not self.records_wanted():
@@ -104,6 +131,9 @@ class Recorder:
             extra["cost_unknown"] = True  # no price: cost_usd is 0 because it is unknown
         if plan.exact_prompt_tokens is not None:
             extra["exact_prompt_tokens"] = plan.exact_prompt_tokens
+        if plan.reserved_prompt is not None:
+            extra["reserved_prompt_tokens"] = plan.reserved_prompt
+            extra["uncounted_parts"] = plan.uncounted_parts
         if plan.history_tokens:
             extra["history_tokens"] = plan.history_tokens
         if usage.cache_write_tokens:
@@ -132,8 +162,11 @@ class Recorder:
                 reservation_id=reservation_id,
                 usage_source=source,
                 fallback_reason=plan.fallback_reason,
-                error=None if error is None else f"{type(error).__name__}: {error}",
+                error=None if error is None else self.error_text(error),
                 timestamp=self.clock(),
+                overrun_tokens=overrun_tokens,
+                overrun_usd=overrun_usd,
+                settlement=settlement,
                 extra=extra,
                 provider=log.provider,
                 operation=log.operation,
@@ -146,6 +179,10 @@ class Recorder:
                 day=day,
             ),
         )
+
+
+def _get(mapping: object, key: str) -> object:
+    return mapping.get(key) if isinstance(mapping, dict) else None
 
 
 def _sink_ignores_records(sink: Sink) -> bool:

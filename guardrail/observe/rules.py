@@ -256,17 +256,21 @@ class OverrunRule(Rule):
         refusal = record.refusal
         stream = refusal is not None and refusal.limit == "reserved output tokens"
         costly = record.reserved_usd > 0 and record.cost_usd > record.reserved_usd
-        if record.outcome == "rejected" or not (stream or costly):
+        over = record.overrun_tokens > 0 or record.overrun_usd > 0  # the engine's own flag
+        if record.outcome == "rejected" or not (stream or costly or over):
             return ()
         text = (
             f"{record.tenant}: a {record.model} call cost {_usd(record.cost_usd)}, "
             f"{_usd(record.reserved_usd)} was reserved"
             + (f"; its stream ran past {refusal.cap} reserved output tokens" if refusal else "")
+            + (f"; {record.overrun_tokens} tokens past the reservation" if over else "")
         )
         figures: dict[str, Figure] = {
             "cost_usd": str(record.cost_usd),
             "reserved_usd": str(record.reserved_usd),
             "output_tokens": record.output_tokens,
+            "overrun_tokens": record.overrun_tokens,
+            "overrun_usd": str(record.overrun_usd),
         }
         return (
             ctx.event(

@@ -32,7 +32,14 @@ __all__ = [
 ]
 
 Outcome = Literal[
-    "ok", "error", "rejected", "stream_completed", "stream_closed", "stream_error", "cancelled"
+    "ok",
+    "error",
+    "rejected",
+    "stream_completed",
+    "stream_closed",
+    "stream_error",
+    "cancelled",
+    "settle_pending",
 ]
 
 _log = logging.getLogger("guardrail")
@@ -149,6 +156,16 @@ class UsageRecord:
     fallback_reason: str | None = None
     error: str | None = None
     timestamp: float = 0.0
+    overrun_tokens: int = 0
+    """Tokens billed past what was reserved (prompt and output): charged in full, and
+    logged, but a sign that something was under-counted (a document, an estimate)."""
+    overrun_usd: Decimal = Decimal(0)
+    """Cost billed past the reservation's worst case."""
+    settlement: str = "none"
+    """Where the call's settlement went: ``"settled"`` (the store took it), ``"spooled"``
+    (Redis was down: the spool replays it), ``"pending"`` (neither could take it: kept in
+    memory and retried; the outcome is then ``"settle_pending"``), ``"failed"`` (a store
+    without a spool failed: logged with its cost), ``"none"`` (nothing was reserved)."""
     extra: dict[str, Any] = field(default_factory=dict)
     # -- for metrics, alerts and traces (guardrail.observe)
     provider: str = ""
@@ -178,7 +195,7 @@ class UsageRecord:
         """JSON-safe: Decimal amounts become strings, so no precision is lost. The call's
         events and limits are left out."""
         data = {name: getattr(self, name) for name in _LOGGED}
-        for key in ("cost_usd", "reserved_usd"):
+        for key in ("cost_usd", "reserved_usd", "overrun_usd"):
             data[key] = str(data[key])
         data["scopes"] = list(self.scopes)
         data["extra"] = dict(self.extra)

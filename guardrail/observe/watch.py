@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from guardrail.errors import GuardrailError
+from guardrail.errors import GuardrailError, StoreUnavailable
 from guardrail.observe.rules import StoreProblem
 from guardrail.observe.sinks import Sink
 from guardrail.stores.base import (
@@ -91,6 +91,9 @@ class ObservedStore:
         started = time.perf_counter()
         try:
             reservation = self.inner.reserve(request)
+        except StoreUnavailable as exc:  # the store's own failure, described
+            self._done("reserve", started, exc)
+            raise
         except GuardrailError:  # a refusal is an answer, not a failure
             self._done("reserve", started, None)
             raise
@@ -101,27 +104,29 @@ class ObservedStore:
         self._in_flight(1)
         return reservation
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str | None:
         started = time.perf_counter()
         try:
-            self.inner.settle(reservation, settlement)
+            written = self.inner.settle(reservation, settlement)
         except Exception as exc:
             self._done("settle", started, exc)
             raise
         finally:
             self._in_flight(-1)
         self._done("settle", started, None)
+        return written
 
-    def release(self, reservation: Reservation) -> None:
+    def release(self, reservation: Reservation, *, failed: bool = False) -> str | None:
         started = time.perf_counter()
         try:
-            self.inner.release(reservation)
+            written = self.inner.release(reservation, failed=failed)
         except Exception as exc:
             self._done("release", started, exc)
             raise
         finally:
             self._in_flight(-1)
         self._done("release", started, None)
+        return written
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
         return self.inner.usage(scope, day)
@@ -149,6 +154,9 @@ class ObservedStore:
         started = time.perf_counter()
         try:
             reservation = await self.inner.areserve(request)
+        except StoreUnavailable as exc:  # the store's own failure, described
+            self._done("reserve", started, exc)
+            raise
         except GuardrailError:
             self._done("reserve", started, None)
             raise
@@ -159,27 +167,29 @@ class ObservedStore:
         self._in_flight(1)
         return reservation
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str | None:
         started = time.perf_counter()
         try:
-            await self.inner.asettle(reservation, settlement)
+            written = await self.inner.asettle(reservation, settlement)
         except Exception as exc:
             self._done("settle", started, exc)
             raise
         finally:
             self._in_flight(-1)
         self._done("settle", started, None)
+        return written
 
-    async def arelease(self, reservation: Reservation) -> None:
+    async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str | None:
         started = time.perf_counter()
         try:
-            await self.inner.arelease(reservation)
+            written = await self.inner.arelease(reservation, failed=failed)
         except Exception as exc:
             self._done("release", started, exc)
             raise
         finally:
             self._in_flight(-1)
         self._done("release", started, None)
+        return written
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         return await self.inner.ausage(scope, day)

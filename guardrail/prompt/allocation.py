@@ -31,7 +31,12 @@ from dataclasses import dataclass, field, replace
 
 from guardrail.catalog.models import ModelInfo
 from guardrail.counting.messages import TokenCounter, counter_for
-from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import (
+    ConfigurationError,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    describe,
+)
 
 __all__ = [
     "Allocation",
@@ -44,7 +49,7 @@ __all__ = [
 
 def _non_negative_int(label: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequestError(f"{label} must be an int >= 0, got {value!r}")
+        raise InvalidRequestError(f"{label} must be an int >= 0, got {describe(value)}")
     return value
 
 
@@ -55,7 +60,7 @@ def _positive_weight(label: str, value: object) -> float:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ConfigurationError(f"{label} must be a finite number > 0, got {value!r}")
+        raise ConfigurationError(f"{label} must be a finite number > 0, got {describe(value)}")
     return float(value)
 
 
@@ -75,7 +80,7 @@ class BudgetPart:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError(f"a budget part needs a name, got {self.name!r}")
+            raise ConfigurationError(f"a budget part needs a name, got {describe(self.name)}")
         _non_negative_int(f"{self.name}: demand", self.demand)
         _non_negative_int(f"{self.name}: min_tokens", self.min_tokens)
         _positive_weight(f"{self.name}: share", self.share)
@@ -164,12 +169,14 @@ def allocate(
     when the parts' minimums do not fit ``available``.
     """
     _non_negative_int("available", available)
+    if not isinstance(parts, (list, tuple)):
+        raise InvalidRequestError(f"parts must be a list of BudgetParts, got {describe(parts)}")
     seen: set[str] = set()
     for part in parts:
         if not isinstance(part, BudgetPart):
-            raise InvalidRequestError(f"parts must be BudgetPart objects, got {part!r}")
+            raise InvalidRequestError(f"parts must be BudgetPart objects, got {describe(part)}")
         if part.name in seen:
-            raise InvalidRequestError(f"two budget parts are named {part.name!r}")
+            raise InvalidRequestError(f"two budget parts are named {describe(part.name)}")
         seen.add(part.name)
     mins = {p.name: min(p.min_tokens, p.demand) for p in parts}
     required = sum(mins.values())
@@ -197,7 +204,9 @@ def allocate(
 
 def _headroom_tokens(headroom: float | int, available: int) -> int:
     if isinstance(headroom, bool) or not isinstance(headroom, (int, float)):
-        raise ConfigurationError(f"headroom must be a float fraction or int tokens: {headroom!r}")
+        raise ConfigurationError(
+            f"headroom must be a float fraction or int tokens: {describe(headroom)}"
+        )
     if isinstance(headroom, int):
         if headroom < 0:
             raise ConfigurationError(f"headroom must be >= 0 tokens, got {headroom}")
@@ -226,9 +235,13 @@ class TokenBudget:
         self.info: ModelInfo = self.counter.info
         window = self.info.context_window if context_window is None else context_window
         if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise ConfigurationError(f"context_window must be a positive int, got {window!r}")
+            raise ConfigurationError(
+                f"context_window must be a positive int, got {describe(window)}"
+            )
         if isinstance(reserve_output, bool) or not isinstance(reserve_output, int):
-            raise ConfigurationError(f"reserve_output must be an int, got {reserve_output!r}")
+            raise ConfigurationError(
+                f"reserve_output must be an int, got {describe(reserve_output)}"
+            )
         if not 0 <= reserve_output < window:
             raise ConfigurationError(
                 f"reserve_output ({reserve_output}) must be >= 0 and below the context "

@@ -18,7 +18,12 @@ from typing import Any
 
 from guardrail.catalog.models import ModelInfo
 from guardrail.counting.messages import field_of
-from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import (
+    ConfigurationError,
+    ContextWindowExceeded,
+    InvalidRequestError,
+    describe,
+)
 from guardrail.prompt.allocation import (
     Allocation,
     BudgetPart,
@@ -152,7 +157,7 @@ class PromptBuilder:
             self.shares[name] = _positive_weight(f"shares[{name!r}]", share)
         for name, priority in (priorities or {}).items():
             if isinstance(priority, bool) or not isinstance(priority, int):
-                raise ConfigurationError(f"priorities[{name!r}] must be an int")
+                raise ConfigurationError(f"priorities[{describe(name)}] must be an int")
             self.priorities[name] = priority
         if not isinstance(separator, str):
             raise ConfigurationError("separator must be a str")
@@ -204,6 +209,9 @@ class PromptBuilder:
             raise InvalidRequestError("system must be a str")
         if user is not None and not isinstance(user, str):
             raise InvalidRequestError("user must be a str (put content parts in history)")
+        for name, value in (("examples", examples), ("context", context), ("history", history)):
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+                raise InvalidRequestError(f"{name} must be a list, got {type(value).__name__}")
         head: list[Message] = []
         fixed: dict[str, int] = {}
         if system:

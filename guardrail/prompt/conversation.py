@@ -42,6 +42,7 @@ from guardrail._clock import Clock, system_clock
 from guardrail.catalog.models import ModelInfo
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.errors import ConfigurationError, ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import describe as shown
 from guardrail.prompt.trimming import (
     Message,
     Summarizer,
@@ -55,13 +56,13 @@ __all__ = ["ConversationMemory", "RedisConversationMemory"]
 
 def _check_budget(max_tokens: object) -> int:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        raise ConfigurationError(f"max_tokens must be a positive int, got {shown(max_tokens)}")
     return max_tokens
 
 
 def _check_message(message: object) -> None:
     if field_of(message, "role") is None:
-        raise InvalidRequestError(f"a message needs a 'role': {message!r:.80}")
+        raise InvalidRequestError(f"a message needs a 'role': {shown(message)}")
 
 
 def _starts_turn(message: Any) -> bool:
@@ -111,7 +112,7 @@ class ConversationMemory:
             or not max_age > 0
             or math.isinf(max_age)
         ):
-            raise ConfigurationError(f"max_age must be a positive number of seconds: {max_age!r}")
+            raise ConfigurationError(f"max_age must be a number of seconds > 0: {shown(max_age)}")
         self.max_age: float | None = None if max_age is None else float(max_age)
         self._clock = clock
         self._summarizer = summarizer
@@ -130,6 +131,8 @@ class ConversationMemory:
         self._summary_tokens = 0
         self._pinned: list[Message] = []
         self._pinned_tokens = 0
+        if isinstance(pinned, (str, bytes, Mapping)) or not isinstance(pinned, Iterable):
+            raise InvalidRequestError(f"pinned must be a list, got {type(pinned).__name__}")
         for message in pinned:
             self.pin(message)
 
@@ -422,7 +425,7 @@ class RedisConversationMemory:
         if isinstance(ttl, timedelta):
             ttl = ttl.total_seconds()
         if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
-            raise ConfigurationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+            raise ConfigurationError(f"ttl must be a positive number of seconds, got {shown(ttl)}")
         self._ttl_ms = 0 if ttl is None else max(1, round(ttl * 1000))
         base = f"{prefix}{{{conversation_id}}}"
         self.keys = (f"{base}:window", f"{base}:tokens")

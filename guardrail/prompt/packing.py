@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeAlias, Union
 
 from guardrail.catalog.models import ModelInfo
 from guardrail.counting.messages import TokenCounter, counter_for
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, describe
 from guardrail.prompt.truncation import (
     Strategy,
     _Encoder,
@@ -63,7 +63,9 @@ class Document:
         if not isinstance(self.text, str):
             raise InvalidRequestError(f"document text must be a str, got {type(self.text)}")
         if isinstance(self.score, bool) or not isinstance(self.score, (int, float)):
-            raise InvalidRequestError(f"document score must be a number, got {self.score!r}")
+            raise InvalidRequestError(
+                f"document score must be a number, got {describe(self.score)}"
+            )
         if math.isnan(self.score):
             raise InvalidRequestError("document score must not be NaN")
         if not isinstance(self.metadata, Mapping):
@@ -206,10 +208,12 @@ def pack_documents(
     turns a document (for example with its source) before it is counted and packed.
     See the module docstring for the rules.
     """
+    if isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Iterable):
+        raise InvalidRequestError(f"docs must be a list of documents, got {type(docs).__name__}")
     if not isinstance(separator, str):
         raise InvalidRequestError("separator must be a str")
     if order not in ("score", "original"):
-        raise InvalidRequestError(f"order must be 'score' or 'original', got {order!r}")
+        raise InvalidRequestError(f"order must be 'score' or 'original', got {describe(order)}")
     if (
         isinstance(min_tokens_for_partial, bool)
         or not isinstance(min_tokens_for_partial, int)

@@ -35,7 +35,7 @@ from operator import add, itemgetter
 from typing import Any, cast
 
 from guardrail.counting.messages import TOKENS_PER_MESSAGE, TokenCounter, counter_for, field_of
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError
+from guardrail.errors import ContextWindowExceeded, InvalidRequestError, describe
 
 __all__ = ["Summarizer", "TrimResult", "fit_messages", "trim_messages"]
 
@@ -139,6 +139,17 @@ def fit_messages(
         not isinstance(messages, Sequence) or isinstance(messages, (str, bytes))
     ):
         raise InvalidRequestError("messages must be a list of message dicts")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise InvalidRequestError(f"max_tokens must be an int, got {describe(max_tokens)}")
+    if max_history_messages is not None and (
+        isinstance(max_history_messages, bool)
+        or not isinstance(max_history_messages, int)
+        or max_history_messages < 0
+    ):
+        raise InvalidRequestError(
+            "max_history_messages must be None or an int >= 0, got "
+            f"{describe(max_history_messages)}"
+        )
     fixed = counter.reply_priming + (counter.tools(tools) if tools else 0)
     if summarizer is None and type(counter).message is TokenCounter.message:
         fast = _fit_plain(messages, counter, max_tokens, fixed, max_history_messages, model_name)
@@ -401,7 +412,7 @@ def trim_messages(
     cannot fit on their own. Use :func:`fit_messages` to also learn what was dropped.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise InvalidRequestError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        raise InvalidRequestError(f"max_tokens must be a positive int, got {describe(max_tokens)}")
     return fit_messages(
         messages,
         counter_for(model),

@@ -49,7 +49,7 @@ import tiktoken
 from guardrail.catalog.models import FALLBACK_ENCODING, ModelInfo
 from guardrail.counting.messages import TokenCounter, counter_for
 from guardrail.counting.text import estimate_margin
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, describe
 
 __all__ = ["DEFAULT_MARKERS", "Strategy", "truncate_text"]
 
@@ -293,10 +293,10 @@ def _truncate(
 
 def check_truncation_args(max_tokens: object, strategy: object, marker: object) -> None:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise InvalidRequestError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
+        raise InvalidRequestError(f"max_tokens must be an int >= 0, got {describe(max_tokens)}")
     if strategy not in STRATEGIES:
         raise InvalidRequestError(
-            f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
+            f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {describe(strategy)}"
         )
     if marker is not None and not isinstance(marker, str):
         raise InvalidRequestError(f"marker must be a str or None, got {type(marker).__name__}")

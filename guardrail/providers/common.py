@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.drivers import AsyncDriver, SyncDriver
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, describe
 from guardrail.tenancy import TenantBinding
 
 if TYPE_CHECKING:
@@ -20,11 +20,21 @@ def given(value: Any) -> bool:
     return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
 
 
+MAX_MODEL_NAME = 256
+"""The longest model name a request may give: every provider's names are far shorter, and
+an unbounded one would be held by the catalog's caches and printed in warnings."""
+
+
 def model_and_messages(kwargs: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
     """A request's ``model`` and ``messages``, checked (else InvalidRequestError)."""
     model = kwargs.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(f"model must be a non-empty str, got {describe(model)}")
+    if len(model) > MAX_MODEL_NAME:
+        raise InvalidRequestError(
+            f"model is a name of {len(model)} characters ({describe(model, 40)}); model "
+            f"names are at most {MAX_MODEL_NAME}"
+        )
     messages = kwargs.get("messages")
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise InvalidRequestError(

@@ -138,16 +138,29 @@ async def relay(stream: AsyncGuardedStream, provider: Provider) -> AsyncIterator
     """The guarded stream's events, as the provider sent them (a chunk the caller did not
     ask for, such as the usage-only one guardrail added, is not relayed). However it ends
     (exhausted, the caller gone, the upstream broken, an overrun) the stream is closed and
-    the call settled."""
+    the call settled. The last event is held back until the call is settled, so a caller
+    that has read the whole stream finds it in the usage (read-your-writes)."""
+    held: bytes | None = None
     try:
         async for event in stream:
-            yield event.raw
+            if held is not None:
+                yield held
+            held = event.raw
+        await stream.close()  # exhausted: settled before the caller sees the end
     except GuardrailError as exc:  # an overrun: the stream was cut and settled
+        if held is not None:
+            yield held
+            held = None
         yield _error_event(provider, "budget_exceeded", str(exc))
     except UpstreamUnreachable as exc:
+        if held is not None:
+            yield held
+            held = None
         yield _error_event(provider, "server_error", str(exc))
     finally:
         await stream.close()
+    if held is not None:
+        yield held
 
 
 def _error_event(provider: Provider, kind: str, message: str) -> bytes:

@@ -28,10 +28,11 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
-from guardrail.errors import BudgetExceeded, ConfigurationError
+from guardrail.errors import BudgetExceeded, ConfigurationError, LoopDetected
 
 __all__ = [
     "NANOS_PER_USD",
+    "LoopRule",
     "Reservation",
     "ReservationRequest",
     "ScopeLimits",
@@ -71,6 +72,18 @@ class ScopeLimits:
 
 
 @dataclass(frozen=True)
+class LoopRule:
+    """The loop check of a reservation: refuse it when the request ``key`` (a hash of the
+    whole request) has failed ``limit`` times for the first scope within ``window``
+    seconds with no success since. Settling a failed call counts a failure; settling a
+    successful one clears the count (see :func:`loop_error`)."""
+
+    key: str
+    limit: int
+    window: float
+
+
+@dataclass(frozen=True)
 class ReservationRequest:
     id: str
     scopes: tuple[ScopeLimits, ...]
@@ -78,6 +91,7 @@ class ReservationRequest:
     tokens: int
     ttl_seconds: float
     model: str = ""
+    loop: LoopRule | None = None
 
     def __post_init__(self) -> None:
         if len(self.scopes) < 2:
@@ -104,6 +118,9 @@ class Reservation:
     # What the store needs to recognise its own reservation later (Redis: the generation
     # of the first scope's state); opaque, and not part of a reservation's identity.
     token: str = field(default="", compare=False)
+    loop_key: str = ""
+    """The request's loop key ("" without a loop check): its failures count on it."""
+    loop_window: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,9 @@ class Settlement:
     input_tokens: int
     output_tokens: int
     model: str
+    failed: bool = False
+    """The call failed after it was sent (timed out, cut off): a failure for the loop
+    check; a settlement that did not fail clears the request's failures."""
 
     @property
     def tokens(self) -> int:
@@ -205,6 +225,18 @@ def bucket_level(
     return min(float(capacity), level + elapsed * capacity / period)
 
 
+def loop_error(
+    scope: str, rule: LoopRule, failures: int, first_at: float, now: float
+) -> LoopDetected:
+    return LoopDetected(
+        tenant=scope,
+        repeats=failures,
+        window_seconds=rule.window,
+        limit=rule.limit,
+        retry_after=max(0.0, first_at + rule.window - now),
+    )
+
+
 def in_flight_error(*, scope: str, in_flight: int, cap: int) -> BudgetExceeded:
     """The BudgetExceeded for a scope that has ``cap`` calls in flight already."""
     return BudgetExceeded(
@@ -272,17 +304,23 @@ class Store(Protocol):
         :class:`~guardrail.BudgetExceeded` naming the first limit that has no room."""
         ...
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None: ...
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str | None:
+        """Swap the hold for the actual cost. May return where the settlement went
+        (``"settled"``, ``"spooled"``, ``"pending"``: see ``UsageRecord.settlement``)."""
+        ...
 
-    def release(self, reservation: Reservation) -> None: ...
+    def release(self, reservation: Reservation, *, failed: bool = False) -> str | None:
+        """Return the hold whole; ``failed``: the call was sent and failed without usage
+        (an HTTP error), a failure for the loop check."""
+        ...
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary: ...
 
     async def areserve(self, request: ReservationRequest) -> Reservation: ...
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None: ...
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str | None: ...
 
-    async def arelease(self, reservation: Reservation) -> None: ...
+    async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str | None: ...
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary: ...
 

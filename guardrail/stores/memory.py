@@ -26,6 +26,7 @@ from guardrail.stores.base import (
     bucket_level,
     budget_error,
     in_flight_error,
+    loop_error,
     nanos_to_usd,
     report_range,
 )
@@ -65,10 +66,13 @@ class _State:
     claims: dict[tuple[str, str], float] = field(default_factory=dict)
     notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    # (scope, loop key) -> (failures, first failure at, window): oldest updated first
+    loops: dict[tuple[str, str], tuple[int, float, float]] = field(default_factory=dict)
 
 
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
 _MAX_NOTES = 100_000
+_MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet are forgotten
 
 
 class MemoryStore:
@@ -126,6 +130,11 @@ class MemoryStore:
             s, w = self._s, self.windows
             day, month = w.keys(now)
             cost, tokens = request.cost_nanos, request.tokens
+            rule = request.loop
+            if rule is not None and request.scopes:
+                seen = s.loops.get((request.scopes[0].scope, rule.key))
+                if seen is not None and seen[1] + rule.window > now and seen[0] >= rule.limit:
+                    raise loop_error(request.scopes[0].scope, rule, seen[0], seen[1], now)
             levels: list[tuple[tuple[str, str], float]] = []
             for lim in request.scopes:
                 sc = lim.scope
@@ -180,6 +189,8 @@ class MemoryStore:
                 created_at=now,
                 expires_at=now + request.ttl_seconds,
                 model=request.model,
+                loop_key="" if rule is None else rule.key,
+                loop_window=0.0 if rule is None else rule.window,
             )
             for sc in scopes:
                 s.held[(sc, day)] += cost
@@ -189,35 +200,64 @@ class MemoryStore:
             heapq.heappush(s.expiry, (reservation.expires_at, request.id))
             return reservation
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str:
         with self._lock:
-            now = self._clock()
-            s, r = self._s, reservation
-            if r.id in s.settled:
-                return  # a replay: applied once already
-            s.settled[r.id] = now
-            self._drop_hold(r)
-            for sc in r.scopes:
-                s.spent[(sc, r.day)] += settlement.cost_nanos
-                s.spent[(sc, r.month)] += settlement.cost_nanos
-                for agg in (s.usage[(sc, r.day)], s.by_model[(sc, r.day, settlement.model)]):
-                    agg.cost_nanos += settlement.cost_nanos
-                    agg.input_tokens += settlement.input_tokens
-                    agg.output_tokens += settlement.output_tokens
-                    agg.requests += 1
-            self._refund_tokens(r, r.tokens - settlement.tokens, now)
-            self._expire(now)
+            self._settle(reservation, settlement)
+        return "settled"
 
-    def release(self, reservation: Reservation) -> None:
+    def _settle(self, reservation: Reservation, settlement: Settlement) -> None:
+        now = self._clock()
+        s, r = self._s, reservation
+        if r.id in s.settled:
+            return  # a replay: applied once already
+        s.settled[r.id] = now
+        self._loop_outcome(r, settlement.failed, now)
+        self._drop_hold(r)
+        for sc in r.scopes:
+            s.spent[(sc, r.day)] += settlement.cost_nanos
+            s.spent[(sc, r.month)] += settlement.cost_nanos
+            for agg in (s.usage[(sc, r.day)], s.by_model[(sc, r.day, settlement.model)]):
+                agg.cost_nanos += settlement.cost_nanos
+                agg.input_tokens += settlement.input_tokens
+                agg.output_tokens += settlement.output_tokens
+                agg.requests += 1
+        self._refund_tokens(r, r.tokens - settlement.tokens, now)
+        self._expire(now)
+
+    def release(self, reservation: Reservation, *, failed: bool = False) -> str:
         with self._lock:
-            now = self._clock()
-            self._expire(now)  # an expired reservation is gone: its tokens are not given back
-            s, r = self._s, reservation
-            if r.id in s.settled or r.id not in s.holds:
-                return
-            s.settled[r.id] = now  # released for good: a later settlement is a replay
-            self._drop_hold(r)
-            self._refund_tokens(r, r.tokens, now)
+            self._release(reservation, failed)
+        return "settled"
+
+    def _release(self, reservation: Reservation, failed: bool) -> None:
+        now = self._clock()
+        self._expire(now)  # an expired reservation is gone: its tokens are not given back
+        s, r = self._s, reservation
+        if r.id in s.settled or r.id not in s.holds:
+            return
+        s.settled[r.id] = now  # released for good: a later settlement is a replay
+        if failed:
+            self._loop_outcome(r, True, now)
+        self._drop_hold(r)
+        self._refund_tokens(r, r.tokens, now)
+
+    def _loop_outcome(self, r: Reservation, failed: bool, now: float) -> None:
+        """A failure counts towards the request's loop check; a success clears it."""
+        if not r.loop_key or not r.scopes:
+            return
+        loops, key = self._s.loops, (r.scopes[0], r.loop_key)
+        seen = loops.pop(key, None)
+        if not failed:
+            return
+        if seen is None or seen[1] + seen[2] <= now:
+            loops[key] = (1, now, r.loop_window)
+        else:
+            loops[key] = (seen[0] + 1, seen[1], seen[2])
+        if len(loops) > _MAX_LOOPS:  # bounded: forget the quiet ones, then the oldest
+            kept = {k: v for k, v in loops.items() if v[1] + v[2] > now}
+            while len(kept) > _MAX_LOOPS // 2:
+                del kept[next(iter(kept))]
+            self._s.loops = kept
 
     def _drop_hold(self, r: Reservation) -> None:
         hold = self._s.holds.pop(r.id, None)
@@ -351,11 +391,11 @@ class MemoryStore:
     async def areserve(self, request: ReservationRequest) -> Reservation:
         return self.reserve(request)
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
-        self.settle(reservation, settlement)
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
+        return self.settle(reservation, settlement)
 
-    async def arelease(self, reservation: Reservation) -> None:
-        self.release(reservation)
+    async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str:
+        return self.release(reservation, failed=failed)
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         return self.usage(scope, day)

@@ -1,7 +1,10 @@
 """A local spool of store writes that could not be made (the store was down).
 
-Records are JSON lines, appended with one ``write`` and ``fsync``'d before ``append``
-returns, so a record survives the process dying right after. ``replay`` applies the
+Records are JSON lines, ``fsync``'d before ``append`` returns, so a record survives the
+process dying right after. Appends from many threads at once are *grouped*: the first
+writer takes the file lock and writes every record queued by then with one ``write`` and
+one ``fsync``, while the others wait for that write (group commit); so a burst of
+settlements with Redis down costs a few fsyncs, not one each behind one lock. ``replay`` applies the
 records in order and appends a ``{"done": id}`` line after each one it applied; when every
 record is done the file is emptied. A crash in the middle of a replay therefore re-applies
 at most the records whose ``done`` line was not written yet: the store's writes are
@@ -17,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -35,12 +39,23 @@ _log = logging.getLogger("guardrail")
 _RECHECK_SECONDS = 2.0  # how often to look for records spooled by other processes
 
 
+class _Ticket:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: OSError | None = None
+
+
 class Spool:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._dirty = False
         self._next_check = 0.0
+        self._queue: list[tuple[str, _Ticket]] = []
+        self._writing = False
+        self._turn = threading.Condition(threading.Lock())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[IO[str]]:
@@ -55,11 +70,49 @@ class Spool:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably (flushed and fsync'd)."""
+        """Write one record durably (flushed and fsync'd), grouped with any appended by
+        other threads meanwhile. Raises ``OSError`` when it could not be written (the
+        directory cannot be made, the disk is full): then nothing of it was kept."""
         line = json.dumps({"sid": uuid.uuid4().hex, **record}, separators=(",", ":"))
+        ticket = _Ticket()
+        with self._turn:
+            self._queue.append((line, ticket))
+            if self._writing:  # another thread writes: it takes this record too
+                while not ticket.done:
+                    self._turn.wait()
+                if ticket.error is not None:
+                    raise ticket.error
+                return
+            self._writing = True
+        try:
+            while True:
+                with self._turn:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        break
+                error: OSError | None = None
+                try:
+                    self._write([line for line, _ in batch])
+                except OSError as exc:
+                    error = exc
+                with self._turn:
+                    for _, waiting in batch:
+                        waiting.done, waiting.error = True, error
+                    self._turn.notify_all()
+        finally:
+            with self._turn:
+                self._writing = False
+                for _, waiting in self._queue:  # not written (an unexpected error)
+                    waiting.done, waiting.error = True, OSError("spool writer failed")
+                self._queue = []
+                self._turn.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _write(self, lines: list[str]) -> None:
         with self._locked() as f:
             _start_line(f)
-            f.write(line + "\n")
+            f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
             self._dirty = True
@@ -83,6 +136,8 @@ class Spool:
             return self._unapplied(f)
 
     def _unapplied(self, f: IO[str], bad: list[str] | None = None) -> list[dict[str, Any]]:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return []  # a device (/dev/full reads zeros forever): nothing was kept there
         f.seek(0)
         records: dict[str, dict[str, Any]] = {}
         for number, line in enumerate(f, 1):

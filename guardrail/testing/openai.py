@@ -135,6 +135,8 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
             ``max_completion_tokens`` / ``max_tokens`` (the visible reply is cut to what is
             left, with ``finish_reason="length"``).
         models: The model ids listed by ``GET /v1/models``.
+        stream_usage: When False, a stream never sends its usage chunk, even when asked
+            (``stream_options={"include_usage": True}``): a provider that omits it.
         host: The address to listen on.
 
     ``completion_tokens`` is the tiktoken length of the reply (``o200k_base`` for gpt-4o,
@@ -156,6 +158,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         models: Iterable[str] = DEFAULT_MODELS,
+        stream_usage: bool = True,
         host: str = "127.0.0.1",
     ) -> None:
         self.reply: str | ReplyFunc = reply
@@ -163,6 +166,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         self.cached_tokens: int = cached_tokens
         self.reasoning_tokens: int = reasoning_tokens
         self.models: list[str] = list(models)
+        self.stream_usage: bool = stream_usage
         super().__init__(host, ("chat",))
         self._errors: list[BaseException] = []
         self._completion_ids = itertools.count(1)

@@ -236,6 +236,7 @@ class OpenAIHandler(FakeHandler):
     ) -> None:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        include_usage = include_usage and self.server.fake.stream_usage
         base: dict[str, Any] = {
             "id": completion.id,
             "object": "chat.completion.chunk",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,8 +14,15 @@ from guardrail.counting.claude import message_tokens, plain, request_tokens
 from guardrail.counting.messages import TokenCounter, field_of
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
+from guardrail.engine.request_check import (
+    check_number,
+    check_parameters,
+    check_roles,
+    check_stream,
+    plain_messages,
+)
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import ConfigurationError, InvalidRequestError
+from guardrail.errors import ConfigurationError, InvalidRequestError, describe
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import given, model_and_messages
@@ -48,6 +57,12 @@ def _allowed_searches(tools: Any) -> int:
     return total
 
 
+def _thinks(thinking: Any) -> bool:
+    """Extended thinking is on: Claude 4 models stream a summary of it but bill it whole."""
+    kind = _field(thinking, "type") if given(thinking) else None
+    return isinstance(kind, str) and kind != "disabled"
+
+
 def _nonstreaming_cap(model: str) -> int:
     """The bound the SDK accepts without streaming: its general 10-minute rule, and its
     per-model table (Opus 4 and 4.1 refuse more than 8,192 without streaming)."""
@@ -61,6 +76,46 @@ def _nonstreaming_cap(model: str) -> int:
 
 def _type(value: object) -> str:
     return type(value).__name__
+
+
+ROLES = frozenset(("user", "assistant"))
+"""The roles the Messages API takes in ``messages`` (the system prompt is ``system``)."""
+_API = "messages.create"
+
+
+@functools.cache
+def sdk_parameters() -> frozenset[str] | None:
+    """The parameters the installed SDK's ``messages.create``/``stream`` take (None when
+    they cannot be read: nothing is then refused for its name)."""
+    try:
+        from anthropic.resources.messages import Messages
+
+        names = set(inspect.signature(Messages.create).parameters)
+        names |= set(inspect.signature(Messages.stream).parameters)
+    except Exception:  # pragma: no cover - an SDK without these
+        return None
+    names.discard("self")
+    return frozenset(names)
+
+
+def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
+    """What the API is sure to reject, and what the SDK could not serialise, refused before
+    anything is reserved; returns ``stream``."""
+    if not messages:
+        raise InvalidRequestError("messages is empty: the API needs at least one message")
+    fast = plain_messages(messages, ROLES)
+    if not fast:
+        check_roles(messages, ROLES, _API)
+    check_parameters(kwargs, sdk_parameters(), _API, skip="messages" if fast else "")
+    stream = check_stream(kwargs)
+    check_number(kwargs, "temperature", 0.0, 1.0)
+    check_number(kwargs, "top_p", 0.0, 1.0)
+    system: Any = kwargs.get("system")
+    if given(system) and not isinstance(system, (str, list, tuple)):
+        raise InvalidRequestError(
+            f"system must be a str or a list of text blocks, got {describe(system)}"
+        )
+    return stream
 
 
 @dataclass(frozen=True)
@@ -88,6 +143,7 @@ class AnthropicAdapter:
 
     def read(self, kwargs: Mapping[str, Any]) -> AnthropicView:
         model, messages = model_and_messages(kwargs)
+        stream = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
         if given(tools) and (not isinstance(tools, Sequence) or isinstance(tools, str)):
             raise InvalidRequestError(f"tools must be a list of tool dicts, got {_type(tools)}")
@@ -96,9 +152,10 @@ class AnthropicAdapter:
         max_tokens = kwargs.get("max_tokens")
         if given(max_tokens):
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-                raise InvalidRequestError(f"max_tokens must be a positive int, got {max_tokens!r}")
+                raise InvalidRequestError(
+                    f"max_tokens must be a positive int, got {describe(max_tokens)}"
+                )
             requested = max_tokens
-        stream = kwargs.get("stream") is True
         metadata = kwargs.get("metadata")
         hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
         if kwargs.get("speed") == "fast":
@@ -123,6 +180,7 @@ class AnthropicAdapter:
                 kwargs.get("cache_control"), system, messages, tools if given(tools) else None
             ),
             reserved_searches=_allowed_searches(tools if given(tools) else None),
+            hidden_reasoning=_thinks(kwargs.get("thinking")),
         )
 
     def rewrite(

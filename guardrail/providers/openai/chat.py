@@ -3,15 +3,26 @@ engine, and reads usage back from responses and stream chunks."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from guardrail.catalog.models import model_info
 from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.documents import uncountable_parts
 from guardrail.counting.messages import TokenCounter
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
+from guardrail.engine.request_check import (
+    check_number,
+    check_parameters,
+    check_roles,
+    check_stream,
+    plain_messages,
+)
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import InvalidRequestError
+from guardrail.errors import InvalidRequestError, describe
 from guardrail.providers.common import given, model_and_messages
 
 __all__ = ["OpenAIAdapter", "materialise"]
@@ -22,7 +33,7 @@ def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
     if not given(value):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidRequestError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidRequestError(f"{name} must be a positive int, got {describe(value)}")
     return value
 
 
@@ -35,6 +46,78 @@ def _count(obj: Any, name: str) -> int:
 
 
 _ITERABLE_PARAMS = ("messages", "tools", "functions")
+
+ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
+"""The roles Chat Completions takes; any other is a 400."""
+_API = "chat.completions.create"
+_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "presence_penalty": (-2.0, 2.0),
+}
+"""Sampling parameters and the ranges the API documents (it rejects values outside)."""
+
+
+_REASONING_FAMILIES = ("o1", "o3", "o4", "codex-mini", "gpt-5", "gpt-6")
+"""Families whose models reason in hidden (billed, not streamed) output tokens; the
+``-chat`` variants of gpt-5 do not."""
+
+
+def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call may bill reasoning tokens it never shows: a reasoning model
+    (unless ``reasoning_effort="none"``), or any model asked for ``reasoning_effort``."""
+    effort = kwargs.get("reasoning_effort")
+    if given(effort):
+        return effort != "none"
+    family = model_info(model).family or ""
+    return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
+
+
+@functools.cache
+def sdk_parameters() -> frozenset[str] | None:
+    """The parameters the installed SDK's ``chat.completions.create``/``parse`` take (None
+    when they cannot be read: nothing is then refused for its name)."""
+    try:
+        from openai.resources.chat.completions import Completions
+
+        names = set(inspect.signature(Completions.create).parameters)
+        names |= set(inspect.signature(Completions.parse).parameters)
+    except Exception:  # pragma: no cover - an SDK without these
+        return None
+    names.discard("self")
+    return frozenset(names)
+
+
+def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
+    """What the API is sure to reject, and what the SDK could not serialise, refused before
+    anything is reserved; returns ``stream``."""
+    if not messages:
+        raise InvalidRequestError("messages is empty: the API needs at least one message")
+    fast = plain_messages(messages, ROLES)
+    if not fast:
+        check_roles(messages, ROLES, _API)
+    check_parameters(kwargs, sdk_parameters(), _API, skip="messages" if fast else "")
+    stream = check_stream(kwargs)
+    for name, (low, high) in _RANGES.items():
+        check_number(kwargs, name, low, high)
+    options: Any = kwargs.get("stream_options")
+    if given(options):
+        if not isinstance(options, Mapping):
+            raise InvalidRequestError(
+                f"stream_options must be a dict such as {{'include_usage': True}}, got "
+                f"{describe(options)}"
+            )
+        if given(options.get("include_usage")) and type(options["include_usage"]) is not bool:
+            raise InvalidRequestError("stream_options.include_usage must be True or False")
+    for name in ("tools", "functions"):
+        tools: Any = kwargs.get(name)
+        if given(tools) and (
+            not isinstance(tools, (list, tuple))
+            or not all(isinstance(t, Mapping) or hasattr(t, "model_dump") for t in tools)
+        ):
+            raise InvalidRequestError(f"{name} must be a list of tool dicts, got {describe(tools)}")
+    return stream
 
 
 def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +141,7 @@ class OpenAIAdapter:
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
         model, messages = model_and_messages(kwargs)
+        stream = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
@@ -73,10 +157,15 @@ class OpenAIAdapter:
             messages=list(messages),
             tools=list(tools) if given(tools) else None,
             requested_output=requested,
-            stream=kwargs.get("stream") is True,
+            stream=stream,
             tenant_hint=hint,
             choices=choices,
+            hidden_reasoning=hidden_reasoning(model, kwargs),
         )
+
+    def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
+        """The ``file`` parts whose size cannot be bounded here (``file_id``s)."""
+        return uncountable_parts(messages)
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return counter.messages(messages, view.tools)

@@ -18,6 +18,7 @@ from guardrail.stores.base import (
     UsageSummary,
     budget_error,
     in_flight_error,
+    loop_error,
     nanos_to_usd,
 )
 from guardrail.stores.redis.keys import DayInfo, KeySpace, text
@@ -68,6 +69,8 @@ class Codec:
         ]
         keys = [self.keys.live_key(lim.scope) for lim in request.scopes]
         args += [self._limits_arg(lim) for lim in request.scopes]
+        rule = request.loop
+        args.append("-" if rule is None else f"{rule.key} {rule.limit} {float(rule.window)!r}")
         return keys, args, info
 
     def _limits_arg(self, lim: ScopeLimits) -> str:
@@ -103,9 +106,15 @@ class Codec:
                 expires_at=now + request.ttl_seconds,
                 model=request.model,
                 token=text(result),
+                loop_key="" if request.loop is None else request.loop.key,
+                loop_window=0.0 if request.loop is None else request.loop.window,
             )
         lim: ScopeLimits = request.scopes[int(result[1]) - 1]
         code = int(result[2])
+        if code == 6:
+            assert request.loop is not None
+            failures, first = int(result[3]), float(text(result[4]))
+            raise loop_error(lim.scope, request.loop, failures, first, now)
         if code == 5:
             assert lim.max_in_flight is not None
             raise in_flight_error(scope=lim.scope, in_flight=int(result[3]), cap=lim.max_in_flight)
@@ -147,14 +156,17 @@ class Codec:
             f"{r.tokens} {self.keys.day_ttl(info, now)} {done_ttl} "
             f"{math.floor(now)} {self.keys.keep_text(info, now + 3600.0)}"
         )
-        return keys, [r.id, s.model, r.token, numbers]
+        return keys, [r.id, s.model, r.token, numbers, _loop_arg(r, s.failed, now)]
 
-    def release_call(self, r: Reservation, now: float) -> tuple[list[str], list[str]]:
+    def release_call(
+        self, r: Reservation, now: float, failed: bool = False
+    ) -> tuple[list[str], list[str]]:
         if self.cluster:
             self.keys.check_slots(r.scopes)
         keys = [self.keys.live_key(scope) for scope in r.scopes]
         oldest = self.keys.today(now).oldest_month
-        return keys, [r.id, f"{float(now)!r} {r.day} {self.keys.retention_seconds} {oldest}"]
+        numbers = f"{float(now)!r} {r.day} {self.keys.retention_seconds} {oldest}"
+        return keys, [r.id, numbers, _loop_arg(r, failed, now)]
 
     def usage_call(
         self, scope: str, day: date | None, now: float
@@ -200,11 +212,21 @@ class Codec:
         return sorted(rows)
 
     @staticmethod
-    def spool_record(op: str, r: Reservation, s: Settlement | None = None) -> dict[str, Any]:
+    def spool_record(
+        op: str, r: Reservation, s: Settlement | None = None, *, failed: bool = False
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {"op": op, "r": asdict(r)}
         if s is not None:
             record["s"] = asdict(s)
+        if failed:
+            record["failed"] = True
         return record
+
+
+def _loop_arg(r: Reservation, failed: bool, now: float) -> str:
+    if not r.loop_key:
+        return "-"
+    return f"{r.loop_key} {float(r.loop_window)!r} {1 if failed else 0} {float(now)!r}"
 
 
 def _fields(flat: Any) -> dict[str, str]:

@@ -14,7 +14,13 @@ from urllib.parse import quote
 
 from guardrail.errors import ConfigurationError
 
-__all__ = ["async_factory_for", "default_spool_path", "import_redis", "location"]
+__all__ = [
+    "async_factory_for",
+    "default_spool_path",
+    "describe_server",
+    "import_redis",
+    "location",
+]
 
 
 def import_redis() -> Any:
@@ -105,3 +111,18 @@ def _async_cluster_factory_for(client: Any) -> Callable[[], Any]:
     }
     nodes = [(node.host, node.port) for node in manager.startup_nodes.values()]
     return lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options)
+
+
+def describe_server(client: Any) -> str:
+    """``host:port/db (socket timeout 2.0 s, connect timeout 1.0 s)``, for error messages."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+    timeouts = ", ".join(
+        f"{label} {kwargs[key]} s"
+        for key, label in (
+            ("socket_timeout", "socket timeout"),
+            ("socket_connect_timeout", "connect timeout"),
+        )
+        if kwargs.get(key) is not None
+    )
+    return location(client) + (f" ({timeouts})" if timeouts else "")

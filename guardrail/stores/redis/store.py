@@ -25,13 +25,12 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import date, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from guardrail._clock import Clock, system_clock
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, StoreUnavailable
 from guardrail.stores.base import (
     Reservation,
     ReservationRequest,
@@ -41,14 +40,17 @@ from guardrail.stores.base import (
     Windows,
     report_range,
 )
-from guardrail.stores.redis.codec import Codec, by_model, reservation_from
+from guardrail.stores.redis.codec import Codec, by_model
 from guardrail.stores.redis.connection import (
     async_factory_for,
     default_spool_path,
+    describe_server,
     import_redis,
     location,
 )
 from guardrail.stores.redis.keys import KeySpace
+from guardrail.stores.redis.recovery import Recovery
+from guardrail.stores.redis.replay import SpoolReplay
 from guardrail.stores.redis.scripts import SCRIPTS, script_source
 from guardrail.stores.spool import Spool
 
@@ -61,10 +63,9 @@ __all__ = ["RedisStore", "script_source"]
 _log = logging.getLogger("guardrail")
 
 _DAY = 86_400
-_REPLAY_BACKOFF = 1.0  # seconds between replay attempts while Redis keeps failing
 
 
-class RedisStore:
+class RedisStore(SpoolReplay):
     """Budgets in Redis, shared by every process and host; the :class:`~guardrail.Store`
     interface, sync and async.
 
@@ -143,8 +144,10 @@ class RedisStore:
         self._async_clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
         self._async_lock = threading.Lock()
         self.spool = Spool(spool_path or default_spool_path(prefix, location(client)))
+        self.recovery = Recovery(clock, timezone, self.spool)
         self._replay_lock = threading.Lock()
         self._replay_after = 0.0
+        self._where = describe_server(client)
 
     @classmethod
     def from_url(
@@ -204,20 +207,6 @@ class RedisStore:
 
     # -- running scripts
 
-    # Spooled writes are replayed before a call (so it sees them) unless the last replay
-    # failed: after a connection failure, right after the next call that succeeds; after
-    # any other failure, at most once per _REPLAY_BACKOFF seconds.
-
-    def _replay_due(self) -> bool:
-        return self.spool.pending() and time.monotonic() >= self._replay_after
-
-    def _answered(self) -> bool:
-        """Redis just answered: whether a replay waits for that."""
-        if self._replay_after == math.inf:
-            self._replay_after = 0.0
-            return True
-        return False
-
     def _call(self, name: str, keys: list[str], args: list[str]) -> Any:
         """EVALSHA straight through the client; on NOSCRIPT (after SCRIPT FLUSH or a
         restart) the registered Script loads the script again and runs it."""
@@ -228,9 +217,14 @@ class RedisStore:
             return script(keys=keys, args=args)
 
     def _run(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self.recovery.due():
+            self.recovery.drain(self._apply, self._down)
         if self._replay_due():
             self._auto_replay()
         result = self._call(name, keys, args)
+        if self.recovery.owed():  # Redis just answered: write what it is owed now
+            self.recovery.drain(self._apply, self._down)
+        self.recovery.answered()
         if self._answered():
             self._auto_replay()
         return result
@@ -253,6 +247,8 @@ class RedisStore:
         return entry
 
     async def _arun(self, name: str, keys: list[str], args: list[str]) -> Any:
+        if self.recovery.due():
+            await asyncio.to_thread(self.recovery.drain, self._apply, self._down)
         if self._replay_due():
             await asyncio.to_thread(self._auto_replay)
         client, scripts = self._async()
@@ -261,6 +257,9 @@ class RedisStore:
             result = await client.evalsha(script.sha, len(keys), *keys, *args)
         except self._noscript:
             result = await script(keys=keys, args=args)
+        if self.recovery.owed():
+            await asyncio.to_thread(self.recovery.drain, self._apply, self._down)
+        self.recovery.answered()
         if self._answered():
             await asyncio.to_thread(self._auto_replay)
         return result
@@ -270,21 +269,46 @@ class RedisStore:
     def reserve(self, request: ReservationRequest) -> Reservation:
         now = self._clock()
         keys, args, info = self.codec.reserve_call(request, now)
-        return self.codec.reserve_result(request, now, info, self._run("reserve", keys, args))
+        try:
+            result = self._run("reserve", keys, args)
+        except self._errors as exc:
+            raise self._unavailable(request, info.day, info.month, exc) from exc
+        return self.codec.reserve_result(request, now, info, result)
 
-    def settle(self, reservation: Reservation, settlement: Settlement) -> None:
+    def reserve_offline(self, request: ReservationRequest) -> Reservation:
+        """Reserve against what this process alone knows (Redis is down and the guard
+        fails open): the spend Redis has not taken yet, and the other calls let through."""
+        return self.recovery.reserve_offline(request)
+
+    def _unavailable(
+        self, request: ReservationRequest, day: str, month: str, exc: BaseException
+    ) -> StoreUnavailable:
+        # The script may have run (a timeout after sending): release it once Redis answers.
+        self.recovery.unknown_reserve(request, day, month)
+        return StoreUnavailable(f"Redis at {self._where} failed the reserve: {exc!r}")
+
+    def settle(self, reservation: Reservation, settlement: Settlement) -> str:
+        """Returns where the settlement went: ``"settled"`` (Redis), ``"spooled"`` or
+        ``"pending"`` (kept in memory: neither Redis nor the spool could take it)."""
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             self._run("settle", keys, args)
         except self._errors as exc:
-            self._spool_write(self.codec.spool_record("settle", reservation, settlement), exc)
+            self.recovery.charge(reservation, settlement)
+            return self.recovery.keep(
+                self.codec.spool_record("settle", reservation, settlement), exc
+            )
+        return "settled"
 
-    def release(self, reservation: Reservation) -> None:
-        keys, args = self.codec.release_call(reservation, self._clock())
+    def release(self, reservation: Reservation, *, failed: bool = False) -> str:
+        keys, args = self.codec.release_call(reservation, self._clock(), failed)
+        self.recovery.offline.release(reservation, failed=failed)
         try:
             self._run("release", keys, args)
         except self._errors as exc:
-            self._spool_write(self.codec.spool_record("release", reservation), exc)
+            record = self.codec.spool_record("release", reservation, failed=failed)
+            return self.recovery.keep(record, exc)
+        return "settled"
 
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
@@ -331,26 +355,34 @@ class RedisStore:
     async def areserve(self, request: ReservationRequest) -> Reservation:
         now = self._clock()
         keys, args, info = self.codec.reserve_call(request, now)
-        return self.codec.reserve_result(
-            request, now, info, await self._arun("reserve", keys, args)
-        )
+        try:
+            result = await self._arun("reserve", keys, args)
+        except self._errors as exc:
+            raise self._unavailable(request, info.day, info.month, exc) from exc
+        return self.codec.reserve_result(request, now, info, result)
 
-    async def asettle(self, reservation: Reservation, settlement: Settlement) -> None:
+    async def areserve_offline(self, request: ReservationRequest) -> Reservation:
+        return self.recovery.reserve_offline(request)
+
+    async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             await self._arun("settle", keys, args)
         except self._errors as exc:
+            self.recovery.charge(reservation, settlement)
             record = self.codec.spool_record("settle", reservation, settlement)
-            await asyncio.to_thread(self._spool_write, record, exc)
+            return await asyncio.to_thread(self.recovery.keep, record, exc)
+        return "settled"
 
-    async def arelease(self, reservation: Reservation) -> None:
-        keys, args = self.codec.release_call(reservation, self._clock())
+    async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str:
+        keys, args = self.codec.release_call(reservation, self._clock(), failed)
+        self.recovery.offline.release(reservation, failed=failed)
         try:
             await self._arun("release", keys, args)
         except self._errors as exc:
-            await asyncio.to_thread(
-                self._spool_write, self.codec.spool_record("release", reservation), exc
-            )
+            record = self.codec.spool_record("release", reservation, failed=failed)
+            return await asyncio.to_thread(self.recovery.keep, record, exc)
+        return "settled"
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
@@ -417,54 +449,6 @@ class RedisStore:
     async def alist_records(self, kind: str) -> dict[str, str]:
         found = await self._async()[0].hgetall(self.keys.records_key(kind))
         return {_decoded(k): _decoded(v) for k, v in found.items()}
-
-    # -- the spool
-
-    def _spool_write(self, record: dict[str, Any], exc: BaseException) -> None:
-        self.spool.append(record)
-        _log.error(
-            "guardrail: Redis failed on %s of reservation %s (%r); spooled to %s for replay",
-            record["op"],
-            record["r"]["id"],
-            exc,
-            self.spool.path,
-        )
-
-    def _apply(self, record: dict[str, Any]) -> None:
-        r = reservation_from(record["r"])
-        now = self._clock()
-        if record["op"] == "settle":
-            keys, args = self.codec.settle_call(r, Settlement(**record["s"]), now)
-            self._call("settle", keys, args)
-        elif record["op"] == "release":
-            keys, args = self.codec.release_call(r, now)
-            self._call("release", keys, args)
-        else:  # pragma: no cover - only this module writes records
-            raise ValueError(f"unknown spool record {record!r}")
-
-    def replay_spool(self) -> int:
-        """Apply the spooled settlements and releases (oldest first); returns how many.
-        Raises the store's error, keeping the rest, if Redis fails again."""
-        with self._replay_lock:
-            return self.spool.replay(self._apply)
-
-    async def areplay_spool(self) -> int:
-        return await asyncio.to_thread(self.replay_spool)
-
-    def _auto_replay(self) -> None:
-        if not self._replay_lock.acquire(blocking=False):
-            return  # another thread is replaying
-        try:
-            applied = self.spool.replay(self._apply)
-        except Exception as exc:  # never fail the call that happened to trigger a replay
-            down = isinstance(exc, self._down)
-            self._replay_after = math.inf if down else time.monotonic() + _REPLAY_BACKOFF
-            _log.error("guardrail: spool replay stopped (%r); will retry", exc)
-        else:
-            if applied:
-                _log.warning("guardrail: replayed %d spooled store writes", applied)
-        finally:
-            self._replay_lock.release()
 
     # -- lifecycle
 

@@ -25,6 +25,7 @@
 --     e                      until when the hash lives (what its last EXPIRE asked for)
 --   base.."d:YYYY-MM-DD"     day hash, for reports (written by settle): u:<model> = "<cost>
 --                            <input tokens> <output tokens> <requests>" per model
+--   base.."l"                loop hash: <request key> = "<failures> <first failure at>"
 --   base.."done:YYYY-MM-DD"  settled ids of settlements that had no hold to take and no
 --                            marker (the call was let through while the store was down, or
 --                            the live hash was lost since); first scope only
@@ -245,5 +246,37 @@ local function scan(live, now, forget_after, oldest_month)
   batched('HSET', live, sets)
   if e then
     call('EXPIRE', live, e)
+  end
+end
+
+-- The loop hash of a scope (base.."l": field <request key> = "<failures> <first failure
+-- at>"): a failed call counts one more failure (a new run once the window has passed), a
+-- successful one clears them. `arg` is "<request key> <window> <0|1 failed> <now>" or "-".
+-- The hash lives a window past its latest failure, and is dropped whole past 10,000
+-- requests (forgetting loops, never refusing more).
+local function loop_outcome(live, arg)
+  if not arg or arg == '-' then
+    return
+  end
+  local lkey, lwindow, failed, lnow = match(arg, '^(%S+) (%S+) (%S+) (%S+)$')
+  local key = sub(live, 1, -2) .. 'l'
+  local seen = call('HGET', key, lkey)
+  if failed ~= '1' then
+    if seen then
+      call('HDEL', key, lkey)
+    end
+    return
+  end
+  local n, first = 1, lnow
+  if seen then
+    local a, b = match(seen, '^(%S+) (%S+)$')
+    if tonumber(b) + tonumber(lwindow) > tonumber(lnow) then
+      n, first = tonumber(a) + 1, b
+    end
+  end
+  call('HSET', key, lkey, int(n) .. ' ' .. first)
+  call('EXPIRE', key, math.ceil(tonumber(lwindow)) + 60)
+  if call('HLEN', key) > 10000 then
+    call('DEL', key)
   end
 end

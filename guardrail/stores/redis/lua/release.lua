@@ -4,6 +4,7 @@
 -- ARGV[2] = "<now> <day> <forget after> <oldest month>": now in POSIX seconds, the
 --   reservation's day (YYYY-MM-DD), seconds an expired hold's marker is kept, the oldest
 --   month whose spend a scan keeps (YYYY-MM)
+-- ARGV[3] = the loop outcome, "<request key> <window> <0|1 failed> <now>" or "-" (lib.lua)
 -- Returns 1 when released, 0 when it was settled, released or expired already. What is
 -- given back (cost, tokens, and the day it was held on) is what the hold says.
 
@@ -49,4 +50,5 @@ for i = 1, #KEYS do
     call('HSET', key, unpack(fields))
   end
 end
+loop_outcome(KEYS[1], ARGV[3])
 return 1

@@ -11,10 +11,14 @@
 --   spend a scan keeps (YYYY-MM: the retention)
 -- ARGV[2 + i] = scope i's limits, "<daily cap> <monthly cap> <tokens per minute> <tokens
 --   per day> <calls in flight>" (caps in nano-dollars; "-" = no limit)
+-- ARGV[3 + #KEYS] = the loop check, "<request key> <limit> <window seconds>" or "-": refuse
+--   when the first scope's loop hash ({prefix}:{tag}:{scope}:l, same slot) says this
+--   request failed <limit> times since a first failure less than <window> ago
 -- Returns the generation of the first scope's live hash (a string) when held (also when
 -- this id is held already: a retried call), or the first limit without room: {0, scope index
 -- (1-based), 1|2, spent, held} for daily|monthly spend, {0, scope index, 3|4, bucket
--- level} for tokens per minute|day, {0, scope index, 5, calls in flight}.
+-- level} for tokens per minute|day, {0, scope index, 5, calls in flight}, {0, 1, 6,
+-- failures, first failure at} for the loop check.
 
 --! include lib.lua
 
@@ -49,6 +53,19 @@ for i = 1, nscopes do
     return v[G] or '' -- held already: a retried call
   end
   live[i] = v
+end
+
+-- The loop check: the same request failing again and again (see settle.lua).
+local loop = ARGV[nscopes + 3]
+if loop and loop ~= '-' then
+  local lkey, llimit, lwindow = match(loop, '^(%S+) (%S+) (%S+)$')
+  local seen = call('HGET', sub(KEYS[1], 1, -2) .. 'l', lkey)
+  if seen then
+    local n, first = match(seen, '^(%S+) (%S+)$')
+    if tonumber(first) + tonumber(lwindow) > now and tonumber(n) >= tonumber(llimit) then
+      return { 0, 1, 6, n, first }
+    end
+  end
 end
 
 -- Check every limit of every scope before taking anything.

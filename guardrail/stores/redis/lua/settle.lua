@@ -11,6 +11,7 @@
 --   <settled-ids TTL> <now> <keep until>": the reservation's day (YYYY-MM-DD), cost in
 --   integer nano-dollars, TTLs in seconds, now (whole seconds: it only sets TTLs) and keep
 --   until (how long live hashes must at least live) in POSIX seconds
+-- ARGV[5] = the loop outcome, "<request key> <window> <0|1 failed> <now>" or "-" (lib.lua)
 -- Returns 1 when applied, 0 when this id was settled or released before (a replay).
 --
 -- Which settlement is the first: the one that takes the hold from the first scope's live
@@ -131,4 +132,5 @@ for i = 1, #KEYS do
     call('EXPIRE', day_key, day_ttl) -- a new key, or a new model in it
   end
 end
+loop_outcome(KEYS[1], ARGV[5])
 return 1
