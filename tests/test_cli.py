@@ -403,3 +403,23 @@ def test_count_differences_from_an_estimate_are_marked(
     assert f"{gpt4o:+,}" in cells  # exact against exact: a plain difference
     assert f"~{claude:+,}" in cells and f"{claude:+,}" not in cells
     assert any(c.startswith(("~+$", "~-$")) for c in cells)
+
+
+def test_names_are_printed_as_they_are(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Tables are drawn with rich, whose markup must never apply to a file name."""
+    (tmp_path / "d[").mkdir()
+    paths = [tmp_path / "b[draft].txt", tmp_path / "d[" / "e]"]  # "[/e]" in the path
+    for path in paths:
+        path.write_text(TEXT_A, encoding="utf-8")
+    status, out, err = run(capsys, "count", *map(str, paths))
+    assert status == 0, err
+    assert str(paths[0]) in out and str(paths[1]) in out
+
+
+def test_an_output_file_that_cannot_be_opened(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["usage", "--ledger", f"sqlite:///{tmp_path}/l.db", "-o", str(tmp_path)]
+    status, out, err = run(capsys, *argv)
+    assert status != 0 and out == ""
+    assert "Traceback" not in _one_error_line(err)

@@ -67,8 +67,6 @@ def test_the_ledger_config_is_checked(server) -> None:
         config_for(server.base_url, ledger={"url": "mysql://x"})
     with pytest.raises(ConfigurationError, match=r"ledger\.colour: unknown key"):
         config_for(server.base_url, ledger={"url": "sqlite:///x.db", "colour": "red"})
-    with pytest.raises(ConfigurationError, match=r"ledger\.timezone"):
-        config_for(server.base_url, ledger={"url": "sqlite:///x.db", "timezone": "Mars/Base"})
 
 
 def test_the_figures_equal_the_store_and_the_caps(server, clock, tmp_path) -> None:
@@ -150,3 +148,23 @@ def test_the_standalone_app(server, clock, tmp_path) -> None:
 )
 def test_presented_keys(header: str, key: str | None) -> None:
     assert presented_key({"authorization": header}) == key
+
+
+def test_the_keyless_standalone_dashboard_answers_only_its_own_names(tmp_path) -> None:
+    source = DashboardSource(f"sqlite:///{tmp_path / 'l.db'}")
+    with serving(dashboard_app(source)) as base:
+        assert get(base)[0] == 200
+        status, _, _ = get(base, {"host": "attacker.example"})  # a DNS-rebinding page
+        assert status == 400
+
+
+def test_the_gateway_runs_its_store_and_ledger_in_one_time_zone(server) -> None:
+    from guardrail.errors import ConfigurationError
+    from guardrail.server.app import store_for
+
+    config = config_for(server.base_url, timezone="America/Los_Angeles")
+    assert str(store_for(config).windows.tz) == "America/Los_Angeles"
+    with pytest.raises(ConfigurationError, match=r"ledger\.timezone"):
+        config_for(server.base_url, ledger={"url": "sqlite:///x.db", "timezone": "UTC"})
+    with pytest.raises(ConfigurationError, match="unknown time zone"):
+        config_for(server.base_url, timezone="Mars/Base")

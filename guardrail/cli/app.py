@@ -53,6 +53,10 @@ def _usage_error(exc: click.UsageError) -> int:
     return 2
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())  # drivers' messages span lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(exc)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.ClickException as exc:  # a file option that cannot be opened, ...
+        print(f"{PROG}: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        return exc.exit_code
     except click.Abort:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -75,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except CliError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.status
     except (GuardrailError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

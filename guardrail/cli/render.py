@@ -11,6 +11,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["PROG", "CliError", "console", "print_table", "progress", "signed_usd", "usd"]
 
@@ -39,16 +40,17 @@ def signed_usd(amount: Decimal | None) -> str:
     return ("-$" if amount < 0 else "+$") + usd(abs(amount))
 
 
-def console(stream: TextIO) -> Console:
-    """A rich console on ``stream``: a terminal's width and colours, or no wrapping and no
-    escape codes when ``stream`` is a pipe or a file."""
+def console(stream: TextIO, *, wide: bool = False) -> Console:
+    """A rich console on ``stream``: a terminal's colours, or no escape codes when
+    ``stream`` is a pipe or a file. ``wide``: never fit to the terminal's width (a table
+    keeps every figure whole; the terminal wraps its lines)."""
     terminal = stream.isatty()
     return Console(
         file=stream,
-        width=None if terminal else 100_000,
+        width=100_000 if wide or not terminal else None,
         force_terminal=None if terminal else False,
         highlight=False,
-        soft_wrap=not terminal,
+        soft_wrap=True,
     )
 
 
@@ -56,12 +58,20 @@ def print_table(
     rows: Sequence[Sequence[str]], align: str, out: TextIO, *, title: str | None = None
 ) -> None:
     """``rows`` (the first is the header) as a table; ``align`` has '<' or '>' per column."""
-    table = Table(box=None, pad_edge=False, padding=(0, 1), title=title, header_style="bold")
+    # Every cell is Text, never markup: a file named "b[draft].txt" or a model named
+    # "x[/y]" is printed as it is.
+    table = Table(
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        title=None if title is None else Text(title),
+        header_style="bold",
+    )
     for header, a in zip(rows[0], align, strict=True):
-        table.add_column(header, justify="left" if a == "<" else "right", no_wrap=True)
+        table.add_column(Text(header), justify="left" if a == "<" else "right", no_wrap=True)
     for row in rows[1:]:
-        table.add_row(*row)
-    shown = console(out)
+        table.add_row(*(Text(cell) for cell in row))
+    shown = console(out, wide=True)
     if shown.is_terminal:
         shown.print(table)
         return

@@ -88,6 +88,9 @@ def dashboard(
         raise CliError(str(exc), status=2) from None
     click.echo(f"guardrail dashboard on http://{host}:{port}/", err=True)
     uvicorn.run(
-        dashboard_app(source, admin_key=admin_key), host=host, port=port, log_level="warning"
+        dashboard_app(source, admin_key=admin_key, hosts=(host,)),
+        host=host,
+        port=port,
+        log_level="warning",
     )
     return 0

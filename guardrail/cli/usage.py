@@ -174,7 +174,7 @@ def usage(
     elif fmt == "csv":
         writer = csv.DictWriter(output, fieldnames=[*by, *_FIGURES], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(dicts)
+        writer.writerows({k: _csv_cell(v) for k, v in d.items()} for d in dicts)
     else:
         table = [[*by, "cost $", "input tokens", "output tokens", "requests"]]
         table += [
@@ -214,6 +214,14 @@ def usage(
 _FIGURES = ("cost_usd", "input_tokens", "output_tokens", "requests")
 
 
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet will not run: tenants and model names come from callers,
+    and ``=HYPERLINK(...)`` in a CSV is a formula to Excel (OWASP's CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _record_row(record: dict[str, Any]) -> dict[str, Any]:
     when = datetime.fromtimestamp(float(record["timestamp"]), ZoneInfo("UTC")).isoformat()
     return {"time": when, **{k: record.get(k) for k in RECORD_COLUMNS if k != "time"}}
@@ -251,7 +259,7 @@ def _export(
             writer.writeheader()
         for record in stream:
             if fmt == "csv":
-                writer.writerow(_record_row(record))
+                writer.writerow({k: _csv_cell(v) for k, v in _record_row(record).items()})
             else:
                 output.write(json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n")
             meter.advance(task)

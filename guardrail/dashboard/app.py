@@ -16,9 +16,11 @@ import hmac
 import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from guardrail.dashboard.data import collect
 from guardrail.dashboard.page import CONTENT_SECURITY_POLICY, render
+from guardrail.errors import ConfigurationError
 from guardrail.ledger.database import Database, DatabaseError, check_url, connect
 from guardrail.ledger.schema import migrate
 from guardrail.stores.base import Store
@@ -70,6 +72,10 @@ class DashboardSource:
         title: str = "guardrail",
     ) -> None:
         check_url(ledger_url)
+        try:
+            ZoneInfo(timezone)
+        except (KeyError, ValueError):
+            raise ConfigurationError(f"unknown time zone {timezone!r}") from None
         self.ledger_url, self.store, self.timezone, self.title = ledger_url, store, timezone, title
         self._db: Database | None = None
         self._lock = threading.Lock()
@@ -97,9 +103,16 @@ class DashboardSource:
                 self._db = None
 
 
-def dashboard_app(source: DashboardSource, *, admin_key: str | None = None) -> Any:
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def dashboard_app(
+    source: DashboardSource, *, admin_key: str | None = None, hosts: tuple[str, ...] = ()
+) -> Any:
     """The standalone app: the page at ``/`` and ``/dashboard``, behind ``admin_key`` when
-    one is given. Needs the ``server`` extra (Starlette)."""
+    one is given. Without a key it answers only requests addressed to this machine's own
+    names (and ``hosts``): a web page elsewhere cannot read it by pointing a DNS name of
+    its own at 127.0.0.1. Needs the ``server`` extra (Starlette)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -123,7 +136,15 @@ def dashboard_app(source: DashboardSource, *, admin_key: str | None = None) -> A
         yield
         source.close()
 
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    middleware = []
+    if admin_key is None:
+        allowed = [*LOCAL_HOSTS, *hosts]
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed))
     return Starlette(
+        middleware=middleware,
         routes=[
             Route("/", page, methods=["GET"]),
             Route("/dashboard", page, methods=["GET"]),

@@ -118,7 +118,7 @@ def collect(
     tenants.sort(key=lambda t: (-t.share, -t.month_usd, t.scope))
     shown = tenants[:max_tenants]
     if store is not None:
-        shown = [_live(store, t, today) for t in shown]
+        shown = _live(store, shown, today)
         shown.sort(key=lambda t: (-t.share, -t.month_usd, t.scope))
     start = today - timedelta(days=days - 1)
     spent = dict(spend_by_day(db, since=start, until=today))
@@ -142,18 +142,24 @@ def collect(
     )
 
 
-def _live(store: Store, row: TenantRow, today: date) -> TenantRow:
-    """The row with the store's figures for today and the month (what the caps enforce)."""
-    try:
-        usage = store.usage(row.scope, today)
-    except Exception:  # the store is down: the ledger's figures are still worth showing
-        return row
-    return TenantRow(
-        scope=row.scope,
-        today_usd=usage.spent_usd,
-        month_usd=usage.month_spent_usd,
-        requests_today=usage.requests,
-        daily_cap_usd=row.daily_cap_usd,
-        monthly_cap_usd=row.monthly_cap_usd,
-        held_usd=usage.reserved_usd,
-    )
+def _live(store: Store, rows: list[TenantRow], today: date) -> list[TenantRow]:
+    """The rows with the store's figures for today and the month (what the caps enforce).
+    A store that fails is asked no more: the ledger's figures are still worth showing."""
+    live: list[TenantRow] = []
+    for n, row in enumerate(rows):
+        try:
+            usage = store.usage(row.scope, today)
+        except Exception:
+            return [*live, *rows[n:]]
+        live.append(
+            TenantRow(
+                scope=row.scope,
+                today_usd=usage.spent_usd,
+                month_usd=usage.month_spent_usd,
+                requests_today=usage.requests,
+                daily_cap_usd=row.daily_cap_usd,
+                monthly_cap_usd=row.monthly_cap_usd,
+                held_usd=usage.reserved_usd,
+            )
+        )
+    return live

@@ -6,7 +6,7 @@ text from a record is escaped."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from html import escape
 
@@ -14,7 +14,9 @@ from guardrail.dashboard.data import Dashboard, TenantRow
 
 __all__ = ["CONTENT_SECURITY_POLICY", "render"]
 
-CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+)
 _WIDTH, _HEIGHT, _LEFT, _RIGHT, _BOTTOM, _TOP = 900, 240, 72, 28, 28, 12
 
 _CSS = """
@@ -157,12 +159,14 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
     return f"<table id={table_id}><tr>{head}</tr>{body}</table>"
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(ts: float, tz: tzinfo | None) -> str:
+    """A time in the dashboard's zone (the store's), as the header gives it."""
+    return datetime.fromtimestamp(ts, tz or UTC).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def render(d: Dashboard, *, title: str = "guardrail") -> str:
     """The whole page."""
+    tz = d.generated_at.tzinfo
     models = [
         [
             escape(r.key[0]),
@@ -175,7 +179,7 @@ def render(d: Dashboard, *, title: str = "guardrail") -> str:
     ]
     refusals = [
         [
-            _when(r["ts"]),
+            _when(r["ts"], tz),
             escape(str(r["tenant"])),
             escape(str(r["model"])),
             escape(str(r["limit"])),
@@ -184,7 +188,12 @@ def render(d: Dashboard, *, title: str = "guardrail") -> str:
         for r in d.refusals
     ]
     alerts = [
-        [_when(a["ts"]), escape(str(a["rule"])), escape(str(a["scope"])), escape(str(a["text"]))]
+        [
+            _when(a["ts"], tz),
+            escape(str(a["rule"])),
+            escape(str(a["scope"])),
+            escape(str(a["text"])),
+        ]
         for a in d.alerts
     ]
     source = "live from the store" if d.live else "from the ledger"

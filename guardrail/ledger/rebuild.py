@@ -153,7 +153,9 @@ def _apply(store: Store, gaps: list[Gap], progress: Callable[[int, int], None] |
                     id=f"rebuild-{os.urandom(12).hex()}",
                     scopes=(gap.scope,),
                     cost_nanos=0,
-                    tokens=0,
+                    # As many tokens "reserved" as settled: the store's token buckets (this
+                    # minute's, today's) are left as they are, never charged for past days.
+                    tokens=gap.input_tokens + gap.output_tokens if full else 0,
                     day=gap.day,
                     month=gap.day[:7],
                     created_at=now,

@@ -96,11 +96,11 @@ def report(
     keys = ", ".join(columns[b] for b in by)
     rows = db.execute(
         f"SELECT {keys}, SUM(r.cost_nanos), SUM(r.input_tokens), SUM(r.output_tokens), COUNT(*) "
-        f"FROM {source} WHERE {where} GROUP BY {keys} ORDER BY {keys}",
+        f"FROM {source} WHERE {where} GROUP BY {keys}",
         params,
     )
     n = len(by)
-    return [
+    found = [
         ReportRow(
             key=tuple(str(v) for v in row[:n]),
             cost_usd=nanos_to_usd(int(row[n])),
@@ -110,6 +110,7 @@ def report(
         )
         for row in rows
     ]
+    return sorted(found, key=lambda r: r.key)  # code-point order on every database
 
 
 def total(

@@ -11,7 +11,7 @@ the store's. ``scope_limits``: each scope's caps as its latest call saw them.
 
 from __future__ import annotations
 
-from guardrail.ledger.database import Database
+from guardrail.ledger.database import Database, Transaction
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "version"]
 
@@ -82,23 +82,38 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS alert_events_ts ON alert_events (ts)",
         "CREATE INDEX IF NOT EXISTS usage_records_outcome_ts ON usage_records (outcome, ts)",
     ],
+    # 4: what retention deletes by
+    ["CREATE INDEX IF NOT EXISTS usage_scopes_day ON usage_scopes (day)"],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+_LOCK = 0x67726C64  # PostgreSQL advisory lock id ("grld"): one migrator at a time
+
+
 def version(db: Database) -> int:
     """The schema version of ``db`` (0: empty)."""
-    db.execute("CREATE TABLE IF NOT EXISTS guardrail_schema (version INTEGER NOT NULL)")
-    rows = db.execute("SELECT MAX(version) FROM guardrail_schema")
+    with db.transaction() as tx:
+        return _version(tx)
+
+
+def _version(tx: Transaction) -> int:
+    tx.run("CREATE TABLE IF NOT EXISTS guardrail_schema (version INTEGER NOT NULL)")
+    rows = tx.run("SELECT MAX(version) FROM guardrail_schema")
     found = rows[0][0] if rows else None
     return int(found) if found is not None else 0
 
 
 def migrate(db: Database, target: int = SCHEMA_VERSION) -> int:
-    """Apply the migrations ``db`` lacks, up to ``target``; returns the version reached."""
-    current = version(db)
-    for number in range(current + 1, target + 1):
-        db.script(
-            [*MIGRATIONS[number - 1], f"INSERT INTO guardrail_schema (version) VALUES ({number})"]
-        )
+    """Apply the migrations ``db`` lacks, up to ``target``, in one transaction; returns the
+    version reached. Processes migrating at once take turns (PostgreSQL: an advisory lock;
+    SQLite: its write lock), and the later ones find nothing left to do."""
+    with db.transaction() as tx:
+        if db.kind == "postgresql":
+            tx.run("SELECT pg_advisory_xact_lock(?)", (_LOCK,))
+        current = _version(tx)
+        for number in range(current + 1, target + 1):
+            for statement in MIGRATIONS[number - 1]:
+                tx.run(statement)
+            tx.run("INSERT INTO guardrail_schema (version) VALUES (?)", (number,))
     return max(current, target)

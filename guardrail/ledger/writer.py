@@ -1,15 +1,18 @@
 """Writing usage records to the ledger, off the call path: :class:`LedgerSink`.
 
-``Guard(sinks=[LedgerSink("sqlite:///usage.db")])``: each record is put on a bounded queue
-(the call never waits on the database); one thread writes them in batches, each batch in
-one transaction, idempotent by ``record_id``. When the database fails, the batch goes to a
-local spool file (fsync'd, as the store's settlements do) and is written once the database
-answers again, before anything newer; a queue that fills up spools directly. Nothing is
-lost, nothing is written twice.
+``Guard(sinks=[LedgerSink("sqlite:///usage.db")])``: a call hands its record to a bounded
+queue and returns (it never waits on the database, the disk, or a lock either of them
+holds); one thread writes them in batches, each in one transaction, idempotent by
+``record_id``. When the database does not answer, the batch goes to a local spool file
+(fsync'd, as the store's settlements do) and is written once the database answers again,
+before anything newer. A record the database refuses for what it holds goes to a
+``.bad`` file beside the spool, and the rest are written. Nothing is lost, nothing is
+written twice, and one bad record never stops the ledger.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,113 +20,48 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from guardrail.ledger.database import Database, DatabaseError, check_url, connect
+from guardrail.ledger.rows import LIMIT_FIELDS, Item, write_items
 from guardrail.ledger.schema import migrate
 from guardrail.observe.rules import AlertEvent
 from guardrail.observe.sinks import UsageRecord
-from guardrail.stores.base import usd_to_nanos
 from guardrail.stores.spool import Spool
 
-__all__ = ["LedgerSink", "row_of"]
+__all__ = ["LedgerSink", "redacted"]
 
 _log = logging.getLogger("guardrail")
-_INSERT = (
-    "INSERT INTO usage_records (record_id, ts, day, tenant, model, requested_model, outcome, "
-    "settled, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, "
-    "reserved_nanos, latency_seconds, attempts, request_id, reservation_id, usage_source, "
-    "error, record, provider, operation, refusal_limit) VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (record_id) DO NOTHING"
-)
-_INSERT_SCOPE = (
-    "INSERT INTO usage_scopes (record_id, scope, day) VALUES (?, ?, ?) "
-    "ON CONFLICT (record_id, scope) DO NOTHING"
-)
-# A scope's caps as its latest call saw them (an older record replayed late does not win).
-_UPSERT_LIMITS = (
-    "INSERT INTO scope_limits (scope, ts, daily_nanos, monthly_nanos, tokens_per_minute, "
-    "tokens_per_day, max_in_flight) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE "
-    "SET ts = excluded.ts, daily_nanos = excluded.daily_nanos, "
-    "monthly_nanos = excluded.monthly_nanos, tokens_per_minute = excluded.tokens_per_minute, "
-    "tokens_per_day = excluded.tokens_per_day, max_in_flight = excluded.max_in_flight "
-    "WHERE excluded.ts >= scope_limits.ts"
-)
-_INSERT_ALERT = (
-    "INSERT INTO alert_events (alert_id, ts, rule, scope, tenant, text, event) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id) DO NOTHING"
-)
-_LIMIT_FIELDS = (
-    "daily_nanos",
-    "monthly_nanos",
-    "tokens_per_minute",
-    "tokens_per_day",
-    "max_in_flight",
-)
+_STOP = object()
 
 
-def row_of(record: Mapping[str, Any], timezone: ZoneInfo) -> tuple[Any, ...]:
-    """The ``usage_records`` row of a record (as :meth:`UsageRecord.to_dict` gives it)."""
-    day = record.get("day") or datetime.fromtimestamp(record["timestamp"], timezone).strftime(
-        "%Y-%m-%d"
-    )
-    refusal = record.get("refusal") or {}
-    return (
-        record["record_id"],
-        float(record["timestamp"]),
-        day,
-        record["tenant"],
-        record["model"],
-        record["requested_model"],
-        record["outcome"],
-        1 if record.get("reservation_id") else 0,
-        int(record["input_tokens"]),
-        int(record["cached_input_tokens"]),
-        int(record["output_tokens"]),
-        int(record["reasoning_tokens"]),
-        usd_to_nanos(Decimal(str(record["cost_usd"]))),
-        usd_to_nanos(Decimal(str(record["reserved_usd"]))),
-        float(record["latency_seconds"]),
-        int(record["attempts"]),
-        record.get("request_id"),
-        record.get("reservation_id"),
-        record.get("usage_source", "none"),
-        record.get("error"),
-        json.dumps(record, separators=(",", ":"), sort_keys=True),
-        record.get("provider", ""),
-        record.get("operation", "chat"),
-        refusal.get("limit"),
-    )
-
-
-def _alert_row(item: Mapping[str, Any]) -> tuple[Any, ...]:
-    event = item["alert"]
-    return (
-        item["alert_id"],
-        float(item["at"]),
-        event["rule"],
-        event["scope"],
-        event.get("tenant"),
-        event.get("text", ""),
-        json.dumps(event, separators=(",", ":"), sort_keys=True),
-    )
+def redacted(url: str) -> str:
+    """``url`` without its password (for logs and file names)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    user, host = rest.rsplit("@", 1)
+    return f"{scheme}://{user.split(':', 1)[0]}@{host}"
 
 
 def _default_spool(url: str) -> Path:
+    """A spool per ledger: named by a hash of its URL (without the password, so rotating
+    it keeps the spool), in the user's cache folder (or a private one in /tmp)."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = Path(cache) / "guardrail" / "ledger-spool"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        folder = Path(tempfile.gettempdir()) / "guardrail-ledger-spool"
-    return folder / f"{quote(url, safe='')[:120]}.jsonl"
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        folder = Path(tempfile.gettempdir()) / f"guardrail-ledger-spool-{uid}"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    digest = hashlib.sha256(redacted(url).encode()).hexdigest()[:20]
+    return folder / f"{url.split(':', 1)[0]}-{digest}.jsonl"
 
 
 class LedgerSink:
@@ -134,8 +72,12 @@ class LedgerSink:
     * ``timezone``: the store's, so a record's day is the store's day.
     * ``batch_size``, ``flush_seconds``: a batch is written when it has this many records,
       or this long after its first.
+    * ``queue_size``: records waiting for the writer; past it they wait in memory (the call
+      still never blocks) and a warning is logged.
     * ``retention_days``: days older than this (by ``clock``) are deleted, checked once an
       hour; None keeps all.
+    * ``timeout_seconds``: how long a write waits for the database before it is spooled;
+      ``retry_seconds``: how soon the writer tries again.
     """
 
     def __init__(
@@ -156,6 +98,7 @@ class LedgerSink:
         self.url = url
         self.timezone = ZoneInfo(timezone)
         self.spool = Spool(spool_path or _default_spool(url))
+        self.bad_path = self.spool.path.with_name(self.spool.path.name + ".bad")
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.retention_days = retention_days
@@ -164,22 +107,26 @@ class LedgerSink:
         self.clock = clock  # what "older than retention_days" is measured from
         self.written = 0
         self.spooled = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
+        self.quarantined = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()  # held only for list and counter updates, never I/O
+        self._settled = threading.Condition(self._lock)
+        self._pending = 0  # items given and not yet written, spooled or quarantined
+        self._overflow: deque[Item] = deque()  # given while the queue was full
+        self._held: list[Item] = []  # neither the database nor the disk took them
+        self._closed = False
         self._db: Database | None = None
-        self._pending = 0  # records given and not yet written or spooled
-        self._held: list[dict[str, Any]] = []
-        self._settled = threading.Condition()
         self._next_prune = 0.0
         self._io = threading.Lock()  # the writer thread and flush() share the database
         self._thread = threading.Thread(target=self._run, name="guardrail-ledger", daemon=True)
         self._thread.start()
 
-    # -- the call path
+    # -- the call path: a lock for a counter and a queue put, nothing else
 
     def __call__(self, record: UsageRecord) -> None:
         data = record.to_dict()
         data["limits"] = [
-            {"scope": limit.scope, **{name: getattr(limit, name) for name in _LIMIT_FIELDS}}
+            {"scope": limit.scope, **{name: getattr(limit, name) for name in LIMIT_FIELDS}}
             for limit in record.limits
         ]
         self._give(data)
@@ -191,38 +138,151 @@ class LedgerSink:
         alert_id = f"{event.scope}:{event.key}" if event.key else os.urandom(12).hex()
         self._give({"alert": event.to_dict(), "at": event.at, "alert_id": alert_id})
 
-    def _give(self, data: dict[str, Any]) -> None:
-        with self._settled:
+    def _give(self, item: Item) -> None:
+        with self._lock:
             self._pending += 1
+            if self._closed:
+                self._held.append(item)
+                _log.error("guardrail: a usage record reached a closed ledger sink: held")
+                return
         try:
-            self._queue.put_nowait(data)
-        except queue.Full:  # never block the call, never drop: spool it now
-            self._spool([data], "the ledger's queue is full")
-            self._done(1)
+            self._queue.put_nowait(item)
+        except queue.Full:
+            with self._lock:
+                if not self._overflow:
+                    _log.warning("guardrail: the ledger's queue is full; records wait in memory")
+                self._overflow.append(item)
 
     # -- the writer thread
 
+    def _backlog(self) -> bool:
+        return bool(self._held or self._overflow) or self._spooled_records()
+
+    def _spooled_records(self) -> bool:
+        """Whether the spool holds records (a replay empties the file). Not
+        ``Spool.pending()``, which looks at the file only every few seconds."""
+        try:
+            return self.spool.path.stat().st_size > 0
+        except OSError:
+            return False
+
     def _run(self) -> None:
         while True:
-            try:  # with records held in memory, wake up to retry them
-                first = self._queue.get(timeout=self.retry_seconds if self._held else None)
+            try:  # with a backlog, wake up to retry it even when no call comes
+                first = self._queue.get(timeout=self.retry_seconds if self._backlog() else None)
             except queue.Empty:
-                self._write_or_spool([])
+                self._cycle([])
                 continue
-            if first is None:
+            if first is _STOP:
+                self._cycle([])
                 return
             batch = [first]
             deadline = time.monotonic() + self.flush_seconds
+            stop = False
             while len(batch) < self.batch_size:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if item is None:
-                    self._write_or_spool(batch)
-                    return
+                if item is _STOP:
+                    stop = True
+                    break
                 batch.append(item)
-            self._write_or_spool(batch)
+            self._cycle(batch)
+            if stop:
+                self._cycle([])
+                return
+
+    def _cycle(self, batch: list[Item]) -> None:
+        with self._lock:  # what waited in memory is older than the batch: it goes first
+            items = [*self._held, *self._overflow, *batch]
+            self._held, self._overflow = [], deque()
+        with self._io:
+            ok = self._store(items)
+        if not ok:
+            time.sleep(self.retry_seconds)  # the writer thread backs off, off the call path
+
+    def _store(self, items: list[Item]) -> bool:
+        """The spool, then ``items``, to the database; else ``items`` to the spool; else to
+        memory. Whether the database took everything."""
+        answering, why = True, ""
+        if self._spooled_records():
+            try:
+                self.spool.replay(lambda r: self._write(r["records"]))
+            except DatabaseError as exc:  # still down: the new items join the spool
+                answering = False
+                why = repr(exc)
+            except OSError as exc:  # the disk (the replay's bookkeeping) failed, not the
+                # database: the new items can still be written (writes are idempotent)
+                _log.error("guardrail: the ledger's spool %s: %r", self.spool.path, exc)
+            except Exception as exc:  # a spool line this code cannot read: keep it
+                _log.exception(
+                    "guardrail: the ledger's spool %s cannot be replayed", self.spool.path
+                )
+                why = repr(exc)
+        if answering:
+            try:
+                self._write(items)
+                self._prune()
+            except DatabaseError as exc:
+                why = repr(exc)
+            except Exception as exc:  # never kill the thread; the items are spooled below
+                _log.exception("guardrail: the ledger writer failed")
+                why = repr(exc)
+            else:
+                self._done(len(items))
+                return not self._spooled_records()
+        self._forget_connection()
+        if not items:
+            return False
+        try:
+            self.spool.append({"records": items})
+        except OSError as disk:  # the disk is full or gone too: keep them in memory
+            with self._lock:
+                self._held = [*items, *self._held]
+            _log.error(
+                "guardrail: %d usage records are held in memory: neither the ledger (%s) "
+                "nor the spool (%r) could take them",
+                len(items),
+                why,
+                disk,
+            )
+            return False
+        with self._lock:
+            self.spooled += len(items)
+        _log.error(
+            "guardrail: the ledger could not take %d usage records (%s); spooled to %s",
+            len(items),
+            why,
+            self.spool.path,
+        )
+        self._done(len(items))
+        return False
+
+    def _write(self, items: list[Item]) -> None:
+        if not items:
+            return
+        write_items(self._database(), items, self.timezone, self._quarantine)
+        with self._lock:
+            self.written += len(items)
+
+    def _quarantine(self, item: Item, why: str) -> None:
+        """An item the database refuses for what it holds: kept in a file for a person."""
+        line = json.dumps({"why": why, "item": item}, default=str, separators=(",", ":"))
+        try:
+            with open(self.bad_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            _log.error("guardrail: a usage record the ledger refused (%s): %s", why, line)
+        else:
+            _log.error(
+                "guardrail: the ledger refused a usage record (%s); kept in %s", why, self.bad_path
+            )
+        with self._lock:
+            self.quarantined += 1
+            self.written -= 1  # counted by _write with its batch
 
     def _done(self, count: int) -> None:
         with self._settled:
@@ -232,79 +292,13 @@ class LedgerSink:
     def _database(self) -> Database:
         if self._db is None:
             db = connect(self.url, timeout_seconds=self.timeout_seconds)
-            migrate(db)
+            try:
+                migrate(db)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
-
-    def _write_or_spool(self, batch: list[dict[str, Any]]) -> None:
-        with self._io:
-            failed = self._try_write(batch)
-        if failed:
-            time.sleep(self.retry_seconds)  # the writer thread backs off, off the call path
-
-    def _try_write(self, batch: list[dict[str, Any]]) -> bool:
-        """Write the spool, then ``batch``; spool (or hold) what fails. Whether it failed."""
-        batch = [*self._held, *batch]  # what neither the database nor the disk took before
-        self._held = []
-        try:
-            if self.spool.pending():
-                self.spool.replay(lambda r: self._write(r["records"]))
-            self._write(batch)
-            self._prune()
-        except Exception as exc:  # DatabaseError, OSError, or worse: never kill the thread
-            self._forget_connection()
-            try:
-                self._spool(batch, repr(exc))
-            except OSError as disk:  # the disk is full or gone too: keep them in memory
-                self._held = batch
-                _log.error(
-                    "guardrail: %d usage records are held in memory: neither the ledger "
-                    "(%r) nor the spool (%r) could take them",
-                    len(batch),
-                    exc,
-                    disk,
-                )
-                return True
-            self._done(len(batch))
-            return True
-        self._done(len(batch))
-        return False
-
-    def _write(self, batch: Sequence[Mapping[str, Any]]) -> None:
-        """One transaction: the records, their scopes, the caps they saw, the alerts."""
-        db = self._database()
-        records = [item for item in batch if "alert" not in item]
-        rows = [row_of(r, self.timezone) for r in records]
-        scopes = [
-            (row[0], scope, row[2])
-            for row, data in zip(rows, records, strict=True)
-            for scope in data["scopes"]
-        ]
-        limits = [
-            (limit["scope"], float(data["timestamp"]), *(limit[n] for n in _LIMIT_FIELDS))
-            for data in records
-            for limit in data.get("limits", ())
-        ]
-        alerts = [_alert_row(item) for item in batch if "alert" in item]
-        db.execute_many(
-            [
-                (_INSERT, rows),
-                (_INSERT_SCOPE, scopes),
-                (_UPSERT_LIMITS, limits),
-                (_INSERT_ALERT, alerts),
-            ]
-        )
-        self.written += len(batch)
-
-    def _spool(self, batch: list[dict[str, Any]], why: str) -> None:
-        self.spool.append({"records": batch})
-        self.spooled += len(batch)
-        _log.error(
-            "guardrail: the ledger could not take %d usage records (%s); spooled to %s",
-            len(batch),
-            why,
-            self.spool.path,
-        )
 
     def _forget_connection(self) -> None:
         if self._db is not None:
@@ -315,11 +309,16 @@ class LedgerSink:
         if self.retention_days is None or time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + 3600
-        cutoff = datetime.fromtimestamp(self.clock() - self.retention_days * 86_400, self.timezone)
-        day = cutoff.strftime("%Y-%m-%d")
+        cutoff = self.clock() - self.retention_days * 86_400
+        day = datetime.fromtimestamp(cutoff, self.timezone).strftime("%Y-%m-%d")
         db = self._database()
-        db.execute("DELETE FROM usage_scopes WHERE day < ?", (day,))
-        db.execute("DELETE FROM usage_records WHERE day < ?", (day,))
+        db.execute_many(
+            [
+                ("DELETE FROM usage_scopes WHERE day < ?", [(day,)]),
+                ("DELETE FROM usage_records WHERE day < ?", [(day,)]),
+                ("DELETE FROM alert_events WHERE ts < ?", [(cutoff,)]),
+            ]
+        )
 
     # -- control
 
@@ -331,15 +330,30 @@ class LedgerSink:
             done = self._settled.wait_for(lambda: self._pending <= 0, timeout)
         with self._io:
             try:
-                if self.spool.pending():
+                if self._spooled_records():
                     self.spool.replay(lambda r: self._write(r["records"]))
-            except (DatabaseError, OSError):
+            except Exception:  # still down, or the disk: the writer keeps trying
                 self._forget_connection()
                 return False
-        return done and not self._held
+        with self._lock:
+            return done and not self._held and not self._overflow
 
     def close(self, timeout: float = 10.0) -> None:
+        """Flush, then stop the writer. Records given later are held and logged."""
         self.flush(timeout)
-        self._queue.put(None)
+        with self._lock:
+            self._closed = True
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            _log.error("guardrail: the ledger's writer did not take the stop in %ss", timeout)
         self._thread.join(timeout)
+        with self._lock:
+            left = len(self._held) + len(self._overflow)
+        if left:
+            _log.error(
+                "guardrail: %d usage records were not written to the ledger nor spooled "
+                "(the database and the disk both failed) and are lost with this process",
+                left,
+            )
         self._forget_connection()

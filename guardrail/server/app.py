@@ -53,7 +53,7 @@ ANTHROPIC_COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "
 
 def store_for(config: GatewayConfig) -> Store:
     """The store a config names: ``memory://``, or a Redis URL."""
-    return open_store(config.store, prefix=config.prefix)
+    return open_store(config.store, prefix=config.prefix, timezone=config.timezone)
 
 
 def _presented_key(request: Request) -> tuple[str | None, Provider]:
@@ -320,7 +320,7 @@ def _ledger_sink(config: GatewayConfig) -> LedgerSink | None:
         return None
     return LedgerSink(
         config.ledger.url,
-        timezone=config.ledger.timezone,
+        timezone=config.timezone,
         retention_days=config.ledger.retention_days,
         spool_path=config.ledger.spool,
     )
@@ -335,7 +335,7 @@ def _dashboard_route(config: GatewayConfig, store: Store) -> Path:
         else DashboardSource(
             config.ledger.url,
             store,
-            timezone=config.ledger.timezone,
+            timezone=config.timezone,
             title=config.ledger.dashboard_title,
         )
     )

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy
@@ -47,9 +48,10 @@ _TOP = frozenset(
         "metrics",
         "alerts",
         "ledger",
+        "timezone",
     }
 )
-_LEDGER = frozenset({"url", "timezone", "retention_days", "spool", "dashboard_title"})
+_LEDGER = frozenset({"url", "retention_days", "spool", "dashboard_title"})
 _UPSTREAM = frozenset({"base_url", "api_key_env", "timeout_seconds", "exact_count"})
 _KEY = frozenset({"key", "key_sha256", "tenant", "parents", "models", "policy", "label"})
 DEFAULT_UPSTREAMS = {
@@ -89,7 +91,6 @@ class LedgerConfig:
     """``[ledger]``: every call's record written to a database, and the dashboard."""
 
     url: str
-    timezone: str = "UTC"
     retention_days: int | None = None
     spool: str | None = None
     dashboard_title: str = "guardrail"
@@ -99,6 +100,9 @@ class LedgerConfig:
 class GatewayConfig:
     store: str = "memory://"
     prefix: str = "guardrail"
+    timezone: str = "UTC"
+    """The store's time zone (when its days and months begin), which the ledger and the
+    dashboard use too."""
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     unmetered: Literal["refuse", "allow"] = "refuse"
     admin_key_env: str | None = None
@@ -259,7 +263,13 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
             alerts_from_config(alerts).close()  # checked now; built again when serving
         except ConfigurationError as exc:
             raise _fail("alerts", str(exc)) from None
+    timezone = _str(data.get("timezone", "UTC"), "timezone")
+    try:
+        ZoneInfo(timezone)
+    except (KeyError, ValueError):
+        raise _fail("timezone", f"unknown time zone {timezone!r}") from None
     return GatewayConfig(
+        timezone=timezone,
         ledger=_ledger(data["ledger"]) if "ledger" in data else None,
         store=store,
         prefix=_str(data.get("prefix", "guardrail"), "prefix"),
@@ -285,12 +295,12 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
 
 
 def _ledger(value: Any) -> LedgerConfig:
-    from zoneinfo import ZoneInfo
-
     from guardrail.ledger.database import check_url
 
     table = _table(value, "ledger")
     _unknown(table, _LEDGER, "ledger")
+    if "timezone" in table:
+        raise _fail("ledger.timezone", "set timezone at the top: the store's and the ledger's")
     if "url" not in table:
         raise _fail("ledger.url", "is required: sqlite:///path/to/ledger.db or postgresql://...")
     url = _str(table["url"], "ledger.url")
@@ -298,17 +308,11 @@ def _ledger(value: Any) -> LedgerConfig:
         check_url(url)
     except ConfigurationError as exc:
         raise _fail("ledger.url", str(exc)) from None
-    timezone = _str(table.get("timezone", "UTC"), "ledger.timezone")
-    try:
-        ZoneInfo(timezone)
-    except (KeyError, ValueError):
-        raise _fail("ledger.timezone", f"unknown time zone {timezone!r}") from None
     days = table.get("retention_days")
     if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
         raise _fail("ledger.retention_days", "must be a whole number of days, at least 1")
     return LedgerConfig(
         url=url,
-        timezone=timezone,
         retention_days=days,
         spool=_str(table["spool"], "ledger.spool") if "spool" in table else None,
         dashboard_title=_str(table.get("dashboard_title", "guardrail"), "ledger.dashboard_title"),
