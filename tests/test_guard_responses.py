@@ -3,6 +3,7 @@ socket against guardrail.testing.FakeOpenAIServer."""
 
 from __future__ import annotations
 
+import inspect
 from decimal import Decimal
 from typing import Any
 
@@ -289,8 +290,14 @@ def test_an_unknown_previous_response_is_counted_by_the_provider(server) -> None
 
 def test_a_conversation_is_counted_by_the_provider(server) -> None:
     guard, client, records = make(server)
-    client.responses.create(model=MODEL, input="one", conversation="conv_1")
-    second = client.responses.create(model=MODEL, input="two", conversation="conv_1")
+    from openai.resources.responses import Responses
+
+    # openai 1.x before ``conversation`` existed: the field goes in extra_body
+    takes = "conversation" in inspect.signature(Responses.create).parameters
+    field = {"conversation": "conv_1"}
+    conversation = field if takes else {"extra_body": field}
+    client.responses.create(model=MODEL, input="one", **conversation)
+    second = client.responses.create(model=MODEL, input="two", **conversation)
     counts = [r for r in server.requests if r.path.endswith("/input_tokens")]
     assert len(counts) == 2
     assert records[-1].extra["exact_prompt_tokens"] == second.usage.input_tokens

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.drivers import parse_async_raw
 from guardrail.errors import UnmeteredCall
-from guardrail.providers.common import given, run_async, run_sync
+from guardrail.providers.common import (
+    given,
+    lift_extra_body,
+    parameters_of,
+    run_async,
+    run_sync,
+)
 from guardrail.providers.sdk_classes import Node, guard_instance, guarded_class, resource_at
 from guardrail.tenancy import TenantBinding
 
@@ -124,7 +130,7 @@ def guarded(endpoint: Endpoint) -> Any:
 
                 count = endpoint.acount(state, plain) if endpoint.acount else None
                 adapter = endpoint.adapter_for(state)
-                kwargs = endpoint.prepare(kwargs)
+                kwargs = lift_extra_body(endpoint.prepare(kwargs), parameters_of(original))
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
             return amethod
@@ -136,7 +142,7 @@ def guarded(endpoint: Endpoint) -> Any:
             target = getattr(resource_at(plain, path), name)
             count = endpoint.count(state, plain) if endpoint.count else None
             adapter = endpoint.adapter_for(state)
-            kwargs = endpoint.prepare(kwargs)
+            kwargs = lift_extra_body(endpoint.prepare(kwargs), parameters_of(original))
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
             )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,52 @@ def model_and_messages(kwargs: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
             f"messages must be a list of message dicts, got {type(messages).__name__}"
         )
     return model, messages
+
+
+@functools.cache
+def parameters_of(method: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword parameters an SDK method takes (None when it takes ``**kwargs``, or its
+    signature cannot be read)."""
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return frozenset(signature.parameters) - {"self"}
+
+
+def lift_extra_body(kwargs: dict[str, Any], parameters: frozenset[str] | None) -> dict[str, Any]:
+    """``kwargs`` with every ``extra_body`` key that is a parameter of the SDK method moved
+    up to the parameters.
+
+    The SDK merges ``extra_body`` into the JSON body last, so a key there wins over the
+    parameter of the same name: ``extra_body={"max_tokens": 100_000}`` would send past the
+    bound the guard set, ``extra_body={"messages": [...]}`` a prompt it never counted. Lifted,
+    the request sent is the same, and the guard reads (and bounds) what is sent. Keys the
+    method does not take stay in ``extra_body`` (an adapter reads the ones that matter)."""
+    extra = kwargs.get("extra_body")
+    if not isinstance(extra, Mapping) or not extra or parameters is None:
+        return kwargs
+    lifted = {k: v for k, v in extra.items() if k in parameters and k != "extra_body"}
+    if not lifted:
+        return kwargs
+    rest = {k: v for k, v in extra.items() if k not in lifted}
+    merged = {**kwargs, **lifted}
+    if rest:
+        merged["extra_body"] = rest
+    else:
+        merged.pop("extra_body")
+    return merged
+
+
+def from_body(kwargs: Mapping[str, Any], name: str) -> Any:
+    """A request field, as the provider will get it: ``extra_body`` (merged last by the
+    SDK) over the parameter. For fields an older SDK release has no parameter for."""
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping) and name in extra:
+        return extra[name]
+    return kwargs.get(name)
 
 
 def public(name: str) -> None:

@@ -31,7 +31,7 @@ from guardrail.providers.clients import (
     unmetered_tree,
     wrap_client,
 )
-from guardrail.providers.common import given
+from guardrail.providers.common import from_body, given, parameters_of
 from guardrail.providers.openai.chat import OpenAIAdapter, materialise
 from guardrail.providers.openai.embeddings import EmbeddingsAdapter
 from guardrail.providers.openai.responses import ResponsesAdapter, materialise_input
@@ -61,9 +61,22 @@ COUNT_TIMEOUT_SECONDS = 10.0
 
 
 def _count_params(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    params = {k: kwargs[k] for k in COUNT_KEYS if given(kwargs.get(k))}
+    """The body of the count: the call's fields (from extra_body too, where an older SDK
+    release sends one it has no parameter for)."""
+    params = {k: v for k in COUNT_KEYS if given(v := from_body(kwargs, k))}
     timeout = kwargs.get("timeout")
     return params, (timeout if given(timeout) else COUNT_TIMEOUT_SECONDS)
+
+
+def _as_arguments(counter: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as the SDK's count method takes them: what it has no parameter for goes
+    in its extra_body."""
+    known = parameters_of(counter)
+    if known is None:
+        return params
+    extra = {k: v for k, v in params.items() if k not in known}
+    kept = {k: v for k, v in params.items() if k in known}
+    return {**kept, "extra_body": extra} if extra else kept
 
 
 def _input_tokens(result: Any) -> int:
@@ -78,7 +91,7 @@ def _counter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], int]
         params, timeout = _count_params(kwargs)
         counter = getattr(getattr(client.responses, "input_tokens", None), "count", None)
         if counter is not None:
-            return _input_tokens(counter(**params, timeout=timeout))
+            return _input_tokens(counter(**_as_arguments(counter, params), timeout=timeout))
         options = {"timeout": timeout}
         return _input_tokens(
             client.post("/responses/input_tokens", body=params, cast_to=object, options=options)
@@ -92,7 +105,7 @@ def _acounter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], Any
         params, timeout = _count_params(kwargs)
         counter = getattr(getattr(client.responses, "input_tokens", None), "count", None)
         if counter is not None:
-            return _input_tokens(await counter(**params, timeout=timeout))
+            return _input_tokens(await counter(**_as_arguments(counter, params), timeout=timeout))
         options = {"timeout": timeout}
         return _input_tokens(
             await client.post(

@@ -44,7 +44,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given
+from guardrail.providers.common import from_body, given
 
 __all__ = [
     "BUILTIN_TOOL_ASSUMED_CALLS",
@@ -153,12 +153,13 @@ def _positive(kwargs: Mapping[str, Any], name: str) -> int | None:
 
 
 def _server_state(kwargs: Mapping[str, Any]) -> ServerState | None:
-    previous = kwargs.get("previous_response_id")
+    # From extra_body too: an SDK release without the parameter sends it there.
+    previous = from_body(kwargs, "previous_response_id")
     if given(previous):
         if not isinstance(previous, str) or not previous:
             raise InvalidRequestError(f"previous_response_id must be a string, got {previous!r}")
         return ServerState("response", previous)
-    conversation = plain(kwargs.get("conversation"))
+    conversation = plain(from_body(kwargs, "conversation"))
     if isinstance(conversation, Mapping):
         conversation = conversation.get("id")
     if given(conversation):
@@ -208,7 +209,7 @@ class ResponsesAdapter:
         model = kwargs.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
-        if refuse and kwargs.get("background") is True:
+        if refuse and from_body(kwargs, "background") is True:
             raise ConfigurationError(
                 "background=True returns before the response exists and is billed later, "
                 "when it completes: guardrail cannot settle it on this call, so it is "
@@ -354,7 +355,7 @@ class ResponsesAdapter:
         response_id = getattr(response, "id", None)
         if isinstance(response_id, str) and kwargs.get("store") is not False:
             keys.append(ServerState("response", response_id).key)
-        conversation = _server_state({"conversation": kwargs.get("conversation")})
+        conversation = _server_state({"conversation": from_body(kwargs, "conversation")})
         if conversation is not None:
             keys.append(conversation.key)
         return keys
