@@ -85,6 +85,28 @@ def test_the_tenant_comes_from_the_key_not_the_body(gateway) -> None:
     assert app.state.guard.usage("team-b").requests == 0
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}),
+        ("/v1/responses", {"model": "gpt-4o", "input": "hi"}),
+        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}),
+        ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": HELLO}),
+    ],
+)
+def test_fields_the_gateway_does_not_know_are_relayed(gateway, server, fake, path, body) -> None:
+    # A newer API field than the installed SDK knows is the caller's business: the
+    # gateway forwards JSON, it is not the SDK (whose signature the library checks).
+    base, app = gateway
+    sent = {**body, "brand_new_field": {"x": [1, 2]}}
+    headers = {"authorization": f"Bearer {TENANT_KEY}", "x-api-key": TENANT_KEY}
+    answer = httpx.post(f"{base}{path}", json=sent, headers=headers)
+    assert answer.status_code == 200, answer.text
+    upstream = (fake.requests if path == "/v1/messages" else server.requests)[-1]
+    assert upstream.json["brand_new_field"] == {"x": [1, 2]}
+    assert app.state.guard.usage("team-a").requests == 1
+
+
 def test_a_budget_refusal_is_a_429_the_sdk_does_not_retry(gateway, server) -> None:
     base, _ = gateway
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=OTHER_KEY, max_retries=3)

@@ -1123,10 +1123,15 @@ def test_review_web_searches_are_reserved_and_settled_at_their_price(fake) -> No
     assert len(fake.message_requests) == sent
 
 
-def test_review_fast_mode_is_refused_rather_than_underpriced(fake) -> None:
+@pytest.mark.parametrize("where", ["parameter", "extra_body"])
+def test_review_fast_mode_is_refused_rather_than_underpriced(fake, where) -> None:
+    # extra_body is how a release without the parameter sends it: read as sent, too.
+    takes = "speed" in inspect.signature(anthropic.resources.messages.Messages.create).parameters
+    as_parameter = where == "parameter" and takes  # else this SDK sends it in extra_body only
+    request: dict[str, Any] = (
+        {"speed": "fast"} if as_parameter else {"extra_body": {"speed": "fast"}}
+    )
     guard, client = make(fake, Policy(loop_limit=None))
     with pytest.raises(guardrail.ConfigurationError, match="fast"):
-        client.messages.create(
-            model=MODEL, max_tokens=100, messages=HI, extra_body={}, speed="fast"
-        )
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI, **request)
     assert fake.message_requests == []

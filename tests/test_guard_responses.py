@@ -238,6 +238,55 @@ def test_a_cut_stream_is_settled_from_its_local_count(server) -> None:
     no_leak(guard)
 
 
+def test_a_cut_reasoning_stream_is_settled_at_the_whole_reserved_output(server) -> None:
+    # As for chat: o3 may have billed hidden reasoning the stream never showed.
+    server.reasoning_tokens = 3_000
+    server.enqueue_stream_cut(after_chunks=2)
+    guard, client, records = make(server, Policy(max_attempts=1, loop_limit=None))
+    with pytest.raises(cut_stream_errors(openai)):
+        for _ in client.responses.create(
+            model="o3", input="Think hard.", max_output_tokens=4_000, stream=True
+        ):
+            pass
+    (record,) = records
+    assert record.outcome == "stream_error" and record.output_tokens == 4_000
+    assert record.cost_usd == record.reserved_usd
+    no_leak(guard)
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning", "hidden"),
+    [
+        ("o3", None, True),
+        ("gpt-4o", None, False),
+        ("gpt-4o", {"effort": "low"}, True),
+        ("gpt-5.1", {"effort": "none"}, False),
+    ],
+)
+def test_hidden_reasoning_is_read_from_the_model_and_its_effort(model, reasoning, hidden) -> None:
+    request: dict[str, Any] = {"model": model, "input": "hi"}
+    if reasoning is not None:
+        request["reasoning"] = reasoning
+    assert ResponsesAdapter().read(request).hidden_reasoning is hidden
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 3}, "top_p"),
+        ({"stream": "yes"}, "stream"),
+        ({"metadata": {"k": b"bytes"}}, "metadata"),
+    ],
+)
+def test_requests_the_api_would_reject_are_refused_before_reserving(server, bad, named) -> None:
+    guard, client, records = make(server)
+    with pytest.raises(guardrail.InvalidRequestError, match=named):
+        client.responses.create(model=MODEL, input="hi", **bad)
+    assert server.requests == [] and records == []
+    no_leak(guard)
+
+
 def test_a_failed_response_bills_its_input(server) -> None:
     server.enqueue_response_failure()
     guard, client, records = make(server)

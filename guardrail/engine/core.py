@@ -17,6 +17,7 @@ from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.operations import Op
 from guardrail.engine.plan import Plan, Planner, TrimEvent
 from guardrail.engine.records import Recorder
+from guardrail.engine.request_check import as_sent
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError, describe
 from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
@@ -128,7 +129,7 @@ class Engine:
         kwargs: Mapping[str, Any],
         explicit: TenantBinding | None = None,
     ) -> Plan:
-        view = adapter.read(kwargs)
+        view = adapter.read(as_sent(kwargs))
         binding = self.binding_for(explicit, view.tenant_hint)
         try:
             policy = self.policy_for(binding.tenant)

@@ -22,9 +22,11 @@ from guardrail.errors import InvalidRequestError, describe
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "as_sent",
+    "check_body",
     "check_json",
+    "check_names",
     "check_number",
-    "check_parameters",
     "check_roles",
     "check_stream",
     "plain_messages",
@@ -37,6 +39,16 @@ overflows past about 1,000 levels; messages and tool schemas are held to this li
 the counting rules already)."""
 
 _NOT_JSON = "{where} is a {kind}, which JSON cannot carry (the SDK would fail to send it)"
+
+
+def as_sent(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A request's fields as the provider gets them: the SDKs merge ``extra_body`` into the
+    JSON body last, so a field there (one this SDK release has no parameter for, such as a
+    newer model's ``reasoning_effort`` or Claude's ``speed``) is read as sent."""
+    extra = kwargs.get("extra_body")
+    if not isinstance(extra, Mapping) or not extra:
+        return kwargs
+    return {**kwargs, **extra}
 
 
 def skipped(value: Any) -> bool:
@@ -192,19 +204,23 @@ _TRANSPORT = frozenset(("extra_headers", "extra_query", "timeout"))
 """SDK options that are not part of the JSON body (``extra_body`` is, and is checked)."""
 
 
-def check_parameters(
-    kwargs: Mapping[str, Any], allowed: frozenset[str] | None, api: str, *, skip: str = ""
-) -> None:
-    """Every parameter is one the SDK method takes (else it raises a TypeError after the
-    reservation), and every body value is sendable JSON (:func:`check_json`). ``skip``
-    names a parameter already checked (the messages, on their fast path)."""
-    if allowed is not None:
-        unknown = sorted(k for k in kwargs if k not in allowed)
-        if unknown:
-            raise InvalidRequestError(
-                f"{api} takes no parameter {describe(unknown[0])} (this SDK release does not "
-                "know it; pass it in extra_body to send it anyway)"
-            )
+def check_names(kwargs: Mapping[str, Any], allowed: frozenset[str] | None, api: str) -> None:
+    """Every parameter is one the SDK method takes: else the SDK raises a TypeError after
+    the reservation. Only for a call through an SDK method (``allowed`` is its signature;
+    None when it takes ``**kwargs``): the gateway forwards JSON fields it does not know."""
+    if allowed is None:
+        return
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown:
+        raise InvalidRequestError(
+            f"{api} takes no parameter {describe(unknown[0])} (this SDK release does not "
+            "know it; pass it in extra_body to send it anyway)"
+        )
+
+
+def check_body(kwargs: Mapping[str, Any], *, skip: str = "") -> None:
+    """Every body value is sendable JSON (:func:`check_json`). ``skip`` names a parameter
+    already checked (the messages, on their fast path)."""
     for name, value in kwargs.items():
         if name not in _TRANSPORT and name != skip and not skipped(value):
             check_json(value, name)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.drivers import parse_async_raw
+from guardrail.engine.request_check import check_names
 from guardrail.errors import UnmeteredCall
 from guardrail.providers.common import (
     given,
@@ -112,6 +113,17 @@ def _keywords(path: str, name: str, args: tuple[Any, ...]) -> None:
         raise TypeError(f"{path}.{name}() takes keyword arguments only")
 
 
+def sdk_request(kwargs: dict[str, Any], method: Callable[..., Any], api: str) -> dict[str, Any]:
+    """The keyword arguments of a call to an SDK method, as the guard reads them:
+    ``extra_body`` keys the method takes lifted up (:func:`lift_extra_body`), then every
+    name checked against the method's signature (the SDK would raise a TypeError only
+    after the reservation)."""
+    parameters = parameters_of(method)
+    kwargs = lift_extra_body(kwargs, parameters)
+    check_names(kwargs, parameters, api)
+    return kwargs
+
+
 def guarded(endpoint: Endpoint) -> Any:
     """The factory of a guarded method: the call planned and driven by the engine, and
     sent by the SDK's own method on the client without retries."""
@@ -130,7 +142,7 @@ def guarded(endpoint: Endpoint) -> Any:
 
                 count = endpoint.acount(state, plain) if endpoint.acount else None
                 adapter = endpoint.adapter_for(state)
-                kwargs = lift_extra_body(endpoint.prepare(kwargs), parameters_of(original))
+                kwargs = sdk_request(endpoint.prepare(kwargs), original, f"{path}.{name}")
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
             return amethod
@@ -142,7 +154,7 @@ def guarded(endpoint: Endpoint) -> Any:
             target = getattr(resource_at(plain, path), name)
             count = endpoint.count(state, plain) if endpoint.count else None
             adapter = endpoint.adapter_for(state)
-            kwargs = lift_extra_body(endpoint.prepare(kwargs), parameters_of(original))
+            kwargs = sdk_request(endpoint.prepare(kwargs), original, f"{path}.{name}")
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
             )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +13,8 @@ from guardrail.counting.messages import TokenCounter, field_of
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import (
+    check_body,
     check_number,
-    check_parameters,
     check_roles,
     check_stream,
     plain_messages,
@@ -83,21 +81,6 @@ ROLES = frozenset(("user", "assistant"))
 _API = "messages.create"
 
 
-@functools.cache
-def sdk_parameters() -> frozenset[str] | None:
-    """The parameters the installed SDK's ``messages.create``/``stream`` take (None when
-    they cannot be read: nothing is then refused for its name)."""
-    try:
-        from anthropic.resources.messages import Messages
-
-        names = set(inspect.signature(Messages.create).parameters)
-        names |= set(inspect.signature(Messages.stream).parameters)
-    except Exception:  # pragma: no cover - an SDK without these
-        return None
-    names.discard("self")
-    return frozenset(names)
-
-
 def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     """What the API is sure to reject, and what the SDK could not serialise, refused before
     anything is reserved; returns ``stream``."""
@@ -106,7 +89,7 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     fast = plain_messages(messages, ROLES)
     if not fast:
         check_roles(messages, ROLES, _API)
-    check_parameters(kwargs, sdk_parameters(), _API, skip="messages" if fast else "")
+    check_body(kwargs, skip="messages" if fast else "")
     stream = check_stream(kwargs)
     check_number(kwargs, "temperature", 0.0, 1.0)
     check_number(kwargs, "top_p", 0.0, 1.0)

@@ -3,8 +3,6 @@ engine, and reads usage back from responses and stream chunks."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,8 +13,8 @@ from guardrail.counting.messages import TokenCounter
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import (
+    check_body,
     check_number,
-    check_parameters,
     check_roles,
     check_stream,
     plain_messages,
@@ -74,21 +72,6 @@ def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
     return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
 
 
-@functools.cache
-def sdk_parameters() -> frozenset[str] | None:
-    """The parameters the installed SDK's ``chat.completions.create``/``parse`` take (None
-    when they cannot be read: nothing is then refused for its name)."""
-    try:
-        from openai.resources.chat.completions import Completions
-
-        names = set(inspect.signature(Completions.create).parameters)
-        names |= set(inspect.signature(Completions.parse).parameters)
-    except Exception:  # pragma: no cover - an SDK without these
-        return None
-    names.discard("self")
-    return frozenset(names)
-
-
 def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     """What the API is sure to reject, and what the SDK could not serialise, refused before
     anything is reserved; returns ``stream``."""
@@ -97,7 +80,7 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     fast = plain_messages(messages, ROLES)
     if not fast:
         check_roles(messages, ROLES, _API)
-    check_parameters(kwargs, sdk_parameters(), _API, skip="messages" if fast else "")
+    check_body(kwargs, skip="messages" if fast else "")
     stream = check_stream(kwargs)
     for name, (low, high) in _RANGES.items():
         check_number(kwargs, name, low, high)

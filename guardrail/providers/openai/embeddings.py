@@ -3,7 +3,8 @@ embedding price.
 
 An embedding request is billed for its input tokens only: each string by the model's
 encoding (no message overhead), each token array by its length. The API takes at most
-:data:`MAX_TOKENS_PER_INPUT` tokens per input and :data:`MAX_TOKENS_PER_REQUEST` summed over
+:data:`MAX_TOKENS_PER_INPUT` tokens per input (the catalog's ``max_input_tokens`` of the
+model, when it has one) and :data:`MAX_TOKENS_PER_REQUEST` summed over
 one request (OpenAI's embeddings guide); a request over either is refused before it is
 sent, as the API would refuse it.
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from guardrail.catalog.models import model_info
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.messages import TokenCounter
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
+from guardrail.engine.request_check import check_body
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
 from guardrail.providers.common import given
@@ -63,6 +66,7 @@ class EmbeddingsAdapter:
         model = kwargs.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
+        check_body(kwargs, skip="input")
         raw = kwargs.get("input")
         if not isinstance(raw, str | Sequence) and isinstance(raw, Iterable):
             raw = list(raw)
@@ -80,16 +84,17 @@ class EmbeddingsAdapter:
         )
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
+        limit = model_info(view.model).max_input_tokens or MAX_TOKENS_PER_INPUT  # the catalog's
         total = 0
         for i, message in enumerate(messages):
             item = message["input"]
             tokens = len(item) if isinstance(item, list) else counter.text(item)
-            if tokens > MAX_TOKENS_PER_INPUT:
+            if tokens > limit:
                 raise ContextWindowExceeded(
                     model=view.model,
                     prompt_tokens=tokens,
                     reserved_output_tokens=0,
-                    limit=MAX_TOKENS_PER_INPUT,
+                    limit=limit,
                     limit_name=f"the input limit of one embedding (input[{i}])",
                     detail="split the text; nothing was sent",
                 )

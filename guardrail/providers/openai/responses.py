@@ -40,11 +40,13 @@ from guardrail.counting.messages import REPLY_PRIMING, TokenCounter, counter_for
 from guardrail.counting.responses import as_message, as_tool, output_schema, plain
 from guardrail.engine.adapter import RequestView, ServerState
 from guardrail.engine.drivers import parsed_raw
+from guardrail.engine.request_check import check_body, check_number, check_stream
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import from_body, given
+from guardrail.providers.openai.chat import hidden_reasoning
 
 __all__ = [
     "BUILTIN_TOOL_ASSUMED_CALLS",
@@ -152,6 +154,18 @@ def _positive(kwargs: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+"""Sampling parameters and the ranges the API documents (it rejects values outside)."""
+
+
+def _reasons(model: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call may bill reasoning tokens it never streams (as for chat: a reasoning
+    model, or any model asked for a reasoning effort other than "none")."""
+    reasoning = plain(kwargs.get("reasoning"))
+    effort = reasoning.get("effort") if isinstance(reasoning, Mapping) else None
+    return hidden_reasoning(model, {"reasoning_effort": effort} if given(effort) else {})
+
+
 def _server_state(kwargs: Mapping[str, Any]) -> ServerState | None:
     # From extra_body too: an SDK release without the parameter sends it there.
     previous = from_body(kwargs, "previous_response_id")
@@ -209,6 +223,10 @@ class ResponsesAdapter:
         model = kwargs.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError(f"model must be a non-empty str, got {model!r}")
+        check_body(kwargs)
+        stream = check_stream(kwargs)
+        for name, (low, high) in _RANGES.items():
+            check_number(kwargs, name, low, high)
         if refuse and from_body(kwargs, "background") is True:
             raise ConfigurationError(
                 "background=True returns before the response exists and is billed later, "
@@ -243,7 +261,8 @@ class ResponsesAdapter:
             messages=items,
             tools=tools or None,
             requested_output=_positive(kwargs, "max_output_tokens"),
-            stream=kwargs.get("stream") is True,
+            stream=stream,
+            hidden_reasoning=_reasons(model, kwargs),
             tenant_hint=hint,
             reserved_searches=web,
             reserved_file_searches=file,
