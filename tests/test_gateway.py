@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -25,6 +23,8 @@ from tests._gateway import (
     TENANT_KEY,
     UPSTREAM_KEY,
     config_for,
+    held_upstream,
+    raw_stream_request,
     running,
 )
 from tests._sdk_http import http_library
@@ -208,42 +208,6 @@ def test_anthropic_streams_are_relayed_and_settled(gateway, fake) -> None:
     assert len(fake.count_requests) == 1  # the exact count, through the gateway's upstream
 
 
-class _HeldStream(http.server.BaseHTTPRequestHandler):
-    """An upstream that sends two chunks of a chat stream, then holds the rest until the
-    test releases it (or its connection is closed): a stream still running when the
-    caller hangs up."""
-
-    release = threading.Event()
-    closed = threading.Event()
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.end_headers()
-        chunk = {
-            "id": "c1",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "gpt-4o",
-            "choices": [{"index": 0, "delta": {"content": "Hello there "}, "finish_reason": None}],
-        }
-        try:
-            for _ in range(2):
-                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                self.wfile.flush()
-            while not self.release.wait(timeout=0.05):  # poll the socket for the hang-up
-                self.wfile.write(b": keep-alive\n\n")
-                self.wfile.flush()
-        except OSError:
-            pass
-        finally:
-            type(self).closed.set()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_a_caller_that_goes_away_mid_stream_is_settled_and_the_upstream_closed() -> None:
     settled = threading.Event()
     records: list[Any] = []
@@ -252,35 +216,22 @@ def test_a_caller_that_goes_away_mid_stream_is_settled_and_the_upstream_closed()
         records.append(record)
         settled.set()
 
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeldStream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    upstream_url = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    try:
-        with running(config_for(upstream_url), sinks=[sink]) as (base, app):
-            request = {"model": "gpt-4o", "messages": HELLO, "stream": True}
-            host, port = base[len("http://") :].split(":")
-            body = json.dumps(request).encode()
-            with socket.create_connection((host, int(port))) as sock:
-                sock.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                    b"content-type: application/json\r\n"
-                    + f"authorization: Bearer {TENANT_KEY}\r\n".encode()
-                    + f"content-length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                received = b""
-                while b"Hello there" not in received:  # the stream started: then hang up
-                    received += sock.recv(4096)
-            assert settled.wait(timeout=10), "the call was not settled after the disconnect"
-            assert _HeldStream.closed.wait(timeout=10), "the upstream stream was not closed"
-            (record,) = records
-            assert record.outcome == "stream_closed" and record.usage_source == "local_count"
-            assert record.output_tokens >= 2
-            usage = app.state.guard.usage("team-a")
-            assert usage.requests == 1 and usage.reserved_usd == 0
-    finally:
-        _HeldStream.release.set()
-        upstream.shutdown()
+    with (
+        held_upstream() as (upstream_url, held),
+        running(config_for(upstream_url), sinks=[sink]) as (base, app),
+    ):
+        request = {"model": "gpt-4o", "messages": HELLO, "stream": True}
+        with raw_stream_request(base, TENANT_KEY, request) as sock:
+            received = b""
+            while b"Hello there" not in received:  # the stream started: then hang up
+                received += sock.recv(4096)
+        assert settled.wait(timeout=10), "the call was not settled after the disconnect"
+        assert held.closed.wait(timeout=10), "the upstream stream was not closed"
+        (record,) = records
+        assert record.outcome == "stream_closed" and record.usage_source == "local_count"
+        assert record.output_tokens >= 2
+        usage = app.state.guard.usage("team-a")
+        assert usage.requests == 1 and usage.reserved_usd == 0
 
 
 # -- the admin API --------------------------------------------------------------------------

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -17,19 +12,12 @@ import pytest
 
 from guardrail import RedisStore, count_messages, estimate_cost
 from guardrail.testing import FakeOpenAIServer
-from tests._gateway import TENANT_KEY
+from tests._gateway import TENANT_KEY, serve_process
 from tests._sdk_http import http_library
 from tests.conftest import REDIS_HOST, REDIS_PORT
 
 pytestmark = pytest.mark.redis
 HTTP = http_library(openai)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_two_workers_share_one_cap_with_no_overspend(tmp_path: Path) -> None:
@@ -47,37 +35,8 @@ def test_two_workers_share_one_cap_with_no_overspend(tmp_path: Path) -> None:
             "loop_limit = 1000\n"
             f'[[keys]]\nkey = "{TENANT_KEY}"\ntenant = "team-a"\n'
         )
-        port = _free_port()
-        env = {**os.environ, "GR_TEST_KEY": "sk-upstream"}
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guardrail",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:  # both workers import guardrail and open Redis: wait for health
-                try:
-                    if HTTP.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except HTTP.TransportError:
-                    pass
-                assert gateway.poll() is None, gateway.stderr.read() if gateway.stderr else ""
-                assert time.monotonic() < deadline, "the gateway did not start"
-                time.sleep(0.1)  # a subprocess starting up; nothing is being raced
+        env = {"GR_TEST_KEY": "sk-upstream"}
+        with serve_process(str(config), workers=2, env=env) as (base, _):
             # A transient 503 (Redis slow to accept 50 connections at once) is retried by the
             # SDK; a budget refusal (429, x-should-retry: false) never is.
             client = openai.OpenAI(base_url=f"{base}/v1", api_key=TENANT_KEY, max_retries=2)
@@ -91,9 +50,6 @@ def test_two_workers_share_one_cap_with_no_overspend(tmp_path: Path) -> None:
 
             with ThreadPoolExecutor(50) as pool:
                 results = list(pool.map(call, range(50)))
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=30)
         served = sum(results)
         assert served == len(server.chat_requests)  # refused calls never reached upstream
         store = RedisStore.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0", prefix=prefix)
