@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -68,6 +69,40 @@ from guardrail.testing import FakeOpenAIServer
 server = FakeOpenAIServer(reply="The report says revenue grew.").start()
 print(server.base_url, flush=True)
 sys.stdin.read()  # until the parent closes it
+"""
+
+# The floor under any Python gateway built like guardrail's: uvicorn (httptools, uvloop) and
+# Starlette in front of an aiohttp client, relaying the body both ways and nothing else.
+FLOOR = """
+import contextlib, sys
+import aiohttp, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+upstream, port = sys.argv[1], int(sys.argv[2])
+session = None
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    global session
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+    yield
+    await session.close()
+
+async def chat(request):
+    body = await request.body()
+    headers = {"content-type": "application/json", "authorization": "Bearer x"}
+    async with session.post(upstream + "/chat/completions", data=body, headers=headers) as r:
+        raw = await r.read()
+    return Response(raw, status_code=r.status, media_type="application/json")
+
+async def health(request):
+    return Response("ok")
+
+routes = [Route("/v1/chat/completions", chat, methods=["POST"]), Route("/health", health)]
+app = Starlette(routes=routes, lifespan=lifespan)
+uvicorn.run(app, port=port, log_level="warning", access_log=False)
 """
 
 MESSAGES = [
@@ -157,10 +192,10 @@ def process(
                 child.wait()
 
 
-def gateway_config(upstream: str) -> str:
+def gateway_config(upstream: str, metrics: bool = True) -> str:
     return f"""
 store = "memory://"
-metrics = true
+metrics = {"true" if metrics else "false"}
 
 [upstream.openai]
 base_url = "{upstream}"
@@ -358,6 +393,12 @@ def ms(seconds: float) -> str:
 
 
 def report(results: list[tuple[int, list[Contender]]]) -> None:
+    for concurrency, contenders in results:
+        if concurrency == 1:
+            ours, base = contenders[1].rounds, contenders[0].rounds
+            gap = median([a.p50 - b.p50 for a, b in zip(ours, base, strict=True)])
+            verdict = "met" if gap < 1e-3 else "NOT met"
+            print(f"goal: gateway adds under 1 ms p50 at concurrency 1: {ms(gap)}, {verdict}")
     rows = []
     for concurrency, contenders in results:
         direct = contenders[0]
@@ -405,7 +446,7 @@ def report(results: list[tuple[int, list[Contender]]]) -> None:
             ]
         )
         print(
-            f"concurrency {concurrency}: guardrail ÷ LiteLLM, req/s {rps:.1f}x, "
+            f"concurrency {concurrency}: guardrail ÷ LiteLLM Proxy, req/s {rps:.1f}x, "
             f"CPU per request {cpu:.1f}x less (median of the rounds' ratios)"
         )
 
@@ -428,6 +469,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--skip-load", action="store_true", help="only the overspend test")
+    parser.add_argument(
+        "--no-references",
+        dest="references",
+        action="store_false",
+        help="leave out the gateway with metrics = false and the bare relay",
+    )
     args = parser.parse_args()
 
     litellm = litellm_executable(args.litellm)
@@ -449,17 +496,50 @@ def main() -> None:
     try:
         assert upstream_proc.stdout is not None
         upstream = upstream_proc.stdout.readline().strip()
-        (workdir / "guardrail.toml").write_text(gateway_config(upstream))
-        gw_port = free_port()
         guardrail_bin = shutil.which("guardrail", path=str(Path(sys.executable).parent))
-        command = (
+        serve = (
             [guardrail_bin]
             if guardrail_bin
             else [sys.executable, "-c", "from guardrail.cli import main; main()"]
-        )
-        command += ["serve", "--config", str(workdir / "guardrail.toml"), "--port", str(gw_port)]
-        with process(command, env, workdir / "gateway.log") as gateway:
-            wait_until_up(f"http://127.0.0.1:{gw_port}/health", gateway, 30, "the gateway")
+        ) + ["serve"]
+        ports = {name: free_port() for name in ("gateway", "no metrics", "floor")}
+        for name, metrics in (("guardrail.toml", True), ("no-metrics.toml", False)):
+            (workdir / name).write_text(gateway_config(upstream, metrics))
+
+        def serving(config: str, port: str) -> list[str]:
+            return [*serve, "--config", str(workdir / config), "--port", str(ports[port])]
+
+        with contextlib.ExitStack() as stack:
+            gateway = stack.enter_context(
+                process(
+                    serving("guardrail.toml", "gateway"),
+                    env,
+                    workdir / "gateway.log",
+                )
+            )
+            children = [("the gateway", ports["gateway"], gateway)]
+            if args.references:
+                no_metrics = stack.enter_context(
+                    process(
+                        serving("no-metrics.toml", "no metrics"),
+                        env,
+                        workdir / "no-metrics.log",
+                    )
+                )
+                floor = stack.enter_context(
+                    process(
+                        [sys.executable, "-c", FLOOR, upstream, str(ports["floor"])],
+                        env,
+                        workdir / "floor.log",
+                    )
+                )
+                children += [
+                    ("the gateway without metrics", ports["no metrics"], no_metrics),
+                    ("the bare relay", ports["floor"], floor),
+                ]
+            for name, port, child in children:
+                wait_until_up(f"http://127.0.0.1:{port}/health", child, 30, name)
+            gw_port = ports["gateway"]
             contenders = [
                 Contender("direct", upstream + "/chat/completions", {"authorization": "Bearer x"}),
                 Contender(
@@ -469,14 +549,30 @@ def main() -> None:
                     gateway.pid,
                 ),
             ]
+            if args.references:
+                contenders += [
+                    Contender(
+                        "gateway, metrics = false",
+                        f"http://127.0.0.1:{ports['no metrics']}/v1/chat/completions",
+                        {"authorization": f"Bearer {LOAD_KEY}"},
+                        no_metrics.pid,
+                    ),
+                    Contender(
+                        "bare relay (no guardrail)",
+                        f"http://127.0.0.1:{ports['floor']}/v1/chat/completions",
+                        {},
+                        floor.pid,
+                    ),
+                ]
             with litellm_running(litellm, upstream, env, workdir) as lite:
                 version = "-"
                 if lite is not None:
                     lite_proc, lite_port, version = lite
+                    lite_url = f"http://127.0.0.1:{lite_port}/v1/chat/completions"
                     contenders.append(
                         Contender(
                             "LiteLLM Proxy",
-                            f"http://127.0.0.1:{lite_port}/v1/chat/completions",
+                            lite_url,
                             {"authorization": f"Bearer {LITELLM_KEY}"},
                             lite_proc.pid,
                         )
@@ -509,7 +605,7 @@ def main() -> None:
                     tests.append(
                         (
                             "LiteLLM Proxy",
-                            contenders[2].url,
+                            lite_url,
                             {"authorization": f"Bearer {LITELLM_KEY}"},
                             budget_body(f"{BUDGET_MODEL}-budget"),
                         )
