@@ -118,6 +118,7 @@ BUDGET_CALLS = 50
 # ~$0.0075, so $0.10 covers 13 calls (the issue's own LiteLLM measurement).
 BUDGET_PROMPT = " ".join(f"item {i % 97} of the ledger," for i in range(425))
 
+LITELLM_PIN = "1.106.2"  # bench/requirements.txt
 LOAD_KEY, BUDGET_KEY = "sk-bench-load", "sk-bench-budget"
 # LiteLLM refuses to start without a master key (and it is the key every call presents).
 LITELLM_KEY = "sk-" + secrets.token_hex(32)
@@ -483,8 +484,8 @@ def main() -> None:
             "LiteLLM Proxy: not found"
             + (f" at {args.litellm}" if args.litellm else " (no --litellm given)")
             + "; skipping it. To include it: python3 -m venv /work/litellm-venv && "
-            "/work/litellm-venv/bin/pip install -r <(grep 'litellm\\[proxy\\]' "
-            "bench/requirements.txt), then --litellm /work/litellm-venv",
+            f"/work/litellm-venv/bin/pip install 'litellm[proxy]=={LITELLM_PIN}' "
+            "(bench/requirements.txt), then --litellm /work/litellm-venv",
             flush=True,
         )
 
