@@ -343,23 +343,31 @@ class Overspend:
     name: str
     through: int
     refused: int
-    statuses: dict[int, int]
+    statuses: dict[str, int]
 
 
 async def overspend(name: str, url: str, headers: dict[str, str], body: bytes) -> Overspend:
-    statuses: dict[int, int] = {}
+    """Fire ``BUDGET_CALLS`` requests at once; count the answers by status (and, for an
+    error, the ``error.type`` of its body)."""
+    statuses: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=0)
     sent = {"content-type": "application/json", **headers}
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one() -> int:
+        async def one() -> str:
             async with session.post(url, data=body, headers=sent) as response:
-                await response.read()
-                return response.status
+                raw = await response.read()
+                if response.status == 200:
+                    return "200"
+                try:
+                    kind = json.loads(raw)["error"]["type"]
+                except (ValueError, KeyError, TypeError):
+                    kind = "?"
+                return f"{response.status} {kind}"
 
         for status in await asyncio.gather(*(one() for _ in range(BUDGET_CALLS))):
             statuses[status] = statuses.get(status, 0) + 1
-    through = statuses.get(200, 0)
+    through = statuses.get("200", 0)
     return Overspend(name, through, BUDGET_CALLS - through, statuses)
 
 
