@@ -25,7 +25,6 @@ from guardrail.providers.common import given, run_async
 from guardrail.server.shapes import Provider, error, refusal, remaining_headers
 from guardrail.server.tenants import Principal, Tenants
 from guardrail.server.upstream import Upstream, UpstreamError, UpstreamUnreachable
-from guardrail.tenancy import TenantBinding
 
 __all__ = ["Calls", "Route"]
 
@@ -49,6 +48,9 @@ class Calls:
         self.guard = guard
         self.tenants = tenants
         self.upstreams = upstreams
+        # (computed at, day reset, {"day": ..., "month": ...}): the windows' next starts,
+        # the same for every call until the day turns.
+        self._resets: tuple[float, float, dict[str, float]] | None = None
 
     async def call(
         self,
@@ -91,7 +93,7 @@ class Calls:
                 reply = await upstream.post(count_path, params, incoming)
                 return int(reply.input_tokens)  # type: ignore[union-attr]
 
-        binding = TenantBinding.of(principal.tenant, principal.parents)
+        binding = principal.binding
         try:
             result = await run_async(self.guard, route.adapter, binding, kwargs, send, count)
         except GuardrailError as exc:
@@ -126,12 +128,22 @@ class Calls:
             usage = await store.ausage(principal.tenant)
         except Exception:  # the call went through: a missing header must not fail it
             return {}
+        return remaining_headers(
+            usage, policy.daily_spend_usd, policy.monthly_spend_usd, self._resets_at(store)
+        )
+
+    def _resets_at(self, store: Any) -> dict[str, float]:
+        """When the store's day and month next begin (POSIX seconds). Cached: within one
+        local day both are the same for every ``now``, so the cache holds from the moment
+        it was computed until the day turns (a clock that goes back recomputes)."""
         now = store.now()
-        resets = {
-            "day": store.windows.next_day(now).timestamp(),
-            "month": store.windows.next_month(now).timestamp(),
-        }
-        return remaining_headers(usage, policy.daily_spend_usd, policy.monthly_spend_usd, resets)
+        cached = self._resets
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        day = store.windows.next_day(now).timestamp()
+        resets = {"day": day, "month": store.windows.next_month(now).timestamp()}
+        self._resets = (now, day, resets)
+        return resets
 
 
 async def relay(stream: AsyncGuardedStream, provider: Provider) -> AsyncIterator[bytes]:

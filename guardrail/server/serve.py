@@ -53,5 +53,6 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8080, worker
         port=port,
         workers=workers,
         log_level="warning",
+        access_log=False,  # at log level warning its lines are dropped anyway: skip building them
         timeout_graceful_shutdown=30,
     )

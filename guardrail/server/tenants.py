@@ -13,6 +13,7 @@ others within that time (at once on the replica that revoked it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -27,7 +28,7 @@ from guardrail.errors import ConfigurationError
 from guardrail.policy import Policy
 from guardrail.server.config import POLICY_FIELDS, GatewayConfig
 from guardrail.stores.base import Store
-from guardrail.tenancy import validate_scope_id
+from guardrail.tenancy import TenantBinding, validate_scope_id
 
 __all__ = ["CACHE_SECONDS", "Principal", "Tenants", "digest", "new_key", "policy_to_json"]
 
@@ -49,6 +50,11 @@ class Principal:
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    @functools.cached_property
+    def binding(self) -> TenantBinding:
+        """The engine's binding of this principal's scopes (validated once per principal)."""
+        return TenantBinding.of(self.tenant, self.parents)
 
 
 def digest(key: str) -> str:
@@ -96,7 +102,10 @@ class Tenants:
         self.config = config
         self.store = store
         self._clock = clock
-        self._file_keys = {k.sha256: k for k in config.keys}
+        # One Principal per file key, built once (and so its binding validated once).
+        self._file_keys = {
+            k.sha256: Principal(k.tenant, k.parents, k.models, k.sha256[:12]) for k in config.keys
+        }
         self._file_policies: dict[str, Policy] = dict(config.tenants)
         for key in config.keys:
             if key.policy is not None:
@@ -111,7 +120,7 @@ class Tenants:
         key_hash = digest(presented)
         found = self._file_keys.get(key_hash)
         if found is not None:
-            return Principal(found.tenant, found.parents, found.models, key_hash[:12])
+            return found
         now = self._clock()
         cached = self._keys.get(key_hash)
         if cached is not None and cached[0] > now:
