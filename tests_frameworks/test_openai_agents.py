@@ -21,7 +21,7 @@ from agents.retry import ModelRetrySettings, retry_policies
 
 from guardrail import BudgetExceeded, Policy
 from guardrail.testing import FakeOpenAIServer, ToolCall
-from tests_frameworks.conftest import MODEL, Rig, make_rig
+from tests_frameworks._rig import MODEL, Rig, make_rig
 
 set_tracing_disabled(True)
 
