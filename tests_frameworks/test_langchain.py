@@ -107,3 +107,24 @@ def test_max_retries_does_not_stack_and_with_retry_multiplies(server: FakeOpenAI
     assert len(server.requests) == 2 * 3
     assert [(r.outcome, r.attempts) for r in rig.records] == [("error", 3)] * 2
     assert rig.guard.usage("default").reserved_usd == 0 and rig.spent == 0
+
+
+def test_a_dropped_connection_loop_is_billed_and_seen(server: FakeOpenAIServer) -> None:
+    """Connections dropped after the request left (what a timeout is to the bill): every
+    send, the guard's attempts times with_retry's, is settled at its prompt's cost, so a
+    framework's retries cannot spend unseen."""
+    rig = make_rig(
+        server, Policy(daily_spend_usd=1, max_attempts=2, loop_limit=None), sleep=lambda s: None
+    )
+    for _ in range(10):
+        server.enqueue_disconnect()
+    llm = chat_openai(rig).with_retry(stop_after_attempt=2, wait_exponential_jitter=False)
+    with pytest.raises(openai.APIConnectionError):
+        llm.invoke("Say hi")
+    assert len(server.requests) == 2 * 2
+    # One record per send, settled at its prompt's cost, and one per call that failed.
+    sends = [r for r in rig.records if r.settlement == "settled"]
+    assert [r.attempts for r in sends] == [1, 2] * 2 and all(r.cost_usd > 0 for r in sends)
+    assert [r.attempts for r in rig.records if r.settlement == "none"] == [2, 2]
+    usage = rig.guard.usage("default")
+    assert usage.reserved_usd == 0 and usage.spent_usd == sum(r.cost_usd for r in sends) > 0
