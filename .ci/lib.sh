@@ -2,6 +2,9 @@
 
 OLDEST_PYTHON="$(sed -n 's/^requires-python = ">=\([0-9.]*\)".*/\1/p' pyproject.toml)"
 NEWEST_PYTHON=3.13  # the newest CPython this project is tested on (and its classifiers say)
+# The frameworks suite's tests whose frameworks install beside openai 3 (the
+# frameworks-openai3 extra); instructor's and llama-index's need openai<3.
+FRAMEWORKS_ON_OPENAI3="tests_frameworks/test_openai_agents.py tests_frameworks/test_pydantic_ai.py tests_frameworks/test_langchain.py tests_frameworks/test_examples.py"
 
 # A python of one minor release (3.13): pyenv's versions folder first (its shims answer
 # for versions that are not selected, then fail), else the PATH.
