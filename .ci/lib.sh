@@ -2,6 +2,9 @@
 
 OLDEST_PYTHON="$(sed -n 's/^requires-python = ">=\([0-9.]*\)".*/\1/p' pyproject.toml)"
 NEWEST_PYTHON=3.13  # the newest CPython this project is tested on (and its classifiers say)
+# The frameworks suite's tests whose frameworks install beside openai 3 (the
+# frameworks-openai3 extra); instructor's and llama-index's need openai<3.
+FRAMEWORKS_ON_OPENAI3="tests_frameworks/test_openai_agents.py tests_frameworks/test_pydantic_ai.py tests_frameworks/test_langchain.py tests_frameworks/test_examples.py"
 
 # A python of one minor release (3.13): pyenv's versions folder first (its shims answer
 # for versions that are not selected, then fail), else the PATH.
@@ -49,20 +52,24 @@ ensure_browser() {
   /usr/bin/chromedriver --version
 }
 
-# suite NAME PYTHON [CONSTRAINTS]: a fresh venv under .ci/venvs/NAME, the README's install
-# (constrained by the lock file given, else unconstrained), then the README's test command.
+# suite NAME PYTHON [CONSTRAINTS [EXTRA [TESTS]]]: a fresh venv under .ci/venvs/NAME, the
+# README's install of the extra (dev by default; constrained by the lock file given, else
+# unconstrained), then the README's test command (on TESTS when given, e.g. the frameworks
+# suite: tests_frameworks with the frameworks extra).
 suite() {
-  local name=$1 python=$2 lock=${3:-} venv=".ci/venvs/$1"
+  local name=$1 python=$2 lock=${3:-} extra=${4:-dev} tests=${5:-} venv=".ci/venvs/$1"
   rm -rf "$venv"
   "$python" -m venv "$venv"
   "$venv/bin/python" -c 'import sys; print("python", sys.version.split()[0])'
   if [ -n "$lock" ]; then
-    PIP_CONSTRAINT="$(pwd)/$lock" "$venv/bin/pip" install -q -e '.[dev]'
+    PIP_CONSTRAINT="$(pwd)/$lock" "$venv/bin/pip" install -q -e ".[$extra]"
   else
-    PIP_CONSTRAINT="" "$venv/bin/pip" install -q --upgrade -e '.[dev]'
+    PIP_CONSTRAINT="" "$venv/bin/pip" install -q --upgrade -e ".[$extra]"
   fi
   "$venv/bin/pip" list --format=freeze 2>/dev/null \
-    | grep -iE '^(openai|anthropic|tiktoken|tenacity|redis|genai-prices)==' | tr '\n' ' '
+    | grep -iE '^(openai|anthropic|tiktoken|tenacity|redis|genai-prices|openai-agents|pydantic-ai-slim|langchain-openai|instructor|llama-index-llms-openai)==' \
+    | tr '\n' ' '
   echo
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider
+  # shellcheck disable=SC2086  # TESTS is a list of paths, or nothing
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider $tests
 }

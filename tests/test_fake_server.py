@@ -642,6 +642,19 @@ def test_responses_stream_events_in_the_order_the_sdk_requires(server: FakeOpenA
     assert final.output_text == REPLY and final.usage.input_tokens > 0
 
 
+def test_a_response_echoes_its_text_format(server: FakeOpenAIServer) -> None:
+    """As the API does: langchain's structured streams read the format from the response."""
+    fmt = {"type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": False}
+    server.reply = '{"name": "Oslo"}'
+    with strict(server).responses.stream(
+        model="gpt-4o", input="Which city?", text={"format": fmt}
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.text is not None and final.text.format.type == "json_schema"
+    plain = strict(server).responses.create(model="gpt-4o", input="Say hello")
+    assert plain.text is not None and plain.text.format.type == "text"
+
+
 def test_previous_response_and_conversation_history_is_billed(server: FakeOpenAIServer) -> None:
     client = strict(server)
     first = client.responses.create(model="gpt-4o", input="one")

@@ -72,6 +72,32 @@ def test_copies_stay_guarded(server) -> None:
     assert again.unwrapped is client.unwrapped
 
 
+@pytest.mark.parametrize("async_", [False, True])
+async def test_with_options_max_retries_leaves_the_guards_attempts(server, async_) -> None:
+    """Frameworks call with_options(max_retries=N) (openai-agents, with max_retries=0, on
+    every model call): the copy keeps its guard and tenant, reports the retries it was
+    given, and a guarded call on it still makes only the guard's attempts."""
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    policy = Policy(daily_spend_usd=5, max_attempts=2, loop_limit=None)
+    guard, client, records = make(
+        server, policy, async_=async_, sleep=lambda s: None, async_sleep=no_wait
+    )
+    retried = client.for_tenant("ann").with_options(max_retries=6)
+    assert retried.max_retries == 6 and retried._guard is guard
+    for _ in range(3):
+        server.enqueue_error(500)
+    with pytest.raises(openai.InternalServerError):
+        created = retried.chat.completions.create(model=MODEL, messages=HELLO)
+        if async_:
+            await created
+    assert len(server.requests) == 2
+    assert [(r.tenant, r.attempts) for r in records if r.settlement == "none"] == [("ann", 2)]
+    assert guard.usage("ann").reserved_usd == 0
+
+
 def test_an_azure_client_stays_an_azure_client(server) -> None:
     azure = openai.AzureOpenAI(
         azure_endpoint=server.url, api_key="t", api_version="2024-10-21", azure_deployment="dep"

@@ -275,6 +275,8 @@ def _response(
         "tool_choice": request.get("tool_choice", "auto"),
         "tools": request.get("tools") or [],
         "instructions": request.get("instructions"),
+        # Echoed like the real API's: langchain reads a stream's structured output from it.
+        "text": request.get("text") or {"format": {"type": "text"}},
         "max_output_tokens": request.get("max_output_tokens"),
         "previous_response_id": request.get("previous_response_id"),
         "store": request.get("store", True),
