@@ -42,7 +42,9 @@ import guardrail
 SERVER = """
 import sys, time
 from guardrail.testing import FakeOpenAIServer
-server = FakeOpenAIServer(reply="The report says revenue grew.", prompt_tokens=40).start()
+# prompt_tokens: the default, the prompt as guardrail counts it (a fixed figure above the
+# count would be an overrun, logged as a warning on every guarded call).
+server = FakeOpenAIServer(reply="The report says revenue grew.").start()
 print(server.base_url, flush=True)
 sys.stdin.read()  # until the parent closes it
 """
@@ -126,7 +128,7 @@ async def measure(base_url: str, args: argparse.Namespace) -> list[list[str]]:
                     spread,
                     f"{rps / base_rps:.3f}x",
                     f"{cpu * 1e3:.3f} ms",
-                    f"+{(cpu - base_cpu) * 1e3:.3f} ms" if name != "bare SDK" else "-",
+                    f"{(cpu - base_cpu) * 1e3:+.3f} ms" if name != "bare SDK" else "-",
                 ]
             )
     await bare.close()
