@@ -147,6 +147,7 @@ _registered: dict[str, ModelInfo] = {}
 _warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_name(model: str) -> str:
     """Strip what does not change the model: router prefix, fine-tune wrapper, platform
     prefixes and suffixes (Bedrock, Vertex), ``@version``; apply the catalog's aliases."""
@@ -240,9 +241,10 @@ def model_info(model: str, *, strict: bool = False) -> ModelInfo:
             f"model name of {len(model)} characters ({describe(model, 40)}): model names "
             f"are at most {MAX_NAME_LENGTH}"
         )
-    registered = _registered.get(model) or _registered.get(normalise_name(model))
-    if registered is not None:
-        return registered
+    if _registered:  # else no name to normalise (every guarded call asks, twice)
+        registered = _registered.get(model) or _registered.get(normalise_name(model))
+        if registered is not None:
+            return registered
     info = _resolve(model)
     if info is not None:
         return info

@@ -175,13 +175,22 @@ class Windows:
             self.tz = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         except (KeyError, ValueError) as exc:
             raise ConfigurationError(f"unknown time zone {timezone!r}") from exc
+        self._day: tuple[float, float, tuple[str, str]] = (0.0, 0.0, ("", ""))
 
     def local(self, now: float) -> datetime:
         return datetime.fromtimestamp(now, tz=self.tz)
 
     def keys(self, now: float) -> tuple[str, str]:
+        """The day's and the month's keys at ``now``; kept for the day it falls in (every
+        reservation asks, and two ``strftime`` cost more than the memory store's checks)."""
+        start, end, keys = self._day
+        if start <= now < end:
+            return keys
         local = self.local(now)
-        return local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+        keys = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+        midnight = datetime(local.year, local.month, local.day, tzinfo=self.tz).timestamp()
+        self._day = (midnight, self.next_day(now).timestamp(), keys)  # one tuple: thread-safe
+        return keys
 
     def day_key(self, day: date) -> str:
         return day.strftime("%Y-%m-%d")
