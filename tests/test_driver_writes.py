@@ -1,16 +1,23 @@
-"""The async driver's settlements: shielded from cancellation when they suspend, and run
-without a task of their own when they do not (the memory store's)."""
+"""The async driver's settlements: shielded from cancellation in a task of their own,
+except on a store whose async writes never suspend (the memory store's), where they run
+in the caller's task."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
+from guardrail import MemoryStore, RedisStore
 from guardrail.engine.drivers import _shielded
+from guardrail.observe.watch import ObservedStore
+
+NEVER_SUSPENDS = SimpleNamespace(async_writes_never_suspend=True)
+MAY_SUSPEND = SimpleNamespace()
 
 
-async def test_a_write_that_never_suspends_runs_in_the_callers_task() -> None:
+async def test_on_a_store_that_never_suspends_the_write_runs_in_the_callers_task() -> None:
     caller = asyncio.current_task()
     ran_in: list[asyncio.Task[object] | None] = []
 
@@ -18,32 +25,49 @@ async def test_a_write_that_never_suspends_runs_in_the_callers_task() -> None:
         ran_in.append(asyncio.current_task())
         return "settled"
 
-    assert await _shielded(write()) == "settled"
+    assert await _shielded(NEVER_SUSPENDS, write()) == "settled"
     assert ran_in == [caller]
+    assert await _shielded(MAY_SUSPEND, write()) == "settled"
+    assert ran_in[1] is not caller  # shielded: a task of its own
 
 
 async def test_a_write_that_suspends_finishes_even_when_the_caller_is_cancelled() -> None:
     steps: list[str] = []
     started = asyncio.Event()
+    finished = asyncio.Event()
 
     async def write() -> str:
         steps.append("start")
         started.set()
-        await asyncio.sleep(0.01)
-        await asyncio.sleep(0)  # a bare yield, as well as a future
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         steps.append("end")
+        finished.set()
         return "settled"
 
-    task = asyncio.create_task(_shielded(write()))
+    task = asyncio.create_task(_shielded(MAY_SUSPEND, write()))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(finished.wait(), timeout=5)
     assert steps == ["start", "end"]
 
 
-async def test_a_write_that_fails_raises_its_error_before_or_after_suspending() -> None:
+async def test_a_write_that_suspends_keeps_its_own_task_from_its_start() -> None:
+    # redis-py's timeouts cancel the task a command started in: the write must not move.
+    tasks: list[asyncio.Task[object] | None] = []
+
+    async def write() -> None:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        tasks.append(asyncio.current_task())
+
+    await _shielded(MAY_SUSPEND, write())
+    assert tasks[0] is tasks[1]
+
+
+async def test_a_write_that_fails_raises_its_error() -> None:
     async def fails_at_once() -> None:
         raise ConnectionError("down")
 
@@ -51,7 +75,22 @@ async def test_a_write_that_fails_raises_its_error_before_or_after_suspending() 
         await asyncio.sleep(0)
         raise ConnectionError("down later")
 
-    with pytest.raises(ConnectionError, match="down"):
-        await _shielded(fails_at_once())
-    with pytest.raises(ConnectionError, match="down later"):
-        await _shielded(fails_later())
+    for store in (NEVER_SUSPENDS, MAY_SUSPEND):
+        with pytest.raises(ConnectionError, match="down"):
+            await _shielded(store, fails_at_once())
+        with pytest.raises(ConnectionError, match="down later"):
+            await _shielded(store, fails_later())
+
+
+def test_the_memory_store_says_so_and_a_watched_one_passes_it_on() -> None:
+    store = MemoryStore()
+    assert store.async_writes_never_suspend is True
+    assert ObservedStore(store, None, None).async_writes_never_suspend is True
+    assert not getattr(RedisStore, "async_writes_never_suspend", False)
+
+    class Remote(MemoryStore):  # overrides a write, which may now suspend
+        async def asettle(self, reservation: object, settlement: object) -> str:
+            await asyncio.sleep(0)
+            return self.settle(reservation, settlement)  # type: ignore[arg-type]
+
+    assert Remote().async_writes_never_suspend is False

@@ -135,7 +135,7 @@ class AsyncDriver:
                     # A cancellation must not cut a settlement in half: the write runs to
                     # its end, the flow records the call, then the cancellation goes on.
                     try:
-                        value = await _shielded(self._write(op))
+                        value = await _shielded(self.store, self._write(op))
                     except asyncio.CancelledError as cancelled:
                         deferred = cancelled
                 elif isinstance(op, Sleep):
@@ -152,44 +152,20 @@ class AsyncDriver:
                 exc = error
 
 
-async def _shielded(write: Coroutine[Any, Any, Any]) -> Any:
-    """``await asyncio.shield(write)``, without the task when ``write`` ends before it
-    suspends (the memory store's writes): nothing can cancel it then. A task per
-    settlement costs the event loop a turn, during which every other call that has its
-    response releases its connection, which the HTTP client's pool then probes (a
-    syscall each) on every request: at 32 concurrent calls, 33 probes per call instead
-    of 3."""
-    try:
-        step = write.send(None)
-    except StopIteration as done:
-        return done.value
-    return await asyncio.shield(_Resumed(write, step).run())
+async def _shielded(store: Store, write: Coroutine[Any, Any, Any]) -> Any:
+    """``await asyncio.shield(write)``, without the task when the store's async writes
+    never suspend (``async_writes_never_suspend``, the memory store's): a coroutine with
+    no suspension point cannot be cancelled half-way. A task per settlement costs the
+    event loop a turn, during which every other call that has its response releases its
+    connection, which the HTTP client's pool then probes (a syscall each) on every
+    request: at 32 concurrent calls, 33 probes per call instead of 3.
 
-
-class _Resumed:
-    """The rest of a coroutine that has already suspended once (on ``step``)."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], step: Any) -> None:
-        self._coro, self._step = coro, step
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, step = self._coro, self._step
-        while True:
-            try:
-                sent = yield step
-            except BaseException as error:  # a cancellation, or close(): into the write
-                try:
-                    step = coro.throw(error)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    step = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-    async def run(self) -> Any:
-        return await self
+    A write that suspends is never moved to a task after it started: its timeouts and
+    context belong to the task it started in (redis-py's ``async_timeout`` cancels that
+    task), so it is shielded from the start."""
+    if getattr(store, "async_writes_never_suspend", False) is True:
+        return await write
+    return await asyncio.shield(write)
 
 
 def _offline(store: Store, name: str) -> Callable[[Any], Any]:

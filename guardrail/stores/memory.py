@@ -78,6 +78,14 @@ _MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet a
 class MemoryStore:
     """Thread-safe in-memory budgets. ``clock`` returns POSIX seconds (inject one in tests)."""
 
+    @property
+    def async_writes_never_suspend(self) -> bool:
+        """Its async writes run the sync ones and never await, so the async driver runs a
+        settlement in the caller's task instead of shielding it in a task of its own. A
+        subclass that overrides them (and may suspend) is shielded again."""
+        cls = type(self)
+        return cls.asettle is MemoryStore.asettle and cls.arelease is MemoryStore.arelease
+
     def __init__(self, *, clock: Clock = system_clock, timezone: str | tzinfo = "UTC") -> None:
         self._clock = clock
         self.windows = Windows(timezone)
