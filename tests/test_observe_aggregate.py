@@ -131,6 +131,22 @@ def test_the_cardinality_limit_and_negative_amounts_as_in_the_sdk(
     assert 'otel_metric_overflow="true"' in text
     assert text == reference.render()
     reference.meters.shutdown()
+    for i in range(1000):  # sets past the limit are not remembered: memory stays bounded
+        local.local.get_meter("guardrail", "1").create_counter("c.n").add(1, {"k": f"x{i}"})
+    assert len(local.local.get_meter("guardrail", "1").create_counter("c.n")._series) <= 6
+
+
+def test_sequence_and_typed_values_render_as_in_the_sdk() -> None:
+    local = PrometheusMetrics()
+    reference = Reference(local.resource)
+    for meter in (local.local.get_meter("m"), reference.meters.get_meter("m")):
+        counter = meter.create_counter("c", "{x}")
+        for _ in range(2):
+            counter.add(1, {"list": ["a", "b"], "int": 3, "bool": True, "float": 0.5})
+            counter.add(2.5, {"tuple": ("a",)})
+            counter.add(1)
+    assert local.render().decode() == reference.render()
+    reference.meters.shutdown()
 
 
 def test_an_instrument_asked_for_twice_is_one_instrument() -> None:

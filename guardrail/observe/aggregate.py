@@ -43,6 +43,22 @@ Key = tuple[tuple[str, Any], ...]
 _first_seen = itertools.count()
 
 
+def _get(series: dict[Key, Any], key: Key) -> Any:
+    try:
+        return series.get(key)
+    except TypeError:  # a sequence value: looked up as a tuple by _aggregate
+        return None
+
+
+def _hashable(key: Key) -> Key:
+    """Sequence values as tuples (the SDK keeps them as tuples too)."""
+    try:
+        hash(key)
+    except TypeError:
+        return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in key)
+    return key
+
+
 class _Instrument:
     """One instrument's series: attribute items -> its aggregate, in first-seen order."""
 
@@ -62,9 +78,15 @@ class _Instrument:
         raise NotImplementedError
 
     def _aggregate(self, key: Key) -> Any:
-        """The aggregate of an attribute set not seen in this order yet (lock held)."""
+        """The aggregate of an attribute set not seen in this order yet (lock held).
+        Over the cardinality limit a new set goes to the overflow series and is not
+        remembered (as in the SDK: memory stays bounded however many sets arrive)."""
         if self.first is None:
             self.first = next(_first_seen)
+        key = _hashable(key)
+        aggregate = self._series.get(key)
+        if aggregate is not None:
+            return aggregate
         canonical = tuple(sorted(key, key=lambda item: str(item[0])))
         aggregate = self._canonical.get(canonical)
         if aggregate is None:
@@ -73,10 +95,10 @@ class _Instrument:
                 if aggregate is None:
                     aggregate = self._canonical[_OVERFLOW] = self._new()
                     self._attributes[id(aggregate)] = _OVERFLOW
-            else:
-                aggregate = self._canonical[canonical] = self._new()
-                self._attributes[id(aggregate)] = key
-        self._series[key] = aggregate
+                return aggregate
+            aggregate = self._canonical[canonical] = self._new()
+            self._attributes[id(aggregate)] = key
+        self._series[key] = aggregate  # this order of a known set: found directly next time
         return aggregate
 
     def points(self) -> list[tuple[Key, Any]]:
@@ -100,9 +122,7 @@ class _Counter(_Instrument):
             return
         key = tuple(attributes.items()) if attributes else ()
         with self._lock:
-            aggregate = self._series.get(key)
-            if aggregate is None:
-                aggregate = self._aggregate(key)
+            aggregate = _get(self._series, key) or self._aggregate(key)
             aggregate[0] += amount
 
     def _copy(self, aggregate: list[float]) -> float:
@@ -131,9 +151,7 @@ class _Histogram(_Instrument):
         key = tuple(attributes.items()) if attributes else ()
         index = bisect_left(self.boundaries, amount)
         with self._lock:
-            aggregate = self._series.get(key)
-            if aggregate is None:
-                aggregate = self._aggregate(key)
+            aggregate = _get(self._series, key) or self._aggregate(key)
             aggregate[0][index] += 1
             aggregate[1] += amount
 
