@@ -104,6 +104,21 @@ def test_nothing_is_rendered_before_a_telemetry_is_made() -> None:
     assert PrometheusMetrics().render() == b""
 
 
+def test_instruments_of_your_own_on_the_sdk_meter_provider() -> None:
+    local = PrometheusMetrics()
+    reference = Reference(local.resource)
+    for provider in (local.meter_provider, reference.meters):
+        provider.get_meter("mine", "2").create_counter("my.count", "{x}", "d").add(3, {"a": "b"})
+    assert local.render().decode() == reference.render()  # one target_info, then theirs
+    telemetry = local.telemetry(traces=False)
+    telemetry.alert_fired("spend")
+    text = local.render().decode()
+    assert text.count("# TYPE target_info") == 1
+    assert "my_count_total{" in text and "guardrail_alerts_fired_total{" in text
+    local.shutdown()
+    reference.meters.shutdown()
+
+
 def test_the_cardinality_limit_and_negative_amounts_as_in_the_sdk(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -289,28 +289,24 @@ def _label_value(value: Any) -> str:
 
 
 class LocalCollector:
-    """A ``prometheus_client`` collector of a :class:`LocalMeterProvider`'s metrics, with
-    ``target_info`` from ``resource`` (an OpenTelemetry SDK ``Resource``)."""
+    """A ``prometheus_client`` collector of a :class:`LocalMeterProvider`'s metrics, then
+    of ``also`` (a registry: the SDK reader's, without its target_info), with one
+    ``target_info`` from ``resource`` (an OpenTelemetry SDK ``Resource``) when either has
+    anything, as the exporter writes it."""
 
-    def __init__(self, provider: LocalMeterProvider, resource: Any) -> None:
+    def __init__(self, provider: LocalMeterProvider, resource: Any, also: Any = None) -> None:
         self._provider = provider
         self._resource = resource
+        self._also = also
         self._target_info: Any = None
 
     def collect(self) -> Iterator[Any]:
-        from opentelemetry.exporter.prometheus._mapping import (
-            map_unit,
-            sanitize_attribute,
-            sanitize_full_name,
-        )
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-            InfoMetricFamily,
-        )
+        from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
+        from prometheus_client.core import InfoMetricFamily
 
-        if not self._provider.used:
+        local = list(self._families()) if self._provider.used else []
+        others = list(self._also.collect()) if self._also is not None else []
+        if not (self._provider.used or others):
             return
         if self._target_info is None:
             attributes = {
@@ -320,6 +316,21 @@ class LocalCollector:
             info.add_metric(labels=list(attributes), value=attributes)
             self._target_info = info
         yield self._target_info
+        yield from local
+        yield from others
+
+    def _families(self) -> Iterator[Any]:
+        from opentelemetry.exporter.prometheus._mapping import (
+            map_unit,
+            sanitize_attribute,
+            sanitize_full_name,
+        )
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         families: dict[str, Any] = {}
         for (scope_name, version, schema_url), instrument in self._provider.instruments():
             points = instrument.points()

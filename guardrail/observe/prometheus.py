@@ -56,10 +56,13 @@ class PrometheusMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.local = LocalMeterProvider()
         """Where :meth:`telemetry` records (guardrail's own aggregation)."""
-        self._collector = LocalCollector(self.local, self.resource)
-        self.registry.register(self._collector)  # target_info is the collector's
-        self.reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True)
+        # The SDK's reader fills a registry of its own, rendered by the collector after
+        # guardrail's metrics, with one target_info for both.
+        sdk_registry = CollectorRegistry(auto_describe=True)
+        self.reader = PrometheusMetricReader(registry=sdk_registry, disable_target_info=True)
         self.meter_provider = MeterProvider(metric_readers=[self.reader], resource=self.resource)
+        self._collector = LocalCollector(self.local, self.resource, also=sdk_registry)
+        self.registry.register(self._collector)
         """An OpenTelemetry SDK MeterProvider rendered with the rest, for your own metrics."""
         self.content_type: str = CONTENT_TYPE_LATEST
         self._server: Any = None
