@@ -7,10 +7,12 @@ send / settle flow driven by the sync driver, a stub ``Send`` returning one cann
 * ``none``: ``Guard(policy)``, as in bench_guard (no usage record is even built);
 * ``otel API only``: ``telemetry=True`` with no OpenTelemetry SDK configured (the API's
   no-op providers);
-* ``metrics``, ``traces``, ``metrics+traces``: ``telemetry=Telemetry(...)`` on an SDK
-  ``MeterProvider`` (read by a ``PrometheusMetricReader``, as the gateway would) and/or an
-  SDK ``TracerProvider`` whose ``BatchSpanProcessor`` exports to an exporter that drops
-  the spans;
+* ``metrics``, ``traces``, ``metrics+traces``: ``PrometheusMetrics().telemetry(...)``
+  (guardrail's own aggregation rendered as Prometheus text, as the gateway's ``/metrics``)
+  and/or an SDK ``TracerProvider`` whose ``BatchSpanProcessor`` exports to an exporter
+  that drops the spans;
+* ``metrics (OTel SDK)``: ``Telemetry(meter_provider=...)`` on an SDK ``MeterProvider``
+  read by a ``PrometheusMetricReader``: the path of a user who brings their own SDK;
 * ``alerts``: ``alerts=Alerts()`` (every rule; a destination that drops events), whose
   worker thread evaluates the records off the call path;
 * ``all``: metrics, traces and alerts.
@@ -69,6 +71,10 @@ def guards() -> dict[str, guardrail.Guard]:
         "none": guardrail.Guard(policy),
         "otel API only": guardrail.Guard(policy, telemetry=True),
         "metrics": guardrail.Guard(policy, telemetry=telemetry(traces=False)),
+        "metrics (OTel SDK)": guardrail.Guard(
+            policy,
+            telemetry=guardrail.Telemetry(meter_provider=prometheus.meter_provider, traces=False),
+        ),
         "traces": guardrail.Guard(policy, telemetry=telemetry(metrics=False)),
         "metrics+traces": guardrail.Guard(policy, telemetry=telemetry()),
         "alerts": guardrail.Guard(policy, alerts=alerts()),

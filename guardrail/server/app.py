@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as Path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guardrail.catalog.models import list_models
 from guardrail.dashboard.app import CHALLENGE, DashboardSource, admin_key_matches
@@ -298,8 +300,9 @@ def create_app(
 
     admin = _admin_routes(config, guard, tenants)
     dashboard = _dashboard_route(config, store)
+    endpoints = {p: guarded(r) for p, r in routes.items()}
     paths = [
-        *(Path(p, guarded(r), methods=["POST"]) for p, r in routes.items()),
+        *(Path(p, e, methods=["POST"]) for p, e in endpoints.items()),
         Path("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Path("/v1/models", models, methods=["GET"]),
         *(Path(p, service(f), methods=["POST"]) for p, f in SERVICES.items()),
@@ -309,10 +312,36 @@ def create_app(
         dashboard,
         Path("/{path:path}", fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-    app = Starlette(routes=paths, lifespan=lifespan)
+    fast = Middleware(GuardedFastPath, endpoints=endpoints)
+    app = Starlette(routes=paths, lifespan=lifespan, middleware=[fast])
     app.state.guard, app.state.tenants, app.state.store = guard, tenants, store
     app.state.ledger = ledger
     return app
+
+
+class GuardedFastPath:
+    """The guarded routes (``POST`` to exactly one of their paths), straight to their
+    endpoint: the same endpoint the router would call, the same ``Request`` and
+    ``Response``, without the router's match over every route and the exception
+    middleware's layers (~20 µs a call; the guarded endpoints raise nothing those layers
+    handle: an unexpected error still reaches Starlette's server-error middleware, outside
+    this one, and is a 500). Anything else, or a scope with a ``root_path``, goes on to the
+    router unchanged."""
+
+    def __init__(
+        self, app: ASGIApp, endpoints: Mapping[str, Callable[[Request], Awaitable[Response]]]
+    ) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _ledger_sink(config: GatewayConfig) -> LedgerSink | None:
