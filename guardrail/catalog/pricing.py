@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Literal
 
 import genai_prices
@@ -71,6 +72,9 @@ class TokenUsage:
         if self.file_searches:
             values["storage_searches"] = self.file_searches
         return genai_prices.Usage(**values)
+
+
+_COUNTS = attrgetter(*TokenUsage.__dataclass_fields__)
 
 
 def _check_count(label: str, value: object) -> int:
@@ -349,8 +353,11 @@ def usage_cost(model: str | ModelInfo, usage: TokenUsage | Any) -> Decimal:
     Completions, Responses or embeddings usage (object or dict), or an Anthropic one."""
     info = model if isinstance(model, ModelInfo) else model_info(model)
     if isinstance(usage, TokenUsage):
-        for name in TokenUsage.__dataclass_fields__:
-            _check_count(name, getattr(usage, name))
+        # Plain non-negative ints (the flow's usage always) pass in one C-level pass.
+        counts = _COUNTS(usage)
+        if set(map(type, counts)) != {int} or min(counts) < 0:
+            for name in TokenUsage.__dataclass_fields__:
+                _check_count(name, getattr(usage, name))
     else:
         # The usage's shape is the API's (Bedrock speaks Anthropic's), not the price data's.
         shape = info.provider if info.provider in ("openai", "anthropic") else "openai"

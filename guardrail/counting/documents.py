@@ -93,7 +93,11 @@ def uncountable_parts(messages: Sequence[Any]) -> list[str]:
     the reservation."""
     found: list[str] = []
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
+        content = (
+            message.get("content")
+            if type(message) is dict or isinstance(message, Mapping)  # dict: no ABC check
+            else None
+        )
         if not isinstance(content, (list, tuple)):
             continue
         for k, part in enumerate(content):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import islice
@@ -79,8 +78,7 @@ class _Limit:
 _limit: ContextVar[_Limit | None] = ContextVar("guardrail_counting_limit", default=None)
 
 
-@contextmanager
-def counting_limit(limit: int, *, whole_prompt: bool) -> Iterator[None]:
+class counting_limit:  # named as the function it replaces: ``with counting_limit(...):``
     """Bound the work of the counts made in this block (this thread or task).
 
     Strings of :data:`~guardrail.counting.bounded.BOUND_MIN_CHARS` characters or more
@@ -92,12 +90,21 @@ def counting_limit(limit: int, *, whole_prompt: bool) -> Iterator[None]:
     (trimming, where each message is judged on its own) a string over ``limit`` counts as
     a lower bound above ``limit``, and is not cached. Cached strings cost nothing, so they
     are not added up.
+
+    A class rather than a ``@contextmanager`` generator: the planner enters one on every
+    call, and the generator's machinery cost more than the ContextVar itself.
     """
-    token = _limit.set(_Limit(limit, whole_prompt))
-    try:
-        yield
-    finally:
-        _limit.reset(token)
+
+    __slots__ = ("_bound", "_token")
+
+    def __init__(self, limit: int, *, whole_prompt: bool) -> None:
+        self._bound = _Limit(limit, whole_prompt)
+
+    def __enter__(self) -> None:
+        self._token = _limit.set(self._bound)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _limit.reset(self._token)
 
 
 class TextCache(dict[str, int]):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Generator, Mapping
 from dataclasses import replace
 from decimal import Decimal
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import DoAttempt, DoSleep, RetryCallState
@@ -310,8 +311,21 @@ def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
     log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
 
 
+_USAGE_COUNTS = attrgetter(*TokenUsage.__dataclass_fields__)
+
+
 def _sane(usage: TokenUsage) -> TokenUsage:
-    """Provider usage with no negative counts and no more cached than input tokens."""
+    """Provider usage with no negative counts and no more cached than input tokens (the
+    usage itself when it is so already: a frozen TokenUsage of plain non-negative ints)."""
+    counts = _USAGE_COUNTS(usage)
+    if (
+        type(usage) is TokenUsage
+        and set(map(type, counts)) == {int}
+        and min(counts) >= 0
+        and usage.cached_input_tokens <= usage.input_tokens
+        and usage.reasoning_tokens <= usage.output_tokens
+    ):
+        return usage
     fields = {k: max(0, int(v)) for k, v in vars(usage).items()}
     fields["cached_input_tokens"] = min(fields["cached_input_tokens"], fields["input_tokens"])
     fields["reasoning_tokens"] = min(fields["reasoning_tokens"], fields["output_tokens"])

@@ -91,7 +91,16 @@ def check_json(value: Any, where: str) -> None:
 
     The check is ``json.dumps`` itself (in C, as the SDK will run it) followed by a UTF-8
     check of its output; only when it fails is the value walked again to name the field.
+    A plain str, int, bool or finite float (``model``, ``user``...) is checked directly:
+    ``json.dumps`` builds an encoder per call, and would tell no more.
     """
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():  # json.dumps keeps the text; only UTF-8 can fail
+            _check_strings([value], [where])
+        return
+    if kind is int or kind is bool or (kind is float and math.isfinite(value)):
+        return
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default)
         if not text.isascii():

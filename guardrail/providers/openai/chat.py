@@ -83,7 +83,8 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     check_body(kwargs, skip="messages" if fast else "")
     stream = check_stream(kwargs)
     for name, (low, high) in _RANGES.items():
-        check_number(kwargs, name, low, high)
+        if name in kwargs:  # an absent one is not sent
+            check_number(kwargs, name, low, high)
     options: Any = kwargs.get("stream_options")
     if given(options):
         if not isinstance(options, Mapping):

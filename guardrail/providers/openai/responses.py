@@ -77,8 +77,11 @@ def _items(value: Any) -> list[Mapping[str, Any]]:
         raise InvalidRequestError(
             f"input must be a string or a list of input items, got {_type(value)}"
         )
-    items = []
+    items: list[Mapping[str, Any]] = []
     for i, item in enumerate(value):
+        if type(item) is dict:  # plain() would return it as it is
+            items.append(item)
+            continue
         item = plain(item)
         if not isinstance(item, Mapping):
             raise InvalidRequestError(f"input[{i}] must be an input item dict, got {_type(item)}")
@@ -114,8 +117,21 @@ def _fixed_tokens(counter: TokenCounter, view: RequestView) -> int:
     return total
 
 
+def _as_message(item: Mapping[str, Any], i: int) -> tuple[Mapping[str, Any], bool]:
+    """``as_message(item, "input[i]")``; a plain ``{"role": str, "content": str}`` dict is
+    its own message already (as_message would build an equal one)."""
+    if (
+        type(item) is dict
+        and len(item) == 2
+        and type(item.get("role")) is str
+        and type(item.get("content")) is str
+    ):
+        return item, False
+    return as_message(item, f"input[{i}]")
+
+
 def _item_tokens(counter: TokenCounter, items: Sequence[Mapping[str, Any]]) -> list[int]:
-    return [counter.message(as_message(item, f"input[{i}]")[0]) for i, item in enumerate(items)]
+    return [counter.message(_as_message(item, i)[0]) for i, item in enumerate(items)]
 
 
 def count_request_input(request: Mapping[str, Any]) -> int:
@@ -226,7 +242,8 @@ class ResponsesAdapter:
         check_body(kwargs)
         stream = check_stream(kwargs)
         for name, (low, high) in _RANGES.items():
-            check_number(kwargs, name, low, high)
+            if name in kwargs:  # an absent one is not sent
+                check_number(kwargs, name, low, high)
         if refuse and from_body(kwargs, "background") is True:
             raise ConfigurationError(
                 "background=True returns before the response exists and is billed later, "
@@ -249,7 +266,7 @@ class ResponsesAdapter:
             shaped, opaque = as_tool(tool, f"tools[{j}]")
             tools.append(shaped)
             opaque_tools = opaque_tools or opaque
-        opaque_items = any(as_message(item, f"input[{i}]")[1] for i, item in enumerate(items))
+        opaque_items = any(_as_message(item, i)[1] for i, item in enumerate(items))
         web, file, containers = _fees(tools, _positive(kwargs, "max_tool_calls"))
         hint = None
         for name in ("safety_identifier", "user"):
