@@ -29,6 +29,7 @@ __all__ = [
     "check_number",
     "check_roles",
     "check_stream",
+    "from_body",
     "plain_messages",
     "skipped",
 ]
@@ -49,6 +50,15 @@ def as_sent(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(extra, Mapping) or not extra:
         return kwargs
     return {**kwargs, **extra}
+
+
+def from_body(kwargs: Mapping[str, Any], name: str) -> Any:
+    """One field of :func:`as_sent`, without building the merged mapping (for the
+    adapter methods that get the caller's kwargs, not the request as sent)."""
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping) and name in extra:
+        return extra[name]
+    return kwargs.get(name)
 
 
 def skipped(value: Any) -> bool:

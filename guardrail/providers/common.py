@@ -82,15 +82,6 @@ def lift_extra_body(kwargs: dict[str, Any], parameters: frozenset[str] | None) -
     return merged
 
 
-def from_body(kwargs: Mapping[str, Any], name: str) -> Any:
-    """A request field, as the provider will get it: ``extra_body`` (merged last by the
-    SDK) over the parameter. For fields an older SDK release has no parameter for."""
-    extra = kwargs.get("extra_body")
-    if isinstance(extra, Mapping) and name in extra:
-        return extra[name]
-    return kwargs.get(name)
-
-
 def public(name: str) -> None:
     """Private names are never forwarded: ``copy.copy`` and ``pickle`` look them up on a
     half-built object, and forwarding would recurse."""

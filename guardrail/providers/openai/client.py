@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from guardrail.engine.request_check import from_body
 from guardrail.providers.clients import (
     ClientState,
     Endpoint,
@@ -31,7 +32,7 @@ from guardrail.providers.clients import (
     unmetered_tree,
     wrap_client,
 )
-from guardrail.providers.common import from_body, given, parameters_of
+from guardrail.providers.common import given, parameters_of
 from guardrail.providers.openai.chat import OpenAIAdapter, materialise
 from guardrail.providers.openai.embeddings import EmbeddingsAdapter
 from guardrail.providers.openai.responses import ResponsesAdapter, materialise_input

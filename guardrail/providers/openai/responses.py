@@ -40,12 +40,12 @@ from guardrail.counting.messages import REPLY_PRIMING, TokenCounter, counter_for
 from guardrail.counting.responses import as_message, as_tool, output_schema, plain
 from guardrail.engine.adapter import RequestView, ServerState
 from guardrail.engine.drivers import parsed_raw
-from guardrail.engine.request_check import check_body, check_number, check_stream
+from guardrail.engine.request_check import check_body, check_number, check_stream, from_body
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import from_body, given
+from guardrail.providers.common import given
 from guardrail.providers.openai.chat import hidden_reasoning
 
 __all__ = [
