@@ -7,11 +7,13 @@ each process's memory store only knows its own spend.
 from __future__ import annotations
 
 import heapq
+import os
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
+from typing import TypeVar
 
 from guardrail._clock import Clock, system_clock
 from guardrail.stores.base import (
@@ -32,6 +34,9 @@ from guardrail.stores.base import (
 )
 
 __all__ = ["MemoryStore"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -62,7 +67,11 @@ class _State:
     holds: dict[str, _Hold] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     expiry: list[tuple[float, str]] = field(default_factory=list)
-    settled: dict[str, float] = field(default_factory=dict)
+    # id -> forget at, oldest first: holds that expired unsettled (a late settlement is
+    # applied once), and settlements of reservations this store never held (a replay of
+    # one is recognised). Any other settlement is recognised by its hold, as in Redis.
+    expired: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    settled: OrderedDict[str, float] = field(default_factory=OrderedDict)
     claims: dict[tuple[str, str], float] = field(default_factory=dict)
     notes: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     records: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
@@ -73,6 +82,23 @@ class _State:
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
 _MAX_NOTES = 100_000
 _MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet are forgotten
+_MAX_CLAIMS = 10_000
+_FORGET_AFTER = 35 * SECONDS_PER_DAY  # as long as RedisStore keeps its markers by default
+_MAX_UNHELD = 100_000  # settlements of reservations held elsewhere remembered, at most
+
+
+def _pruned(
+    entries: dict[K, V], now: float, expiry: Callable[[V], float], limit: int
+) -> dict[K, V]:
+    """``entries`` without the expired ones and, if more than three quarters of ``limit``
+    are still live, only the ``limit // 2`` that expire last: every pruning frees at least
+    a quarter of the room, so its cost is spread over the inserts that refill it (pruning
+    only the expired would rebuild a full map on every insert once it held ``limit`` live
+    entries)."""
+    live = {k: v for k, v in entries.items() if expiry(v) > now}
+    if len(live) > limit * 3 // 4:
+        live = dict(sorted(live.items(), key=lambda kv: expiry(kv[1]))[-(limit // 2) :])
+    return live
 
 
 class MemoryStore:
@@ -91,6 +117,9 @@ class MemoryStore:
         self.windows = Windows(timezone)
         self._lock = threading.Lock()
         self._s = _State()
+        # Stamped on this store's reservations: a settlement of one that is no longer held
+        # (settled, released) is a replay; the store needs no list of settled ids for it.
+        self._token = os.urandom(8).hex()
 
     def now(self) -> float:
         return self._clock()
@@ -100,14 +129,17 @@ class MemoryStore:
     def _expire(self, now: float) -> None:
         s = self._s
         while s.expiry and s.expiry[0][0] <= now:
-            _, rid = heapq.heappop(s.expiry)
+            expires_at, rid = heapq.heappop(s.expiry)
             hold = s.holds.pop(rid, None)
             if hold is not None and not hold.released:
                 self._unhold(hold.reservation)
-        # Settled ids only need to outlive any replay of their settlement.
-        if len(s.settled) > 100_000:
-            horizon = now - 2 * SECONDS_PER_DAY
-            s.settled = {k: v for k, v in s.settled.items() if v > horizon}
+                s.expired[rid] = expires_at + _FORGET_AFTER
+        # Both lists are oldest first: forgetting costs one look at the head per call.
+        for ids in (s.expired, s.settled):
+            while ids and next(iter(ids.values())) <= now:
+                ids.popitem(last=False)
+        while len(s.settled) > _MAX_UNHELD:
+            s.settled.popitem(last=False)
 
     def _unhold(self, r: Reservation) -> None:
         s = self._s
@@ -197,6 +229,7 @@ class MemoryStore:
                 created_at=now,
                 expires_at=now + request.ttl_seconds,
                 model=request.model,
+                token=self._token,
                 loop_key="" if rule is None else rule.key,
                 loop_window=0.0 if rule is None else rule.window,
             )
@@ -216,11 +249,16 @@ class MemoryStore:
     def _settle(self, reservation: Reservation, settlement: Settlement) -> None:
         now = self._clock()
         s, r = self._s, reservation
-        if r.id in s.settled:
-            return  # a replay: applied once already
-        s.settled[r.id] = now
+        ours = r.token == self._token
+        if r.id in s.holds:
+            self._drop_hold(r)
+        elif s.expired.pop(r.id, None) is None and (ours or r.id in s.settled):
+            # No hold, no marker of one that expired: a replay (held here, and settled or
+            # released since; or a foreign reservation seen before).
+            return
+        if not ours:  # a reservation this store did not make: its id is remembered
+            s.settled[r.id] = now + _FORGET_AFTER
         self._loop_outcome(r, settlement.failed, now)
-        self._drop_hold(r)
         for sc in r.scopes:
             s.spent[(sc, r.day)] += settlement.cost_nanos
             s.spent[(sc, r.month)] += settlement.cost_nanos
@@ -241,9 +279,11 @@ class MemoryStore:
         now = self._clock()
         self._expire(now)  # an expired reservation is gone: its tokens are not given back
         s, r = self._s, reservation
-        if r.id in s.settled or r.id not in s.holds:
+        if r.id not in s.holds:  # settled, released or expired already
             return
-        s.settled[r.id] = now  # released for good: a later settlement is a replay
+        # Released for good: a later settlement finds no hold, and is a replay.
+        if r.token != self._token:  # a reservation this store did not make (see _settle)
+            s.settled[r.id] = now + _FORGET_AFTER
         if failed:
             self._loop_outcome(r, True, now)
         self._drop_hold(r)
@@ -262,10 +302,7 @@ class MemoryStore:
         else:
             loops[key] = (seen[0] + 1, seen[1], seen[2])
         if len(loops) > _MAX_LOOPS:  # bounded: forget the quiet ones, then the oldest
-            kept = {k: v for k, v in loops.items() if v[1] + v[2] > now}
-            while len(kept) > _MAX_LOOPS // 2:
-                del kept[next(iter(kept))]
-            self._s.loops = kept
+            self._s.loops = _pruned(loops, now, lambda v: v[1] + v[2], _MAX_LOOPS)
 
     def _drop_hold(self, r: Reservation) -> None:
         hold = self._s.holds.pop(r.id, None)
@@ -348,8 +385,8 @@ class MemoryStore:
             claims = self._s.claims
             if claims.get((scope, key), now) > now:
                 return False
-            if len(claims) >= 10_000:  # bounded: forget the claims that have expired
-                self._s.claims = claims = {k: v for k, v in claims.items() if v > now}
+            if len(claims) >= _MAX_CLAIMS:
+                self._s.claims = claims = _pruned(claims, now, lambda v: v, _MAX_CLAIMS)
             claims[(scope, key)] = now + ttl_seconds
             return True
 
@@ -357,11 +394,8 @@ class MemoryStore:
         now = self._clock()
         with self._lock:
             notes = self._s.notes
-            if len(notes) >= _MAX_NOTES:  # bounded: forget the expired, then the oldest half
-                live = {k: v for k, v in notes.items() if v[1] > now}
-                if len(live) >= _MAX_NOTES:
-                    live = dict(sorted(live.items(), key=lambda kv: kv[1][1])[_MAX_NOTES // 2 :])
-                self._s.notes = notes = live
+            if len(notes) >= _MAX_NOTES:
+                self._s.notes = notes = _pruned(notes, now, lambda v: v[1], _MAX_NOTES)
             notes[(scope, key)] = (int(value), now + ttl_seconds)
 
     def recall(self, scope: str, key: str) -> int | None:
