@@ -84,6 +84,7 @@ def test_markers_of_expired_holds_apply_one_late_settlement_then_are_forgotten()
     store.reserve(request(2, ttl=60))
     clock.advance(120)
     store.usage("t")
+    assert list(store._s.expired) == ["r2"]  # never settled: its marker waits
     clock.advance(memory._FORGET_AFTER)
     store.usage("t")
     assert len(store._s.expired) == 0  # forgotten after the retention
