@@ -208,9 +208,110 @@ def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
     return total
 
 
+# --- the per-call path: integer rates ----------------------------------------------------
+#
+# Every guarded call prices its worst case and then its usage. For a model whose prices are
+# flat (no tiers, no time of day) and have at most six decimals per million tokens (every
+# price in the data today), a token costs a whole number of pico-dollars (1e-12 USD), so the
+# cost is exact integer arithmetic on rates resolved once per model, hour and price-data
+# snapshot. Anything else goes the Decimal way below.
+
+_PICO = Decimal(10**12)
+_PICO_PER_MTOK = Decimal(10**6)
+
+
+@dataclass(frozen=True)
+class _Rates:
+    info: ModelInfo
+    snapshot: object
+    hour: int
+    input: int  # pico-USD per token; 0 when the model has no input price
+    output: int
+    cached: int | None  # None: cached tokens are billed as plain input
+
+
+_ZERO = Decimal(0)
+_rates: dict[int, _Rates | tuple[ModelInfo, object, int]] = {}
+
+
+def _pico_rate(price: object) -> int | None:
+    if price is None:
+        return 0
+    if not isinstance(price, Decimal):  # tiered
+        return None
+    pico = price * _PICO_PER_MTOK
+    return int(pico) if pico == pico.to_integral_value() else None
+
+
+def _rates_of(info: ModelInfo) -> _Rates | None:
+    snapshot, hour = data_snapshot.get_snapshot(), int(time.time()) // 3600
+    hit = _rates.get(id(info))
+    if hit is not None:
+        if isinstance(hit, _Rates):
+            if hit.info is info and hit.hour == hour and hit.snapshot is snapshot:
+                return hit
+        elif hit[0] is info and hit[2] == hour and hit[1] is snapshot:
+            return None
+    rates = _resolve_rates(info, snapshot, hour)
+    if len(_rates) >= _MAX_CACHED:
+        _rates.clear()
+    # The entry holds the ModelInfo, so its id is not reused while the entry lives.
+    _rates[id(info)] = rates if rates is not None else (info, snapshot, hour)
+    return rates
+
+
+def _resolve_rates(info: ModelInfo, snapshot: object, hour: int) -> _Rates | None:
+    if info.prices_set and info.input_usd_per_mtok is not None:
+        cached_price = info.cached_input_usd_per_mtok
+        prices: tuple[object, object, object] = (
+            info.input_usd_per_mtok,
+            info.output_usd_per_mtok,
+            info.input_usd_per_mtok if cached_price is None else cached_price,
+        )
+    else:
+        resolved = _resolve_price(info.price_ref or info.name, _provider_id(info))
+        if resolved.price is None or resolved.flat is None:
+            return None
+        if resolved.flat[0] is None and resolved.flat[1] is None:
+            return None  # unpriced: the Decimal way raises PriceUnavailable
+        prices = resolved.flat
+    rates = [_pico_rate(p) for p in prices]
+    if None in rates:
+        return None
+    input_rate, output_rate, cached_rate = rates
+    cached = None if prices[2] is None else cached_rate
+    assert input_rate is not None and output_rate is not None
+    return _Rates(info, snapshot, hour, input_rate, output_rate, cached)
+
+
+def _pico_cost(info: ModelInfo, usage: TokenUsage) -> int | None:
+    """The cost in pico-USD by integer rates, or None when the Decimal way must price it."""
+    if usage.cache_write_tokens or usage.web_searches or usage.file_searches:
+        return None
+    cached = usage.cached_input_tokens
+    rates = _rates_of(info)
+    if rates is None or cached > usage.input_tokens:
+        return None
+    if rates.cached is None:
+        tokens = usage.input_tokens * rates.input
+    else:
+        tokens = (usage.input_tokens - cached) * rates.input + cached * rates.cached
+    return tokens + usage.output_tokens * rates.output
+
+
 def _cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
-    fees = usage.containers * CONTAINER_USD
-    return fees + _token_cost(info, usage) if fees else _token_cost(info, usage)
+    pico = _pico_cost(info, usage)
+    if pico is not None:
+        cost = Decimal(pico) / _PICO if pico else _ZERO
+    else:
+        cost = _token_cost(info, usage)
+    return cost + usage.containers * CONTAINER_USD if usage.containers else cost
+
+
+def checked_usage_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
+    """:func:`usage_cost` of a usage of plain non-negative ints (the engine's own, checked
+    where it was made)."""
+    return _cost(info, usage)
 
 
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:

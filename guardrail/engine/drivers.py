@@ -131,7 +131,7 @@ class AsyncDriver:
                     value = await self.store.areserve(op.request)
                 elif isinstance(op, ReserveOffline):
                     value = await _offline(self.store, "areserve_offline")(op.request)
-                elif isinstance(op, Settle | Release):
+                elif isinstance(op, (Settle, Release)):
                     # A cancellation must not cut a settlement in half: the write runs to
                     # its end, the flow records the call, then the cancellation goes on.
                     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from guardrail.catalog.models import FALLBACK_ENCODING
-from guardrail.catalog.pricing import TokenUsage, usage_cost
+from guardrail.catalog.pricing import TokenUsage, checked_usage_cost
 from guardrail.counting.messages import counter_for
 from guardrail.counting.text import estimate_margin
 from guardrail.engine import recount
@@ -233,7 +233,7 @@ def _settle(
         usage, source = _unreported(plan), "local_count"
     usage = _sane(usage)
     try:
-        cost = usage_cost(plan.model, usage) if plan.priced else Decimal(0)
+        cost = checked_usage_cost(plan.model, usage) if plan.priced else Decimal(0)
     except GuardrailError as exc:
         # Usage we cannot price must not lose a paid call: charge the worst case.
         _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from guardrail.catalog.models import ModelInfo, model_info
-from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.catalog.pricing import TokenUsage, checked_usage_cost, usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
@@ -371,7 +371,7 @@ def worst_case_cost(
     writes the prompt cache, at the cache-write price, whichever is higher), every reserved
     output token at the output price, and every fee-bearing tool call it allows (web and
     file searches, code-interpreter containers)."""
-    plain = estimate_cost(info, prompt, output)
+    plain = checked_usage_cost(info, TokenUsage(input_tokens=prompt, output_tokens=output))
     if cache_write is None and not (searches or file_searches or containers):
         return plain
     worst = TokenUsage(

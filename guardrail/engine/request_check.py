@@ -227,7 +227,7 @@ def check_names(kwargs: Mapping[str, Any], allowed: frozenset[str] | None, api: 
     """Every parameter is one the SDK method takes: else the SDK raises a TypeError after
     the reservation. Only for a call through an SDK method (``allowed`` is its signature;
     None when it takes ``**kwargs``): the gateway forwards JSON fields it does not know."""
-    if allowed is None:
+    if allowed is None or allowed.issuperset(kwargs):
         return
     unknown = sorted(k for k in kwargs if k not in allowed)
     if unknown:

@@ -60,6 +60,7 @@ class ClientState:
     extra: Any = None
     _unretried: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _targets: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def unretried(self, client: Any) -> Any:
         """A plain SDK copy of ``client`` with its retries off: guarded calls are sent on
@@ -74,8 +75,16 @@ class ClientState:
                     self._unretried = plain
         return self._unretried
 
+    def target(self, client: Any, path: str, name: str) -> Any:
+        """The SDK method ``path.name`` of :meth:`unretried`, looked up once per client."""
+        key = (path, name)
+        found = self._targets.get(key)
+        if found is None:
+            found = self._targets[key] = getattr(resource_at(self.unretried(client), path), name)
+        return found
+
     def fresh(self, **changes: Any) -> ClientState:
-        return replace(self, _unretried=None, _lock=threading.Lock(), **changes)
+        return replace(self, _unretried=None, _lock=threading.Lock(), _targets={}, **changes)
 
 
 def state_of(resource: Any) -> ClientState:
@@ -113,12 +122,13 @@ def _keywords(path: str, name: str, args: tuple[Any, ...]) -> None:
         raise TypeError(f"{path}.{name}() takes keyword arguments only")
 
 
-def sdk_request(kwargs: dict[str, Any], method: Callable[..., Any], api: str) -> dict[str, Any]:
-    """The keyword arguments of a call to an SDK method, as the guard reads them:
-    ``extra_body`` keys the method takes lifted up (:func:`lift_extra_body`), then every
-    name checked against the method's signature (the SDK would raise a TypeError only
-    after the reservation)."""
-    parameters = parameters_of(method)
+def sdk_request(
+    kwargs: dict[str, Any], parameters: frozenset[str] | None, api: str
+) -> dict[str, Any]:
+    """The keyword arguments of a call to an SDK method (whose keyword ``parameters`` are
+    :func:`parameters_of` it), as the guard reads them: ``extra_body`` keys the method
+    takes lifted up (:func:`lift_extra_body`), then every name checked against the
+    method's signature (the SDK would raise a TypeError only after the reservation)."""
     kwargs = lift_extra_body(kwargs, parameters)
     check_names(kwargs, parameters, api)
     return kwargs
@@ -129,20 +139,23 @@ def guarded(endpoint: Endpoint) -> Any:
     sent by the SDK's own method on the client without retries."""
 
     def factory(path: str, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        # Once per method, not per call: its signature, its name in errors.
+        parameters, api = parameters_of(original), f"{path}.{name}"
         if is_async(original):
 
             async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
                 _keywords(path, name, args)
                 state = state_of(self)
-                plain = state.unretried(self._client)
-                target = getattr(resource_at(plain, path), name)
+                target = state.target(self._client, path, name)
 
                 async def send(kw: dict[str, Any]) -> Any:
                     return await parse_async_raw(await target(**kw))
 
-                count = endpoint.acount(state, plain) if endpoint.acount else None
+                count = None
+                if endpoint.acount is not None:
+                    count = endpoint.acount(state, state.unretried(self._client))
                 adapter = endpoint.adapter_for(state)
-                kwargs = sdk_request(endpoint.prepare(kwargs), original, f"{path}.{name}")
+                kwargs = sdk_request(endpoint.prepare(kwargs), parameters, api)
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
             return amethod
@@ -150,11 +163,12 @@ def guarded(endpoint: Endpoint) -> Any:
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             _keywords(path, name, args)
             state = state_of(self)
-            plain = state.unretried(self._client)
-            target = getattr(resource_at(plain, path), name)
-            count = endpoint.count(state, plain) if endpoint.count else None
+            target = state.target(self._client, path, name)
+            count = None
+            if endpoint.count is not None:
+                count = endpoint.count(state, state.unretried(self._client))
             adapter = endpoint.adapter_for(state)
-            kwargs = sdk_request(endpoint.prepare(kwargs), original, f"{path}.{name}")
+            kwargs = sdk_request(endpoint.prepare(kwargs), parameters, api)
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
             )

@@ -21,6 +21,7 @@ from guardrail.stores.base import (
     SECONDS_PER_MINUTE,
     Reservation,
     ReservationRequest,
+    ScopeLimits,
     Settlement,
     UsageRow,
     UsageSummary,
@@ -154,6 +155,8 @@ class MemoryStore:
 
     def _refund_tokens(self, r: Reservation, tokens: int, now: float) -> None:
         """Give ``tokens`` back to (or, if negative, take them from) every bucket."""
+        if not self._s.buckets:  # no token limit anywhere
+            return
         for scope in r.scopes:
             for name, _period in _BUCKETS:
                 key = (scope, name)
@@ -161,14 +164,57 @@ class MemoryStore:
                     level, updated = self._s.buckets[key]
                     self._s.buckets[key] = (level + tokens, updated)
 
+    def _check_spend(
+        self, sc: str, limit: str, cap: int, window: str, cost: int, now: float
+    ) -> None:
+        used = self._s.spent[(sc, window)] + self._s.held[(sc, window)]
+        if used + cost > cap:
+            raise budget_error(
+                scope=sc,
+                limit=limit,
+                windows=self.windows,
+                now=now,
+                requested=cost,
+                used=used,
+                cap=cap,
+            )
+
+    def _check_buckets(
+        self,
+        lim: ScopeLimits,
+        tokens: int,
+        now: float,
+        levels: list[tuple[tuple[str, str], float]],
+    ) -> None:
+        """Refuse if a token bucket of ``lim`` holds fewer than ``tokens``; else add the
+        buckets' levels to ``levels`` (taken once every scope has passed)."""
+        sc = lim.scope
+        for (name, period), capacity in zip(
+            _BUCKETS, (lim.tokens_per_minute, lim.tokens_per_day), strict=True
+        ):
+            if capacity is not None:
+                level = self._bucket(sc, name, capacity, period, now)
+                if tokens > level:
+                    raise budget_error(
+                        scope=sc,
+                        limit=name,
+                        windows=self.windows,
+                        now=now,
+                        requested=tokens,
+                        used=capacity - int(level),
+                        cap=capacity,
+                        rate_period=period,
+                    )
+                levels.append(((sc, name), level))
+
     # -- the Store interface
 
     def reserve(self, request: ReservationRequest) -> Reservation:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            s, w = self._s, self.windows
-            day, month = w.keys(now)
+            s = self._s
+            day, month = self.windows.keys(now)
             cost, tokens = request.cost_nanos, request.tokens
             rule = request.loop
             if rule is not None and request.scopes:
@@ -178,39 +224,12 @@ class MemoryStore:
             levels: list[tuple[tuple[str, str], float]] = []
             for lim in request.scopes:
                 sc = lim.scope
-                for name, cap, window in (
-                    ("daily_spend_usd", lim.daily_nanos, day),
-                    ("monthly_spend_usd", lim.monthly_nanos, month),
-                ):
-                    if cap is not None:
-                        used = s.spent[(sc, window)] + s.held[(sc, window)]
-                        if used + cost > cap:
-                            raise budget_error(
-                                scope=sc,
-                                limit=name,
-                                windows=w,
-                                now=now,
-                                requested=cost,
-                                used=used,
-                                cap=cap,
-                            )
-                for (name, period), capacity in zip(
-                    _BUCKETS, (lim.tokens_per_minute, lim.tokens_per_day), strict=True
-                ):
-                    if capacity is not None:
-                        level = self._bucket(sc, name, capacity, period, now)
-                        if tokens > level:
-                            raise budget_error(
-                                scope=sc,
-                                limit=name,
-                                windows=w,
-                                now=now,
-                                requested=tokens,
-                                used=capacity - int(level),
-                                cap=capacity,
-                                rate_period=period,
-                            )
-                        levels.append(((sc, name), level))
+                if lim.daily_nanos is not None:
+                    self._check_spend(sc, "daily_spend_usd", lim.daily_nanos, day, cost, now)
+                if lim.monthly_nanos is not None:
+                    self._check_spend(sc, "monthly_spend_usd", lim.monthly_nanos, month, cost, now)
+                if lim.tokens_per_minute is not None or lim.tokens_per_day is not None:
+                    self._check_buckets(lim, tokens, now, levels)
                 if lim.max_in_flight is not None and s.in_flight[sc] + 1 > lim.max_in_flight:
                     raise in_flight_error(
                         scope=sc, in_flight=s.in_flight[sc], cap=lim.max_in_flight
