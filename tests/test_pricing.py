@@ -378,3 +378,50 @@ def test_unknown_models_are_not_priced_through_the_cache() -> None:
     for _ in range(2):  # the cached miss raises as the first lookup did
         with pytest.raises(PriceUnavailable):
             estimate_cost(info, 1, 1)
+
+
+@pytest.mark.parametrize(("model", "provider"), FAST_MODELS)
+def test_flat_prices_are_priced_by_integer_rates(model: str, provider: str) -> None:
+    # Every flat price in today's data has at most six decimals per million tokens, so the
+    # per-call path prices in whole pico-dollars; a tiered price takes the Decimal way.
+    info = model_info(model, strict=True)
+    usage = TokenUsage(input_tokens=1_234, output_tokens=567, cached_input_tokens=200)
+    pico = pricing._pico_cost(info, usage)
+    tiered = any(
+        not isinstance(p, (Decimal, type(None)))
+        for p in pricing._resolve_price(info.price_ref or model, provider).flat or ()
+    )
+    assert (pico is None) == tiered
+    if pico is not None:
+        assert Decimal(pico) / 10**12 == _genai_total(model, provider, usage)
+
+
+def test_prices_of_more_than_six_decimals_take_the_decimal_way(registered: list[str]) -> None:
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(name)
+    register_model(
+        name,
+        like="gpt-4o",
+        input_usd_per_mtok="0.1234567",  # 123,456.7 pico-dollars a token: not whole
+        output_usd_per_mtok="3",
+        cached_input_usd_per_mtok="0",
+    )
+    info = model_info(name)
+    usage = TokenUsage(input_tokens=1_000, output_tokens=10, cached_input_tokens=400)
+    assert pricing._pico_cost(info, usage) is None
+    assert usage_cost(info, usage) == (600 * Decimal("0.1234567") + 10 * 3) / MTOK
+
+
+def test_a_zero_cached_price_is_a_price_not_a_missing_one(registered: list[str]) -> None:
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(name)
+    register_model(
+        name,
+        like="gpt-4o",
+        input_usd_per_mtok="2",
+        output_usd_per_mtok="8",
+        cached_input_usd_per_mtok="0",
+    )
+    usage = TokenUsage(input_tokens=1_000, output_tokens=0, cached_input_tokens=1_000)
+    assert pricing._pico_cost(model_info(name), usage) == 0
+    assert usage_cost(name, usage) == 0
