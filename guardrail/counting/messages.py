@@ -432,18 +432,28 @@ def counter_for(model: str | ModelInfo, *, strict: bool = False) -> TokenCounter
     """
     if isinstance(model, ModelInfo):
         info: ModelInfo = model
+        # By identity first (the catalog hands out one ModelInfo per model): hashing a
+        # ModelInfo hashes every field. The entry holds the info, so its id stays unique.
+        entry = _counters.get(id(info))
+        if entry is not None and entry[0] is info:
+            return entry[1]
         key: object = model
     else:
         info = model_info(model, strict=strict)
         key = (model, strict)
     entry = _counters.get(key)
     if entry is not None and (entry[0] is info or entry[0] == info):
-        return entry[1]
-    counter = TokenCounter(info)
+        if key is not info:
+            return entry[1]
+        counter = entry[1]  # an equal ModelInfo seen before: remember this one's id too
+    else:
+        counter = TokenCounter(info)
     with _counters_lock:
         if len(_counters) >= _MAX_COUNTERS:
             _counters.clear()
         _counters[key] = (info, counter)
+        if key is info:
+            _counters[id(info)] = (info, counter)
     return counter
 
 

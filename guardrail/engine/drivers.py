@@ -202,11 +202,20 @@ PARSED = "_guardrail_parsed"
 """Where an async raw response keeps what its (awaited) ``parse()`` returned."""
 
 
+_async_parse: dict[type, bool] = {}  # response class -> whether its parse() is async
+
+
 async def parse_async_raw(response: Any) -> Any:
     """Await an async raw response's ``parse()`` once (the SDK caches it), so the sans-I/O
     engine can read its usage, and the stream can be wrapped, without awaiting."""
-    parse = getattr(type(response), "parse", None)
-    if parse is not None and inspect.iscoroutinefunction(parse):
+    kind = type(response)
+    is_async = _async_parse.get(kind)
+    if is_async is None:  # once per class: inspect's check costs more than the call
+        parse = getattr(kind, "parse", None)
+        is_async = parse is not None and inspect.iscoroutinefunction(parse)
+        if len(_async_parse) < 256:  # the SDK's response classes are few
+            _async_parse[kind] = is_async
+    if is_async:
         setattr(response, PARSED, await response.parse())
     return response
 

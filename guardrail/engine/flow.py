@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 _log = logging.getLogger("guardrail")
+_ZERO = Decimal(0)
 
 
 def run(
@@ -233,7 +234,7 @@ def _settle(
         usage, source = _unreported(plan), "local_count"
     usage = _sane(usage)
     try:
-        cost = checked_usage_cost(plan.model, usage) if plan.priced else Decimal(0)
+        cost = checked_usage_cost(plan.model, usage) if plan.priced else _ZERO
     except GuardrailError as exc:
         # Usage we cannot price must not lose a paid call: charge the worst case.
         _log.warning("guardrail: cannot price usage %r (%s); charging the reservation", usage, exc)
@@ -241,7 +242,7 @@ def _settle(
     overrun_tokens = max(0, usage.input_tokens - plan.prompt_held) + max(
         0, usage.output_tokens - plan.reserved_output_total
     )
-    overrun_usd = max(Decimal(0), cost - plan.cost_usd)
+    overrun_usd = cost - plan.cost_usd if cost > plan.cost_usd else _ZERO
     if overrun_tokens or overrun_usd:
         _log.warning(
             "guardrail: tenant %s was billed past its reservation on %s: %d tokens and "
