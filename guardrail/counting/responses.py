@@ -21,10 +21,16 @@ def _type(value: object) -> str:
     return type(value).__name__
 
 
+_PLAIN = frozenset({dict, str, bytes, int, float, list, tuple, type(None)})
+
+
 def plain(value: Any) -> Any:
     """An SDK object (an output item appended to the next request) as the dict it is sent
     as."""
-    if isinstance(value, Mapping | str | bytes | int | float | list | tuple) or value is None:
+    # The exact types first: an isinstance against the Mapping ABC costs a Python-level call.
+    if type(value) in _PLAIN or isinstance(
+        value, Mapping | str | bytes | int | float | list | tuple
+    ):
         return value
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
