@@ -100,6 +100,7 @@ def _provider_id(info: ModelInfo) -> str | None:
 # (flat, or tiered on the total input tokens exactly as calc_unit_price does), no cache
 # writes in the usage, and no other priced unit that a TokenUsage could report. Everything
 # else goes through calc_price. tests/test_pricing.py checks the two agree on random usages.
+# (The per-call path below tries integer rates first, and falls back to these.)
 
 # Price keys the fast path handles; cache writes are handled by leaving them to calc_price.
 _FAST_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
