@@ -72,6 +72,18 @@ def test_copies_stay_guarded(server) -> None:
     assert again.unwrapped is client.unwrapped
 
 
+def test_a_copy_made_after_calls_sends_with_its_own_options(server) -> None:
+    # The SDK method a guarded method sends with is looked up once per client: a copy
+    # (with other headers, here) must send with its own, not with the original's.
+    guard, client, _ = make(server)
+    client.chat.completions.create(model=MODEL, messages=HELLO)
+    tagged = client.with_options(default_headers={"x-copy": "yes"})
+    tagged.chat.completions.create(model=MODEL, messages=HELLO)
+    client.chat.completions.create(model=MODEL, messages=HELLO)
+    sent = [r.headers.get("x-copy") for r in server.chat_requests]
+    assert sent == [None, "yes", None]
+
+
 @pytest.mark.parametrize("async_", [False, True])
 async def test_with_options_max_retries_leaves_the_guards_attempts(server, async_) -> None:
     """Frameworks call with_options(max_retries=N) (openai-agents, with max_retries=0, on

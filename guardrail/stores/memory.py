@@ -277,7 +277,8 @@ class MemoryStore:
             return
         if not ours:  # a reservation this store did not make: its id is remembered
             s.settled[r.id] = now + _FORGET_AFTER
-        self._loop_outcome(r, settlement.failed, now)
+        if r.loop_key:
+            self._loop_outcome(r, settlement.failed, now)
         for sc in r.scopes:
             s.spent[(sc, r.day)] += settlement.cost_nanos
             s.spent[(sc, r.month)] += settlement.cost_nanos

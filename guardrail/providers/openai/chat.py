@@ -37,8 +37,11 @@ def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
 
 def _count(obj: Any, name: str) -> int:
     """A usage field as a non-negative int, whatever the provider put there."""
+    value = getattr(obj, name, 0)
+    if type(value) is int and value >= 0:  # what the SDK gives: no conversion
+        return value
     try:
-        return max(0, int(getattr(obj, name, 0) or 0))
+        return max(0, int(value or 0))
     except (TypeError, ValueError):
         return 0
 
@@ -109,6 +112,8 @@ def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
     that what is counted is what is sent (not an exhausted iterator)."""
     for name in _ITERABLE_PARAMS:
         value = kwargs.get(name)
+        if value is None or type(value) is list:  # absent, or a list: the common cases
+            continue
         if (
             given(value)
             and not isinstance(value, (list, tuple, str, bytes, Mapping))

@@ -399,6 +399,8 @@ class ResponsesAdapter:
 
 def _count(obj: Any, name: str) -> int:
     value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, 0)
+    if type(value) is int and value >= 0:  # what the SDK gives: no conversion
+        return value
     try:
         return max(0, int(value or 0))
     except (TypeError, ValueError):
