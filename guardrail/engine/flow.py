@@ -60,7 +60,9 @@ def run(
 ) -> Generator[Op, Any, Any]:
     """Reserve, send with retries, settle. Yields operations; returns the response."""
     started = CallLog(
-        getattr(adapter, "provider", ""), operation=getattr(adapter, "operation", "chat")
+        getattr(adapter, "provider", ""),
+        operation=getattr(adapter, "operation", "chat"),
+        keep_events=engine.recorder.records_wanted(),
     )
     if plan.trim is not None:
         started.mark("guardrail.trim", dropped_messages=plan.trim.dropped_count)
@@ -284,12 +286,13 @@ def _settle(
         if written in ("pending", "failed"):
             outcome = "settle_pending"
         settled_to = written if isinstance(written, str) else "settled"
-        started.mark(
-            "guardrail.settle",
-            cost_usd=str(cost),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-        )
+        if started.keep_events:
+            started.mark(
+                "guardrail.settle",
+                cost_usd=str(cost),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+            )
     engine.recorder.record(
         plan,
         outcome,
@@ -309,7 +312,8 @@ def _settle(
 
 
 def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
-    log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
+    if log.keep_events:
+        log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
 
 
 _USAGE_COUNTS = attrgetter(*TokenUsage.__dataclass_fields__)

@@ -30,20 +30,36 @@ class CallLog:
     """What one call did and when: its start (monotonic), its provider, and timestamped
     events (reserve, retry, trim, settle) that a trace's span is built from."""
 
-    __slots__ = ("events", "first_chunk_at", "operation", "provider", "response_model", "started")
+    __slots__ = (
+        "events",
+        "first_chunk_at",
+        "keep_events",
+        "operation",
+        "provider",
+        "response_model",
+        "started",
+    )
 
     def __init__(
-        self, provider: str = "", started: float | None = None, operation: str = "chat"
+        self,
+        provider: str = "",
+        started: float | None = None,
+        operation: str = "chat",
+        *,
+        keep_events: bool = True,
     ) -> None:
         self.started = time.monotonic() if started is None else started
         self.provider = provider
         self.operation = operation
+        # False when no sink wants the call's record (the events are only read into it).
+        self.keep_events = keep_events
         self.events: list[CallEvent] = []
         self.first_chunk_at: float | None = None
         self.response_model: str | None = None
 
     def mark(self, name: str, **attributes: str | int | float | bool) -> None:
-        self.events.append(CallEvent(name, time.monotonic() - self.started, attributes))
+        if self.keep_events:
+            self.events.append(CallEvent(name, time.monotonic() - self.started, attributes))
 
 
 class Recorder:
