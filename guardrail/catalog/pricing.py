@@ -223,16 +223,15 @@ _PICO_PER_MTOK = Decimal(10**6)
 
 @dataclass(frozen=True)
 class _Rates:
-    info: ModelInfo
-    snapshot: object
-    hour: int
     input: int  # pico-USD per token; 0 when the model has no input price
     output: int
     cached: int | None  # None: cached tokens are billed as plain input
 
 
 _ZERO = Decimal(0)
-_rates: dict[int, _Rates | tuple[ModelInfo, object, int]] = {}
+# id(info) -> (info, snapshot, hour, rates or None when the Decimal way prices it). The
+# entry holds the ModelInfo, so its id is not reused while the entry lives.
+_rates: dict[int, tuple[ModelInfo, object, int, _Rates | None]] = {}
 
 
 def _pico_rate(price: object) -> int | None:
@@ -247,21 +246,16 @@ def _pico_rate(price: object) -> int | None:
 def _rates_of(info: ModelInfo) -> _Rates | None:
     snapshot, hour = data_snapshot.get_snapshot(), int(time.time()) // 3600
     hit = _rates.get(id(info))
-    if hit is not None:
-        if isinstance(hit, _Rates):
-            if hit.info is info and hit.hour == hour and hit.snapshot is snapshot:
-                return hit
-        elif hit[0] is info and hit[2] == hour and hit[1] is snapshot:
-            return None
-    rates = _resolve_rates(info, snapshot, hour)
+    if hit is not None and hit[0] is info and hit[2] == hour and hit[1] is snapshot:
+        return hit[3]
+    rates = _resolve_rates(info)
     if len(_rates) >= _MAX_CACHED:
         _rates.clear()
-    # The entry holds the ModelInfo, so its id is not reused while the entry lives.
-    _rates[id(info)] = rates if rates is not None else (info, snapshot, hour)
+    _rates[id(info)] = (info, snapshot, hour, rates)
     return rates
 
 
-def _resolve_rates(info: ModelInfo, snapshot: object, hour: int) -> _Rates | None:
+def _resolve_rates(info: ModelInfo) -> _Rates | None:
     if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         prices: tuple[object, object, object] = (
@@ -282,7 +276,7 @@ def _resolve_rates(info: ModelInfo, snapshot: object, hour: int) -> _Rates | Non
     input_rate, output_rate, cached_rate = rates
     cached = None if prices[2] is None else cached_rate
     assert input_rate is not None and output_rate is not None
-    return _Rates(info, snapshot, hour, input_rate, output_rate, cached)
+    return _Rates(input_rate, output_rate, cached)
 
 
 def _pico_cost(info: ModelInfo, usage: TokenUsage) -> int | None:

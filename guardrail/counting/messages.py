@@ -445,7 +445,7 @@ def counter_for(model: str | ModelInfo, *, strict: bool = False) -> TokenCounter
     if entry is not None and (entry[0] is info or entry[0] == info):
         if key is not info:
             return entry[1]
-        counter = entry[1]  # an equal ModelInfo seen before: remember this one's id too
+        counter = entry[1]  # an equal ModelInfo seen before: found by this one's id too
     else:
         counter = TokenCounter(info)
     with _counters_lock:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from guardrail.catalog.models import ModelInfo, model_info
-from guardrail.catalog.pricing import TokenUsage, checked_usage_cost, usage_cost
+from guardrail.catalog.pricing import TokenUsage, checked_usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
@@ -384,7 +384,7 @@ def worst_case_cost(
         containers=containers,
     )
     try:
-        return max(plain, usage_cost(info, worst))
+        return max(plain, checked_usage_cost(info, worst))
     except GuardrailError:  # no cache-write or search price known: the plain price is all
         return plain
 

@@ -139,7 +139,9 @@ class Recorder:
         settlement: str = "none",
         day: str | None = None,
     ) -> None:
-        if not self.records_wanted():
+        # Decided once per call, when it started (its events were kept, or not, by it).
+        wanted = started.keep_events if isinstance(started, CallLog) else self.records_wanted()
+        if not wanted:
             return
         usage = usage or TokenUsage()
         extra: dict[str, Any] = {}
