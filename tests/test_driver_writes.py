@@ -94,3 +94,45 @@ def test_the_memory_store_says_so_and_a_watched_one_passes_it_on() -> None:
             return self.settle(reservation, settlement)  # type: ignore[arg-type]
 
     assert Remote().async_writes_never_suspend is False
+
+
+async def test_the_async_client_calls_the_memory_stores_sync_methods_directly() -> None:
+    # Its async methods only call the sync ones: the driver skips them (a coroutine each).
+    from guardrail.engine.drivers import AsyncDriver
+    from guardrail.engine.operations import Release, Reserve, Settle
+    from guardrail.stores.base import ReservationRequest, ScopeLimits, Settlement
+
+    store = MemoryStore()
+
+    async def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the async method was awaited")
+
+    store.areserve = store.asettle = store.arelease = never  # type: ignore[method-assign]
+    request = ReservationRequest(
+        id="r1", scopes=(ScopeLimits("t"),), cost_nanos=5, tokens=3, ttl_seconds=60
+    )
+
+    def flow():  # type: ignore[no-untyped-def]
+        first = yield Reserve(request)
+        written = yield Settle(first, Settlement(4, 1, 2, "m"))
+        second = yield Reserve(ReservationRequest(**{**vars(request), "id": "r2"}))
+        yield Release(second)
+        return written
+
+    driver = AsyncDriver(store, None, None)  # type: ignore[arg-type]
+    assert await driver.run(flow(), None) == "settled"  # type: ignore[arg-type]
+    usage = store.usage("t")
+    assert (usage.requests, usage.input_tokens, usage.output_tokens) == (1, 1, 2)
+    assert usage.reserved_usd == 0  # both holds gone: settled, released
+
+    class Remote(MemoryStore):  # its own async reserve: awaited, not skipped
+        awaited = 0
+
+        async def areserve(self, request: ReservationRequest) -> object:  # type: ignore[override]
+            Remote.awaited += 1
+            return self.reserve(request)
+
+    remote = Remote()
+    assert remote.async_writes_never_suspend is False
+    await AsyncDriver(remote, None, None).run(flow(), None)  # type: ignore[arg-type]
+    assert Remote.awaited == 2

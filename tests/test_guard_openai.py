@@ -6,7 +6,7 @@ import asyncio
 import threading
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import pytest
@@ -49,6 +49,33 @@ def test_settles_actual_usage_and_cost(server, clock) -> None:
     assert record.outcome == "ok" and record.tenant == "alice" and record.attempts == 1
     assert record.cost_usd == expected and isinstance(record.cost_usd, Decimal)
     assert record.request_id and record.usage_source == "provider"
+
+
+def test_the_record_has_the_providers_request_id_for_parsed_and_raw_responses(server) -> None:
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(server, sinks=[records.append])
+    client.chat.completions.create(model=MODEL, messages=HELLO)
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+    client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hi")
+    sent = [r.request_id for r in server.requests]
+    assert [r.request_id for r in records] == sent and len(set(sent)) == 3
+    assert raw.headers["x-request-id"] == sent[1]
+
+
+def test_a_parsed_response_without_a_request_id_is_asked_for_nothing_else() -> None:
+    from guardrail.providers.common import request_id_of
+
+    class Parsed:  # a model: any attribute it lacks is an error, which costs pydantic
+        _request_id = None
+
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"asked for {name}")
+
+    class Raw:  # a raw response: its request id is its header
+        headers: ClassVar[dict[str, str]] = {"x-request-id": "req_9"}
+
+    assert request_id_of(Parsed(), "x-request-id") is None
+    assert request_id_of(Raw(), "x-request-id") == "req_9"
 
 
 def test_cached_and_reasoning_tokens_are_priced(server) -> None:

@@ -20,6 +20,7 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
+from guardrail._frozen import quick_init
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.errors import InvalidRequestError, PriceUnavailable, describe
 
@@ -32,6 +33,7 @@ CONTAINER_USD = Decimal("0.03")
 tools: Code Interpreter, $0.03 per container"); the price data has no figure for it."""
 
 
+@quick_init
 @dataclass(frozen=True)
 class TokenUsage:
     """Provider-neutral token usage of one call.

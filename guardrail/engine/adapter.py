@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from guardrail._frozen import quick_init
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.messages import TokenCounter
 from guardrail.engine.stream_tally import StreamTally
@@ -33,6 +34,7 @@ class ServerState:
         return f"{self.kind}:{self.id}"
 
 
+@quick_init
 @dataclass(frozen=True)
 class RequestView:
     model: str

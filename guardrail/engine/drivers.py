@@ -106,6 +106,15 @@ class AsyncDriver:
     ) -> None:
         self.store, self.adapter, self.send, self.sleep = store, adapter, send, sleep
         self.count = count
+        # The memory store's async reserve and writes are its sync ones (they never await):
+        # calling those directly spares a coroutine each, and a write that cannot suspend
+        # cannot be cut in half by a cancellation either.
+        self.inline = getattr(store, "async_writes_never_suspend", False) is True
+
+    def _write_now(self, op: Settle | Release) -> Any:
+        if isinstance(op, Settle):
+            return self.store.settle(op.reservation, op.settlement)
+        return self.store.release(op.reservation, failed=op.failed)
 
     async def _write(self, op: Settle | Release) -> Any:
         if isinstance(op, Settle):
@@ -128,9 +137,14 @@ class AsyncDriver:
                 if isinstance(op, Send):
                     value = await self.send(op.kwargs)
                 elif isinstance(op, Reserve):
-                    value = await self.store.areserve(op.request)
+                    if self.inline:
+                        value = self.store.reserve(op.request)
+                    else:
+                        value = await self.store.areserve(op.request)
                 elif isinstance(op, ReserveOffline):
                     value = await _offline(self.store, "areserve_offline")(op.request)
+                elif self.inline and isinstance(op, (Settle, Release)):
+                    value = self._write_now(op)
                 elif isinstance(op, (Settle, Release)):
                     # A cancellation must not cut a settlement in half: the write runs to
                     # its end, the flow records the call, then the cancellation goes on.
@@ -205,9 +219,8 @@ PARSED = "_guardrail_parsed"
 _async_parse: dict[type, bool] = {}  # response class -> whether its parse() is async
 
 
-async def parse_async_raw(response: Any) -> Any:
-    """Await an async raw response's ``parse()`` once (the SDK caches it), so the sans-I/O
-    engine can read its usage, and the stream can be wrapped, without awaiting."""
+def parses_async(response: Any) -> bool:
+    """Whether ``response`` is an async raw response (its ``parse()`` is awaited)."""
     kind = type(response)
     is_async = _async_parse.get(kind)
     if is_async is None:  # once per class: inspect's check costs more than the call
@@ -215,7 +228,13 @@ async def parse_async_raw(response: Any) -> Any:
         is_async = parse is not None and inspect.iscoroutinefunction(parse)
         if len(_async_parse) < 256:  # the SDK's response classes are few
             _async_parse[kind] = is_async
-    if is_async:
+    return is_async
+
+
+async def parse_async_raw(response: Any) -> Any:
+    """Await an async raw response's ``parse()`` once (the SDK caches it), so the sans-I/O
+    engine can read its usage, and the stream can be wrapped, without awaiting."""
+    if parses_async(response):
         setattr(response, PARSED, await response.parse())
     return response
 

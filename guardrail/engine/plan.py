@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
+from guardrail._frozen import quick_init
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.catalog.pricing import TokenUsage, checked_usage_cost
 from guardrail.counting.messages import TokenCounter, counter_for, field_of
@@ -31,6 +32,7 @@ from guardrail.tenancy import TenantBinding
 __all__ = ["Plan", "Planner", "TrimEvent", "input_budget", "worst_case_cost"]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Plan:
     binding: TenantBinding

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from guardrail.engine.adapter import ProviderAdapter
-from guardrail.engine.drivers import parse_async_raw
+from guardrail.engine.drivers import parse_async_raw, parses_async
 from guardrail.engine.request_check import check_names
 from guardrail.errors import UnmeteredCall
 from guardrail.providers.common import (
@@ -149,7 +149,9 @@ def guarded(endpoint: Endpoint) -> Any:
                 target = state.target(self._client, path, name)
 
                 async def send(kw: dict[str, Any]) -> Any:
-                    return await parse_async_raw(await target(**kw))
+                    response = await target(**kw)
+                    # A parsed response (the common case) needs no coroutine of ours.
+                    return await parse_async_raw(response) if parses_async(response) else response
 
                 count = None
                 if endpoint.acount is not None:

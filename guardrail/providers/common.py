@@ -22,6 +22,26 @@ def given(value: Any) -> bool:
     return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
 
 
+_has_headers: dict[type, bool] = {}  # response class -> a raw response, with headers
+
+
+def request_id_of(response: Any, header: str) -> str | None:
+    """The provider's id of the request that ``response`` answers: a parsed SDK model's
+    ``_request_id``, or a raw response's ``request_id`` or ``header``. A parsed model is
+    asked nothing else: a missing attribute costs pydantic a raised AttributeError."""
+    rid = getattr(response, "_request_id", None)
+    if rid is None:
+        kind = type(response)
+        raw = _has_headers.get(kind)
+        if raw is None:  # once per class
+            raw = hasattr(kind, "headers")
+            if len(_has_headers) < 256:  # the SDKs' response classes are few
+                _has_headers[kind] = raw
+        if raw:
+            rid = getattr(response, "request_id", None) or response.headers.get(header)
+    return str(rid) if rid else None
+
+
 MAX_MODEL_NAME = 256
 """The longest model name a request may give: every provider's names are far shorter, and
 an unbounded one would be held by the catalog's caches and printed in warnings."""

@@ -28,6 +28,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
+from guardrail._frozen import quick_init
 from guardrail.errors import BudgetExceeded, ConfigurationError, LoopDetected
 
 __all__ = [
@@ -83,6 +84,7 @@ class LoopRule:
     window: float
 
 
+@quick_init
 @dataclass(frozen=True)
 class ReservationRequest:
     id: str
@@ -102,6 +104,7 @@ class ReservationRequest:
             raise ConfigurationError(f"a reservation names a scope more than once: {names}")
 
 
+@quick_init
 @dataclass(frozen=True)
 class Reservation:
     """A granted reservation: what was held, in which windows, until when."""
@@ -123,6 +126,7 @@ class Reservation:
     loop_window: float = 0.0
 
 
+@quick_init
 @dataclass(frozen=True)
 class Settlement:
     """What a call actually cost."""

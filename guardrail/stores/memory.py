@@ -107,11 +107,16 @@ class MemoryStore:
 
     @property
     def async_writes_never_suspend(self) -> bool:
-        """Its async writes run the sync ones and never await, so the async driver runs a
-        settlement in the caller's task instead of shielding it in a task of its own. A
-        subclass that overrides them (and may suspend) is shielded again."""
+        """Its async reserve and writes run the sync ones and never await, so the async
+        driver calls the sync ones (in the caller's task: nothing to shield from a
+        cancellation). A subclass that overrides them (and may suspend) is awaited, and its
+        writes shielded, again."""
         cls = type(self)
-        return cls.asettle is MemoryStore.asettle and cls.arelease is MemoryStore.arelease
+        return (
+            cls.asettle is MemoryStore.asettle
+            and cls.arelease is MemoryStore.arelease
+            and cls.areserve is MemoryStore.areserve
+        )
 
     def __init__(self, *, clock: Clock = system_clock, timezone: str | tzinfo = "UTC") -> None:
         self._clock = clock

@@ -23,7 +23,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError, describe
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given, model_and_messages
+from guardrail.providers.common import given, model_and_messages, request_id_of
 
 __all__ = [
     "NONSTREAMING_MAX_TOKENS",
@@ -224,9 +224,7 @@ class AnthropicAdapter:
         return _read_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
-        rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
-        if rid is None and hasattr(response, "headers"):
-            rid = response.headers.get("request-id")
+        rid = request_id_of(response, "request-id")
         if rid is None and hasattr(response, "parse") and not hasattr(response, "usage"):
             rid = getattr(parsed_raw(response), "id", None)
         return str(rid) if rid else getattr(response, "id", None)

@@ -21,7 +21,7 @@ from guardrail.engine.request_check import (
 )
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import InvalidRequestError, describe
-from guardrail.providers.common import given, model_and_messages
+from guardrail.providers.common import given, model_and_messages, request_id_of
 
 __all__ = ["OpenAIAdapter", "materialise"]
 
@@ -207,10 +207,7 @@ class OpenAIAdapter:
         return self._token_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
-        rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
-        if rid is None and hasattr(response, "headers"):
-            rid = response.headers.get("x-request-id")
-        return str(rid) if rid else getattr(response, "id", None)
+        return request_id_of(response, "x-request-id") or getattr(response, "id", None)
 
     def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
         if tally.request_id is None:

@@ -22,7 +22,7 @@ from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import check_body
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
-from guardrail.providers.common import given
+from guardrail.providers.common import given, request_id_of
 
 __all__ = ["MAX_TOKENS_PER_INPUT", "MAX_TOKENS_PER_REQUEST", "EmbeddingsAdapter"]
 
@@ -127,10 +127,7 @@ class EmbeddingsAdapter:
             return None
 
     def request_id(self, response: Any) -> str | None:
-        rid = getattr(response, "_request_id", None)
-        if rid is None and hasattr(response, "headers"):
-            rid = response.headers.get("x-request-id")
-        return str(rid) if rid else None
+        return request_id_of(response, "x-request-id")
 
     def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:  # pragma: no cover
         return True  # embeddings do not stream

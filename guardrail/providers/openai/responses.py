@@ -45,7 +45,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given
+from guardrail.providers.common import given, request_id_of
 from guardrail.providers.openai.chat import hidden_reasoning
 
 __all__ = [
@@ -355,10 +355,7 @@ class ResponsesAdapter:
         return _usage(getattr(response, "usage", None), getattr(response, "output", None))
 
     def request_id(self, response: Any) -> str | None:
-        rid = getattr(response, "_request_id", None) or getattr(response, "request_id", None)
-        if rid is None and hasattr(response, "headers"):
-            rid = response.headers.get("x-request-id")
-        return str(rid) if rid else getattr(response, "id", None)
+        return request_id_of(response, "x-request-id") or getattr(response, "id", None)
 
     def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
         kind = getattr(chunk, "type", None)
