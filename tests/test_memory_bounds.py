@@ -117,3 +117,20 @@ def test_full_maps_are_pruned_rarely_not_on_every_insert(
     assert len(prunings) <= 10_000 // (limit // 4) + 1
     if kind == "notes":
         assert store.recall("t", "k9999") == 9_999  # the newest are the ones kept
+
+
+def test_settled_reservations_do_not_pile_up_in_the_expiry_queue() -> None:
+    # A heap cannot drop a settled reservation's entry; it is compacted to the holds.
+    clock = ManualClock(START_TS)
+    store = MemoryStore(clock=clock)
+    waiting = store.reserve(request(-1, ttl=60))  # held across every compaction
+    for n in range(20_000):
+        store.settle(store.reserve(request(n, ttl=900)), paid())
+    assert len(store._s.expiry) <= 2 * len(store._s.holds) + memory._SLACK + 1
+    assert len(store._s.expiry) < 2_000  # not 20,000
+    assert store.usage("t").reserved_usd == Decimal(10) / USD  # the one still held
+    clock.advance(61)
+    assert store.usage("t").reserved_usd == 0  # it still expires on time
+    store.settle(waiting, paid())  # a late settlement of it counts once
+    store.settle(waiting, paid())
+    assert store.usage("t").requests == 20_001

@@ -86,6 +86,7 @@ _MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet a
 _MAX_CLAIMS = 10_000
 _FORGET_AFTER = 35 * SECONDS_PER_DAY  # as long as RedisStore keeps its markers by default
 _MAX_UNHELD = 100_000  # settlements of reservations held elsewhere remembered, at most
+_SLACK = 1_024  # expiry entries of settled reservations let wait, beyond twice the holds
 
 
 def _pruned(
@@ -105,21 +106,18 @@ def _pruned(
 class MemoryStore:
     """Thread-safe in-memory budgets. ``clock`` returns POSIX seconds (inject one in tests)."""
 
-    @property
-    def async_writes_never_suspend(self) -> bool:
-        """Its async reserve and writes run the sync ones and never await, so the async
-        driver calls the sync ones (in the caller's task: nothing to shield from a
-        cancellation). A subclass that overrides them (and may suspend) is awaited, and its
-        writes shielded, again."""
+    def __init__(self, *, clock: Clock = system_clock, timezone: str | tzinfo = "UTC") -> None:
+        self._clock = clock
+        # Its async reserve and writes run the sync ones and never await, so the async
+        # driver calls the sync ones (in the caller's task: nothing to shield from a
+        # cancellation). A subclass that overrides them (and may suspend) is awaited, and
+        # its writes shielded, again. Decided once: the driver asks on every call.
         cls = type(self)
-        return (
+        self.async_writes_never_suspend = (
             cls.asettle is MemoryStore.asettle
             and cls.arelease is MemoryStore.arelease
             and cls.areserve is MemoryStore.areserve
         )
-
-    def __init__(self, *, clock: Clock = system_clock, timezone: str | tzinfo = "UTC") -> None:
-        self._clock = clock
         self.windows = Windows(timezone)
         self._lock = threading.Lock()
         self._s = _State()
@@ -146,6 +144,14 @@ class MemoryStore:
                 ids.popitem(last=False)
         while len(s.settled) > _MAX_UNHELD:
             s.settled.popitem(last=False)
+
+    def _compact_expiry(self) -> None:
+        """Keep the expiry queue to the holds: a settled reservation leaves its entry
+        behind (a heap cannot drop one cheaply), and at 600 calls a second, with the
+        default 900-second TTL, half a million of them (about 90 MB) would wait there."""
+        s = self._s
+        s.expiry = [(h.reservation.expires_at, rid) for rid, h in s.holds.items()]
+        heapq.heapify(s.expiry)
 
     def _unhold(self, r: Reservation) -> None:
         s = self._s
@@ -263,6 +269,8 @@ class MemoryStore:
                 s.in_flight[sc] += 1
             s.holds[request.id] = _Hold(reservation)
             heapq.heappush(s.expiry, (reservation.expires_at, request.id))
+            if len(s.expiry) > 2 * len(s.holds) + _SLACK:
+                self._compact_expiry()
             return reservation
 
     def settle(self, reservation: Reservation, settlement: Settlement) -> str:
@@ -282,6 +290,8 @@ class MemoryStore:
             return
         if not ours:  # a reservation this store did not make: its id is remembered
             s.settled[r.id] = now + _FORGET_AFTER
+            while len(s.settled) > _MAX_UNHELD:  # bounded (as _expire keeps it)
+                s.settled.popitem(last=False)
         if r.loop_key:
             self._loop_outcome(r, settlement.failed, now)
         for sc in r.scopes:
@@ -293,7 +303,8 @@ class MemoryStore:
                 agg.output_tokens += settlement.output_tokens
                 agg.requests += 1
         self._refund_tokens(r, r.tokens - settlement.tokens, now)
-        self._expire(now)
+        # No expiry pass: a settlement adds nothing that expires, and every reserve,
+        # release and read of the usage runs one first.
 
     def release(self, reservation: Reservation, *, failed: bool = False) -> str:
         with self._lock:

@@ -75,9 +75,10 @@ def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
     return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
 
 
-def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
+def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> tuple[bool, bool]:
     """What the API is sure to reject, and what the SDK could not serialise, refused before
-    anything is reserved; returns ``stream``."""
+    anything is reserved; returns ``stream``, and whether every message is plain text
+    (:func:`plain_messages`)."""
     if not messages:
         raise InvalidRequestError("messages is empty: the API needs at least one message")
     fast = plain_messages(messages, ROLES)
@@ -104,7 +105,7 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
             or not all(isinstance(t, Mapping) or hasattr(t, "model_dump") for t in tools)
         ):
             raise InvalidRequestError(f"{name} must be a list of tool dicts, got {describe(tools)}")
-    return stream
+    return stream, fast
 
 
 def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class OpenAIAdapter:
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
         model, messages = model_and_messages(kwargs)
-        stream = check_request(kwargs, messages)
+        stream, plain = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
@@ -150,11 +151,12 @@ class OpenAIAdapter:
             tenant_hint=hint,
             choices=choices,
             hidden_reasoning=hidden_reasoning(model, kwargs),
+            plain_text=plain,
         )
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
         """The ``file`` parts whose size cannot be bounded here (``file_id``s)."""
-        return uncountable_parts(messages)
+        return [] if view.plain_text else uncountable_parts(messages)
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return counter.messages(messages, view.tools)
