@@ -3,6 +3,7 @@ worst-case cost, before anything is reserved or sent (no I/O)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Generator, Mapping, Sequence
@@ -17,7 +18,6 @@ from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
-from guardrail.engine.ids import reservation_id
 from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
@@ -94,7 +94,11 @@ class Plan:
 
     def reservation_request(self) -> ReservationRequest:
         return ReservationRequest(
-            id=reservation_id(),
+            # 128 bits from the OS's CSPRNG, like uuid4() without the UUID object. Not a
+            # per-process prefix and a counter: a process forked in C (uWSGI's workers)
+            # skips Python's fork hooks and would repeat ids, and the Redis store takes a
+            # repeated id for a retry of a call it already holds (nothing more is held).
+            id=os.urandom(16).hex(),
             scopes=self.scopes,
             cost_nanos=usd_to_nanos(self.cost_usd),
             tokens=self.prompt_held + self.reserved_output_total,
