@@ -84,6 +84,26 @@ def test_file_ids_refused_or_reserved_at_a_stated_figure(server: Any) -> None:
     )
 
 
+def test_a_summary_with_a_file_id_is_looked_at_though_the_history_was_plain(server: Any) -> None:
+    # Plain-text messages need no search for documents; the summary that replaces the
+    # trimmed ones is the summariser's and may hold one.
+    summary = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Earlier:"},
+            {"type": "file", "file": {"file_id": "file-abc"}},
+        ],
+    }
+    history = [{"role": "system", "content": "s"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(6)
+    ]
+    policy = Policy(trim=True, max_history_messages=2, file_id_tokens="refuse")
+    _, client = client_for(server, policy, summarizer=lambda dropped: summary)
+    with pytest.raises(InvalidRequestError, match="file_id_tokens='refuse'"):
+        client.chat.completions.create(model=MODEL, messages=history, max_tokens=10)
+    assert server.chat_requests == []
+
+
 def test_usage_past_the_reservation_is_charged_flagged_and_logged(server: Any, caplog: Any) -> None:
     server.prompt_tokens = lambda request: 50_000  # the provider bills far more than counted
     records: list[guardrail.UsageRecord] = []

@@ -192,9 +192,11 @@ def test_packing_properties(
     # Never a less relevant document kept while a more relevant one is dropped.
     if result.included and result.dropped:
         assert min(d.score for d in result.included) >= max(d.score for d in result.dropped)
-    # When everything fits joined, everything is kept whole.
+    # When everything fits joined in the order it is emitted, everything is kept whole
+    # (in the other order it may not fit: the joins merge differently).
     ranked = sorted(docs, key=lambda d: -d.score)
-    if count_text(separator.join(d.text for d in ranked), model) <= budget:
+    emitted = docs if order == "original" else ranked
+    if count_text(separator.join(d.text for d in emitted), model) <= budget:
         assert result.dropped == [] and result.truncated is None
     whole = [d for d in result.included if d is not result.truncated]
     for d in whole:
@@ -306,3 +308,28 @@ def test_pack_documents_takes_mixed_shapes_and_hands_back_the_originals() -> Non
 def test_unreadable_documents_say_what_was_expected(doc: Any, match: str) -> None:
     with pytest.raises(InvalidRequestError, match=match):
         pack_documents([doc], 100, MODEL)
+
+
+def test_everything_is_kept_when_it_fits_in_the_order_it_is_emitted() -> None:
+    # Found by the property above: these fit 88 tokens of gpt-4o joined best first (88)
+    # but not in their input order (89), which order="original" emits.
+    texts = [
+        "\U0001f468\u200d\U0001f469\u200d\U0001f4670\U000109c000\U000100000\U00010000"
+        "\U0001f680\U0001f680" + "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 3,
+        "\U0001f1eb\U0001f1f7\U00010000",
+        "0",
+        "\U0001f680" + "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 3 + "a",
+    ]
+    docs = [Document(t, score=1.0 if t == "0" else 0.0) for t in texts]
+    ranked = [docs[2], docs[0], docs[1], docs[3]]
+    assert count_text(" ".join(d.text for d in ranked), "gpt-4o") == 88
+    assert count_text(" ".join(texts), "gpt-4o") == 89
+    best_first = pack_documents(
+        docs, 88, "gpt-4o", separator=" ", order="score", min_tokens_for_partial=1
+    )
+    assert best_first.dropped == [] and best_first.truncated is None and best_first.tokens == 88
+    original = pack_documents(
+        docs, 88, "gpt-4o", separator=" ", order="original", min_tokens_for_partial=1
+    )
+    assert original.tokens == count_text(original.text, "gpt-4o") <= 88
+    assert original.truncated is not None or original.dropped

@@ -156,7 +156,9 @@ class OpenAIAdapter:
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
         """The ``file`` parts whose size cannot be bounded here (``file_id``s)."""
-        return [] if view.plain_text else uncountable_parts(messages)
+        if view.plain_text and messages is view.messages:  # as read: no part is a file
+            return []
+        return uncountable_parts(messages)  # trimmed, maybe with a summary: looked at
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return counter.messages(messages, view.tools)
