@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
@@ -33,23 +32,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 async def _calls(endpoint: str, kind: str, calls: int) -> None:
     """The measured process: the same warm-up whatever ``kind``, then ``calls`` calls."""
-    import openai
-    from bench_work import BODIES, call_for, http_library
-
-    import guardrail
+    from bench_work import call_for, mock_clients
 
     logging.disable(logging.WARNING)
-    httpx = http_library()
-    body = json.dumps(BODIES[endpoint]).encode()
-    headers = {"content-type": "application/json", "x-request-id": "req_1"}
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body, headers=headers))
-    )
-    bare = openai.AsyncOpenAI(
-        api_key="x", base_url="http://fake/v1", http_client=http, max_retries=0
-    )
-    policy = guardrail.Policy(daily_spend_usd=1_000_000, loop_limit=None)
-    guarded = guardrail.Guard(policy).wrap(bare)
+    http, bare, _, guarded = mock_clients(endpoint, {"x-request-id": "req_1"})
     bare_call, guarded_call = call_for(endpoint, bare), call_for(endpoint, guarded)
     for _ in range(50):
         await bare_call()

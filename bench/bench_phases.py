@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import statistics
@@ -35,7 +34,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", "/work/shared/tiktoken-cache")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import openai
-from bench_work import BODIES, call_for, http_library
+from bench_work import call_for, mock_clients
 
 import guardrail
 from guardrail.engine.core import Engine
@@ -100,19 +99,7 @@ async def whole(call: Callable[[], Awaitable[Any]], calls: int) -> float:
 
 
 async def measure(endpoint: str, calls: int, rounds: int) -> None:
-    httpx = http_library()
-    body = json.dumps(BODIES[endpoint]).encode()
-    headers = {"content-type": "application/json", "x-request-id": "req_1"}
-
-    def handler(request: Any) -> Any:
-        return httpx.Response(200, content=body, headers=headers)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    bare = openai.AsyncOpenAI(
-        api_key="x", base_url="http://fake/v1", http_client=http, max_retries=0
-    )
-    guard = guardrail.Guard(guardrail.Policy(daily_spend_usd=1_000_000, loop_limit=None))
-    guarded = guard.wrap(bare)
+    http, bare, guard, guarded = mock_clients(endpoint, {"x-request-id": "req_1"})
     stamps: dict[str, int] = {}
     bare_call, guarded_call = call_for(endpoint, bare), call_for(endpoint, guarded)
     stored = await bare_call()

@@ -138,19 +138,29 @@ async def per_call(call: Callable[[], Awaitable[Any]], calls: int) -> tuple[floa
     return counter.total / calls, counter.guardrail / calls
 
 
-async def measure(endpoint: str, calls: int) -> list[str]:
+def mock_clients(
+    endpoint: str, headers: dict[str, str] | None = None
+) -> tuple[Any, openai.AsyncOpenAI, guardrail.Guard, Any]:
+    """(the HTTP client, the bare SDK on it, the guard, the guarded SDK): the real
+    ``AsyncOpenAI`` over an in-process transport that answers every request with
+    ``BODIES[endpoint]``, guarded on the memory store under a cap no call reaches."""
     httpx = http_library()
     body = json.dumps(BODIES[endpoint]).encode()
+    answer = {"content-type": "application/json", **(headers or {})}
 
     def handler(request: Any) -> Any:
-        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return httpx.Response(200, content=body, headers=answer)
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     bare = openai.AsyncOpenAI(
         api_key="x", base_url="http://fake/v1", http_client=http, max_retries=0
     )
-    policy = guardrail.Policy(daily_spend_usd=1_000_000, loop_limit=None)
-    guarded = guardrail.Guard(policy).wrap(bare)
+    guard = guardrail.Guard(guardrail.Policy(daily_spend_usd=1_000_000, loop_limit=None))
+    return http, bare, guard, guard.wrap(bare)
+
+
+async def measure(endpoint: str, calls: int) -> list[str]:
+    http, bare, _, guarded = mock_clients(endpoint)
     base, _ = await per_call(call_for(endpoint, bare), calls)
     total, own = await per_call(call_for(endpoint, guarded), calls)
     await http.aclose()

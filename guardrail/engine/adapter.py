@@ -77,9 +77,6 @@ class RequestView:
     count_exactly: bool = False
     """The request holds parts guardrail cannot count locally (opaque items, built-in
     tools): ask the provider to count it (a ``CountTokens`` step), when it can."""
-    plain_text: bool = False
-    """Every message is a ``{"role", "content": str}`` dict (checked when it was read): no
-    part is a document, so none needs looking for."""
 
 
 class ProviderAdapter(Protocol):

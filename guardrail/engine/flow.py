@@ -172,7 +172,7 @@ def run(
         yield from _settle(
             engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
         )
-        if usage is not None and getattr(adapter, "state_keys", None) is not None:
+        if usage is not None:
             yield from recount.keep_state(adapter, plan, response, usage)
         return response
     tally = _stream_tally(plan)
@@ -293,8 +293,6 @@ def _settle(
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
             )
-    if not started.keep_events:  # no sink wants the record (decided when the call began)
-        return
     engine.recorder.record(
         plan,
         outcome,

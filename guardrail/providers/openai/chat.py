@@ -75,10 +75,9 @@ def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
     return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
 
 
-def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> tuple[bool, bool]:
+def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
     """What the API is sure to reject, and what the SDK could not serialise, refused before
-    anything is reserved; returns ``stream``, and whether every message is plain text
-    (:func:`plain_messages`)."""
+    anything is reserved; returns ``stream``."""
     if not messages:
         raise InvalidRequestError("messages is empty: the API needs at least one message")
     fast = plain_messages(messages, ROLES)
@@ -105,7 +104,7 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> tuple[b
             or not all(isinstance(t, Mapping) or hasattr(t, "model_dump") for t in tools)
         ):
             raise InvalidRequestError(f"{name} must be a list of tool dicts, got {describe(tools)}")
-    return stream, fast
+    return stream
 
 
 def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +130,7 @@ class OpenAIAdapter:
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
         model, messages = model_and_messages(kwargs)
-        stream, plain = check_request(kwargs, messages)
+        stream = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
@@ -151,14 +150,11 @@ class OpenAIAdapter:
             tenant_hint=hint,
             choices=choices,
             hidden_reasoning=hidden_reasoning(model, kwargs),
-            plain_text=plain,
         )
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
         """The ``file`` parts whose size cannot be bounded here (``file_id``s)."""
-        if view.plain_text and messages is view.messages:  # as read: no part is a file
-            return []
-        return uncountable_parts(messages)  # trimmed, maybe with a summary: looked at
+        return uncountable_parts(messages)
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return counter.messages(messages, view.tools)
