@@ -12,7 +12,10 @@ and around the SDK's own method (the send). Two settings, alternated:
 
 It prints the median of each phase per call in both settings, and, from the same run,
 the bare SDK's and the guarded client's whole call: the guarded call's extra time beyond
-the guard's own in-situ phases is what the SDK's work loses beside the guard's.
+the guard's own in-situ phases is what the SDK's work loses beside the guard's. Last, how
+much slower the bare SDK's call runs right after this process has read unrelated memory
+(a walk over N small dicts before each call): what the guard's slowdown of the SDK is
+made of on a machine whose caches are small or shared.
 
 Run:  TIKTOKEN_CACHE_DIR=/work/shared/tiktoken-cache python bench/bench_phases.py
       [--calls 2000] [--rounds 2] [--endpoint chat|responses|embeddings]
@@ -51,6 +54,7 @@ PHASES = (
     ("settle", "settle0", "settle1"),
     ("settle to exit", "settle1", "exit"),
 )
+TOUCHED = (0, 300, 1000, 3000)  # unrelated dicts read before a bare call (0: none)
 RESOURCE = {
     "chat": ("chat.completions", "create"),
     "responses": ("responses", "create"),
@@ -89,13 +93,39 @@ async def phases(
     return {name: statistics.median(values) / 1e3 for name, values in seen.items()}
 
 
-async def whole(call: Callable[[], Awaitable[Any]], calls: int) -> float:
+async def whole(
+    bare: Callable[[], Awaitable[Any]], guarded: Callable[[], Awaitable[Any]], calls: int
+) -> tuple[float, float]:
+    """Median microseconds of a bare and of a guarded call, taking turns call by call."""
     for _ in range(100):
-        await call()
-    started = _now()
+        await bare()
+        await guarded()
+    seen: tuple[list[int], list[int]] = ([], [])
     for _ in range(calls):
+        for call, times in zip((bare, guarded), seen, strict=True):
+            started = _now()
+            await call()
+            times.append(_now() - started)
+    return statistics.median(seen[0]) / 1e3, statistics.median(seen[1]) / 1e3
+
+
+async def after_touching(call: Callable[[], Awaitable[Any]], calls: int) -> dict[int, float]:
+    """Median microseconds of ``call`` right after reading N unrelated dicts, for each N of
+    ``TOUCHED``; the Ns take turns call by call, so a drift of the machine's speed falls
+    on all of them alike."""
+    junk: list[dict[str, Any]] = [{"n": i, "s": str(i)} for i in range(max(TOUCHED))]
+    for _ in range(50):
         await call()
-    return (_now() - started) / calls / 1e3
+    seen: dict[int, list[int]] = {dicts: [] for dicts in TOUCHED}
+    for i in range(calls):
+        dicts = TOUCHED[i % len(TOUCHED)]
+        total = 0
+        for item in junk[:dicts]:
+            total += item["n"]
+        started = _now()
+        await call()
+        seen[dicts].append(_now() - started)
+    return {dicts: statistics.median(values) / 1e3 for dicts, values in seen.items()}
 
 
 async def measure(endpoint: str, calls: int, rounds: int) -> None:
@@ -126,14 +156,18 @@ async def measure(endpoint: str, calls: int, rounds: int) -> None:
     try:
         results: dict[str, list[dict[str, float]]] = {"in situ": [], "alone": []}
         totals: dict[str, list[float]] = {"bare SDK": [], "guarded": []}
+        touched: dict[int, list[float]] = {dicts: [] for dicts in TOUCHED}
         for _ in range(rounds):
             targets[(path, name)] = through_sdk
             results["in situ"].append(await phases(guarded_call, stamps, calls))
             targets[(path, name)] = stored_response
             results["alone"].append(await phases(guarded_call, stamps, calls))
             targets[(path, name)] = real
-            totals["bare SDK"].append(await whole(bare_call, calls))
-            totals["guarded"].append(await whole(guarded_call, calls))
+            pair = await whole(bare_call, guarded_call, calls)
+            totals["bare SDK"].append(pair[0])
+            totals["guarded"].append(pair[1])
+            for dicts, median in (await after_touching(bare_call, calls)).items():
+                touched[dicts].append(median)
     finally:
         Engine.prepare = prepare  # type: ignore[method-assign]
         targets[(path, name)] = real
@@ -153,6 +187,11 @@ async def measure(endpoint: str, calls: int, rounds: int) -> None:
         f"(+{guarded_total - base:.1f} us, {guarded_total / base:.3f}x); the guard's own "
         f"phases {own:.1f} us, the SDK's work slower by {guarded_total - base - own:.1f} us"
     )
+    alone = statistics.median(touched[0])
+    print("the bare SDK's call right after reading N unrelated dicts (about 300 bytes each):")
+    for dicts in TOUCHED[1:]:
+        after = statistics.median(touched[dicts])
+        print(f"  N = {dicts:>5,}: {after:7.1f} us ({after - alone:+.1f} us, {after / alone:.3f}x)")
 
 
 def main() -> None:
