@@ -229,13 +229,27 @@ class UnmeteredCall(GuardrailError):
     ``Guard(unmetered="allow")`` lets such calls through (unmetered, logged once per
     process)."""
 
-    def __init__(self, *, endpoint: str, tenant: str, scopes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        tenant: str,
+        scopes: tuple[str, ...] = (),
+        known_paid: bool = True,
+    ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.scopes = scopes
         limited = ", ".join(repr(s) for s in scopes) or repr(tenant)
+        what = (
+            "is a paid call guardrail cannot meter"
+            if known_paid
+            else "is a request guardrail does not know to be free (sent past the guarded "
+            "methods: the SDK's client.post/request, or an endpoint guardrail does not know; "
+            "a guarded endpoint's SDK method meters it)"
+        )
         super().__init__(
-            f"{endpoint} is a paid call guardrail cannot meter, and {limited} has a limit "
+            f"{endpoint} {what}, and {limited} has a limit "
             "it would pass around, so it was refused (nothing was sent): pass "
             "Guard(unmetered='allow') to let such calls through unmetered, or call it on "
             "client.unwrapped"

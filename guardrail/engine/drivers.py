@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 import weakref
 from collections.abc import (
@@ -39,12 +38,21 @@ from guardrail.engine.operations import (
     StreamEnd,
 )
 from guardrail.engine.plan import Plan
+from guardrail.engine.raw_responses import hand_over, parse_async_raw, parsed_raw, parses_async
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import BudgetExceeded
 from guardrail.observe.sinks import Outcome
 from guardrail.stores.base import Store
 
-__all__ = ["AsyncDriver", "AsyncGuardedStream", "GuardedStream", "SyncDriver"]
+__all__ = [
+    "AsyncDriver",
+    "AsyncGuardedStream",
+    "GuardedStream",
+    "SyncDriver",
+    "parse_async_raw",
+    "parsed_raw",
+    "parses_async",
+]
 
 Flow = Generator[Any, Any, Any]
 
@@ -90,7 +98,7 @@ class SyncDriver:
                 elif isinstance(op, Remember):
                     self.store.remember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
-                    return _hand_over(op, GuardedStream(op, flow, self, plan))
+                    return hand_over(GuardedStream(op, flow, self, plan))
             except BaseException as error:  # sent into the flow, which decides
                 exc = error
 
@@ -161,7 +169,7 @@ class AsyncDriver:
                 elif isinstance(op, Remember):
                     await self.store.aremember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
-                    return _hand_over(op, AsyncGuardedStream(op, flow, self, plan))
+                    return hand_over(AsyncGuardedStream(op, flow, self, plan))
             except BaseException as error:
                 exc = error
 
@@ -193,57 +201,6 @@ def _counter(count: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[st
     if count is None:  # the flow treats this like a failed count: it keeps its estimate
         raise RuntimeError("this driver was given no way to count tokens")
     return count
-
-
-def _hand_over(op: OpenStream, guarded: Any) -> Any:
-    """Give the caller what it asked for: the guarded stream, or the raw response whose
-    ``parse()`` now returns the guarded stream (``with_raw_response.create(stream=True)``)."""
-    raw = guarded._raw
-    if raw is None:
-        return guarded
-    if inspect.iscoroutinefunction(type(raw).parse):
-
-        async def parse_async(*args: Any, **kwargs: Any) -> Any:
-            return guarded
-
-        raw.parse = parse_async  # instance attributes shadow the methods
-    else:
-        raw.parse = lambda *args, **kwargs: guarded
-    return raw
-
-
-PARSED = "_guardrail_parsed"
-"""Where an async raw response keeps what its (awaited) ``parse()`` returned."""
-
-
-_async_parse: dict[type, bool] = {}  # response class -> whether its parse() is async
-
-
-def parses_async(response: Any) -> bool:
-    """Whether ``response`` is an async raw response (its ``parse()`` is awaited)."""
-    kind = type(response)
-    is_async = _async_parse.get(kind)
-    if is_async is None:  # once per class: inspect's check costs more than the call
-        parse = getattr(kind, "parse", None)
-        is_async = parse is not None and inspect.iscoroutinefunction(parse)
-        if len(_async_parse) < 256:  # the SDK's response classes are few
-            _async_parse[kind] = is_async
-    return is_async
-
-
-async def parse_async_raw(response: Any) -> Any:
-    """Await an async raw response's ``parse()`` once (the SDK caches it), so the sans-I/O
-    engine can read its usage, and the stream can be wrapped, without awaiting."""
-    if parses_async(response):
-        setattr(response, PARSED, await response.parse())
-    return response
-
-
-def parsed_raw(response: Any) -> Any:
-    """What a raw response parses to: the value awaited earlier, or a sync ``parse()``."""
-    if PARSED in vars(response):
-        return vars(response)[PARSED]
-    return response.parse()
 
 
 class _StreamBase:

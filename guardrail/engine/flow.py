@@ -176,7 +176,11 @@ def run(
             yield from recount.keep_state(adapter, plan, response, usage)
         return response
     tally = _stream_tally(plan)
-    end: StreamEnd = yield OpenStream(response, tally)
+    # Not held in this frame while the caller has the stream: a finaliser holds the flow,
+    # and a raw response held here would keep itself (and its stream) from being dropped.
+    handed = [response]
+    del response
+    end: StreamEnd = yield OpenStream(handed.pop(), tally)
     started.first_chunk_at, started.response_model = tally.first_chunk_at, tally.response_model
     source: Literal["provider", "local_count"] = "provider"
     if tally.usage is not None:
@@ -184,7 +188,9 @@ def run(
     else:  # ended early: the provider's prompt-side usage if it came, our output count
         start = tally.input_usage or TokenUsage(input_tokens=plan.prompt_held)
         output = max(start.output_tokens, tally.output_tokens)
-        if plan.hidden_output:  # hidden reasoning may have used all of the reserved output
+        if plan.hidden_output or tally.unread:
+            # Hidden reasoning may have used all of the reserved output; so may output
+            # that went past the guard unread.
             output = max(output, plan.reserved_output_total)
         usage = replace(start, output_tokens=output)
         source = "local_count"

@@ -38,6 +38,9 @@ class StreamTally:
     """When the first chunk arrived (``time.monotonic()``), for time to first chunk."""
     response_model: str | None = None
     """The model the chunks say answered, when they say so."""
+    unread: bool = False
+    """The chunks went past the guard unread (a raw response read as bytes): the output
+    is settled at the whole reservation."""
     final: Any = None
     """The provider's final object, when a stream ends with one (the Responses API's
     ``response.completed`` carries the whole response)."""

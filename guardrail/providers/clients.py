@@ -26,6 +26,7 @@ from guardrail.providers.common import (
     run_async,
     run_sync,
 )
+from guardrail.providers.raw_requests import FreeWrites, request_hook, vetted
 from guardrail.providers.sdk_classes import Node, guard_instance, guarded_class, resource_at
 from guardrail.tenancy import TenantBinding
 
@@ -88,7 +89,19 @@ class ClientState:
 
 
 def state_of(resource: Any) -> ClientState:
-    state: ClientState = resource._client._guardrail
+    return client_state(resource._client)
+
+
+def client_state(client: Any) -> ClientState:
+    """The guard's state of a guarded client; a clear error for one built without
+    ``guard.wrap`` (``type(guarded)(...)``, ``OpenAI.copy(guarded)``), which has none."""
+    state: ClientState | None = getattr(client, "_guardrail", None)
+    if state is None:
+        raise TypeError(
+            f"this {type(client).__name__} was built without guard.wrap(...) (by calling its "
+            "class, or the SDK's unbound copy on a guarded client), so it has no guard: use "
+            "guard.wrap(client), or client.copy() / client.with_options() on a guarded client"
+        )
     return state
 
 
@@ -198,10 +211,13 @@ def _limited(limits: Any) -> bool:
     )
 
 
-def check_unmetered(state: ClientState, what: str, kwargs: Mapping[str, Any]) -> None:
-    """Refuse a paid call guardrail cannot meter when its tenant (or a parent, or the
-    global policy) has any limit (it would pass around it), unless the guard allows such
-    calls; log it once per process when it passes."""
+def check_unmetered(
+    state: ClientState, what: str, kwargs: Mapping[str, Any], *, known_paid: bool = True
+) -> None:
+    """Refuse a paid call guardrail cannot meter (or, ``known_paid=False``, a request it does
+    not know to be free) when its tenant (or a parent, or the global policy) has any limit
+    (it would pass around it), unless the guard allows such calls; log it once per process
+    when it passes."""
     guard = state.guard
     engine = guard.engine
     hint = kwargs.get("user")
@@ -211,13 +227,15 @@ def check_unmetered(state: ClientState, what: str, kwargs: Mapping[str, Any]) ->
     scopes = engine.scopes_for(binding, engine.policy_for(binding.tenant))
     limited = tuple(s.scope for s in scopes if _limited(s))
     if limited and guard.unmetered != "allow":
-        raise UnmeteredCall(endpoint=what, tenant=binding.tenant, scopes=limited)
+        raise UnmeteredCall(
+            endpoint=what, tenant=binding.tenant, scopes=limited, known_paid=known_paid
+        )
     if what not in _logged:
         _logged.add(what)
         _log.warning(
-            "guardrail: %s is a paid call guardrail cannot meter; it is sent unmetered "
-            "(tenant %s; logged once per process)",
+            "guardrail: %s is %s; it is sent unmetered (tenant %s; logged once per process)",
             what,
+            "a paid call guardrail cannot meter" if known_paid else "not known to be free",
             binding.tenant,
         )
 
@@ -230,13 +248,15 @@ def unmetered(path: str, name: str, original: Callable[..., Any]) -> Callable[..
 
         async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
             check_unmetered(state_of(self), what, kwargs)
-            return await original(self, *args, **kwargs)
+            with vetted():  # its request need not be checked again
+                return await original(self, *args, **kwargs)
 
         return amethod
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         check_unmetered(state_of(self), what, kwargs)
-        return original(self, *args, **kwargs)
+        with vetted():
+            return original(self, *args, **kwargs)
 
     return method
 
@@ -274,7 +294,7 @@ def _copy(base: type) -> Callable[..., Any]:
     def copy(self: Any, **options: Any) -> Any:
         """Like the SDK's ``copy`` / ``with_options``, and still guarded."""
         new = base.copy(self, **options)  # type: ignore[attr-defined]  # builds self.__class__(...)
-        new._guardrail = self._guardrail.fresh()
+        new._guardrail = client_state(self).fresh()
         return new
 
     return copy
@@ -283,30 +303,42 @@ def _copy(base: type) -> Callable[..., Any]:
 def _for_tenant(self: Any, tenant: str, parents: Sequence[str] = ()) -> Any:
     """A copy of this client whose calls are charged to ``tenant`` (and ``parents``)."""
     new = self.copy()
-    new._guardrail = self._guardrail.fresh(binding=TenantBinding.of(tenant, parents))
+    new._guardrail = client_state(new).fresh(binding=TenantBinding.of(tenant, parents))
     return new
 
 
 def _unwrapped(self: Any) -> Any:
     """The client as it was given (its own retries, no guard)."""
-    return self._guardrail.unwrapped
+    return client_state(self).unwrapped
 
 
 def _guard(self: Any) -> Any:
     """The :class:`~guardrail.Guard` of this client (``guardrail.wrap`` made one)."""
-    return self._guardrail.guard
+    return client_state(self).guard
 
 
 def _repr(self: Any) -> str:
-    binding = self._guardrail.binding
-    who = f" tenant={binding.tenant!r}" if binding else ""
-    return f"<guardrail guarded {type(self._guardrail.unwrapped).__name__}{who}>"
+    state = getattr(self, "_guardrail", None)
+    if state is None:
+        return f"<guardrail {type(self).__name__} without a guard>"
+    who = f" tenant={state.binding.tenant!r}" if state.binding else ""
+    return f"<guardrail guarded {type(state.unwrapped).__name__}{who}>"
 
 
-def guarded_client_class(base: type, tree: Node, extra: Mapping[str, Any] = {}) -> type:
-    """The guarded subclass of an SDK client class (made once per class and tree)."""
+def _check_request(client: Any, what: str, body: Mapping[str, Any]) -> None:
+    check_unmetered(client_state(client), what, body, known_paid=False)
+
+
+def guarded_client_class(
+    base: type, tree: Node, free: FreeWrites, extra: Mapping[str, Any] = {}
+) -> type:
+    """The guarded subclass of an SDK client class (made once per class and tree): its
+    resources' paid methods guarded, and its own ``request`` screened (``free``: the writes
+    the provider does not bill; :mod:`guardrail.providers.raw_requests`)."""
     copy = _copy(base)
+    base_request = base.request  # type: ignore[attr-defined]
     attrs = {
+        "request": request_hook(base_request, is_async(base_request), free, _check_request),
         "copy": copy,
         "with_options": copy,
         "for_tenant": _for_tenant,

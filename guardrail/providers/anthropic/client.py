@@ -54,6 +54,7 @@ from guardrail.providers.clients import (
     wrap_client,
 )
 from guardrail.providers.common import run_async, run_sync
+from guardrail.providers.raw_requests import FreeWrites
 from guardrail.providers.sdk_classes import Node
 
 if TYPE_CHECKING:
@@ -231,6 +232,37 @@ UNMETERED: dict[str, tuple[str, ...]] = {
 }
 """Paid calls guardrail does not meter (resource path: methods); see the README table."""
 
+FREE_WRITES = FreeWrites(
+    (
+        "/v1/files",
+        "/v1/messages/count_tokens",
+        "/v1/messages/batches/*/cancel",
+        "/v1/agents/**",
+        "/v1/environments",
+        "/v1/environments/*",
+        "/v1/environments/*/archive",
+        "/v1/deployments",
+        "/v1/deployments/*",
+        "/v1/deployments/*/archive",
+        "/v1/deployments/*/pause",
+        "/v1/deployments/*/unpause",
+        "/v1/sessions/*",  # a session's metadata
+        "/v1/sessions/*/archive",
+        "/v1/sessions/*/threads/*/archive",
+        "/v1/dreams/*/archive",
+        "/v1/dreams/*/cancel",
+        "/v1/compliance/**",
+        "/v1/memory_stores/**",
+        "/v1/organizations/**",
+        "/v1/skills/**",
+        "/v1/tunnels/**",
+        "/v1/user_profiles/**",
+        "/v1/vaults/**",
+    )
+)
+"""The writes Anthropic does not bill (:mod:`guardrail.providers.raw_requests`): any other
+write reaching the guarded client itself is refused while a limit applies."""
+
 ANTHROPIC_TREE: Node = unmetered_tree(
     UNMETERED,
     {"messages": {"create": guarded(MESSAGES), "parse": guarded(MESSAGES), "stream": _stream}},
@@ -250,7 +282,7 @@ def _exact_count(self: Any) -> bool:
 def guarded_anthropic_class(base: type) -> type:
     """The guarded subclass of an Anthropic SDK client class."""
     extra = {"count_cache": property(_count_cache), "exact_count": property(_exact_count)}
-    return guarded_client_class(base, ANTHROPIC_TREE, extra)
+    return guarded_client_class(base, ANTHROPIC_TREE, FREE_WRITES, extra)
 
 
 def wrap_anthropic(

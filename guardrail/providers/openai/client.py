@@ -36,12 +36,13 @@ from guardrail.providers.common import given, parameters_of
 from guardrail.providers.openai.chat import OpenAIAdapter, materialise
 from guardrail.providers.openai.embeddings import EmbeddingsAdapter
 from guardrail.providers.openai.responses import ResponsesAdapter, materialise_input
+from guardrail.providers.raw_requests import FreeWrites
 from guardrail.providers.sdk_classes import Node
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-__all__ = ["OPENAI_TREE", "UNMETERED", "guarded_openai_class", "wrap_openai"]
+__all__ = ["FREE_WRITES", "OPENAI_TREE", "UNMETERED", "guarded_openai_class", "wrap_openai"]
 
 COUNT_KEYS = (
     "model",
@@ -152,15 +153,75 @@ UNMETERED: dict[str, tuple[str, ...]] = {
     "beta.realtime.sessions": ("create",),
     "beta.realtime.transcription_sessions": ("create",),
     "realtime": ("connect",),
+    "realtime.translations": ("connect",),
     "realtime.client_secrets": ("create",),
     "responses": ("connect",),
     "containers": ("create",),
     "videos": ("create", "create_and_poll", "remix", "edit", "extend"),
     "evals.runs": ("create",),
     "live": ("create", "connect"),
+    "live.forks": ("connect",),
+    "live.sideband": ("connect",),
     "decisions": ("create",),
 }
 """Paid endpoints guardrail cannot meter (resource path: methods); see the README table."""
+
+FREE_WRITES = FreeWrites(
+    (
+        "/files",
+        "/uploads",
+        "/uploads/*/cancel",
+        "/uploads/*/complete",
+        "/uploads/*/parts",
+        "/vector_stores",
+        "/vector_stores/*",
+        "/vector_stores/*/files",
+        "/vector_stores/*/files/*",
+        "/vector_stores/*/file_batches",
+        "/vector_stores/*/file_batches/*/cancel",
+        "/vector_stores/*/search",
+        "/conversations",
+        "/conversations/*",
+        "/conversations/*/items",
+        "/moderations",
+        "/responses/input_tokens",
+        "/responses/*/cancel",
+        "/chat/completions/*",  # a stored completion's metadata
+        "/batches/*/cancel",
+        "/fine_tuning/jobs/*/cancel",
+        "/fine_tuning/jobs/*/pause",
+        "/fine_tuning/checkpoints/*/permissions",
+        "/fine_tuning/alpha/graders/validate",
+        "/evals",
+        "/evals/*",
+        "/evals/*/runs/*/cancel",
+        "/assistants",
+        "/assistants/*",
+        "/threads",
+        "/threads/*",
+        "/threads/*/messages",
+        "/threads/*/messages/*",
+        "/threads/*/runs/*",  # a run's metadata
+        "/threads/*/runs/*/cancel",
+        "/containers/*/files",
+        "/realtime/calls/*/hangup",
+        "/realtime/calls/*/reject",
+        "/realtime/calls/*/refer",
+        "/live/sessions/*/hangup",
+        "/live/sessions/*/reject",
+        "/live/sessions/*/refer",
+        "/chatkit/sessions/*/cancel",
+        "/webhook_endpoints/**",
+        "/organization/**",
+        "/projects/**",
+        "/skills/**",
+        "/vaults/**",
+    ),
+    paid=("/threads/runs",),
+)
+"""The writes OpenAI does not bill (:mod:`guardrail.providers.raw_requests`): any other
+write reaching the guarded client itself (``client.post(...)``, an endpoint newer than this
+list) is refused while a limit applies."""
 
 OPENAI_TREE: Node = unmetered_tree(
     UNMETERED,
@@ -180,7 +241,7 @@ OPENAI_TREE: Node = unmetered_tree(
 def guarded_openai_class(base: type) -> type:
     """The guarded subclass of an OpenAI SDK client class (``openai.OpenAI``,
     ``openai.AsyncOpenAI``, ``openai.AzureOpenAI``...)."""
-    return guarded_client_class(base, OPENAI_TREE)
+    return guarded_client_class(base, OPENAI_TREE, FREE_WRITES)
 
 
 def wrap_openai(client: Any, guard: Guard) -> Any:
