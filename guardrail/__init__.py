@@ -23,6 +23,7 @@ from guardrail.errors import (
     StoreUnavailable,
     UnknownModelError,
     UnmeteredCall,
+    UnpricedOption,
 )
 from guardrail.guard import Guard, wrap
 from guardrail.observe.alerts import Alerts
@@ -90,6 +91,7 @@ __all__ = [
     "TrimResult",
     "UnknownModelError",
     "UnmeteredCall",
+    "UnpricedOption",
     "UsageRecord",
     "UsageRow",
     "UsageSummary",

@@ -10,6 +10,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     │   └── InvalidTenantError
     ├── UnknownModelError           (also KeyError)    strict lookup of a model we do not know
     ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
+    │   └── UnpricedOption          a premium option (priority tier, audio...) under a money limit
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
     ├── LoopDetected                the same request kept failing; nothing was sent
@@ -37,6 +38,7 @@ __all__ = [
     "StoreUnavailable",
     "UnknownModelError",
     "UnmeteredCall",
+    "UnpricedOption",
 ]
 
 
@@ -106,6 +108,31 @@ class PriceUnavailable(GuardrailError, LookupError):
             f"no price known for model {self.model!r}{why}: pass prices to "
             "guardrail.register_model(..., input_usd_per_mtok=..., output_usd_per_mtok=...) "
             "or register it like=<a priced model>"
+        )
+
+
+class UnpricedOption(PriceUnavailable):
+    """The request asks for something billed at a price guardrail does not know (OpenAI's
+    ``service_tier="priority"``, audio, a chat web search, an image-generation tool;
+    Anthropic's ``speed="fast"``, ``inference_geo``), and a money limit applies to its
+    tenant: the reservation could not bound what the provider bills, so nothing was sent.
+    Without a money limit the call goes through, recorded with an unknown cost."""
+
+    def __init__(
+        self, option: str, *, model: str, tenant: str, scopes: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(model, reason=option)
+        self.option = option
+        self.tenant = tenant
+        self.scopes = scopes
+
+    def __str__(self) -> str:
+        limited = ", ".join(repr(s) for s in self.scopes) or repr(self.tenant)
+        return (
+            f"{self.option} is billed at a price guardrail does not know (model "
+            f"{self.model!r}), and {limited} has a money limit the reservation could not "
+            "bound, so it was refused (nothing was sent): send the call without it, or "
+            "through client.unwrapped (unmetered)"
         )
 
 

@@ -130,6 +130,23 @@ def test_anthropic_refusals_have_anthropics_shape(gateway, fake) -> None:
     assert fake.message_requests == []
 
 
+def test_an_option_guardrail_cannot_price_is_a_403_naming_it(gateway, server, fake) -> None:
+    base, _ = gateway  # the gateway's policy has a money limit
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        oa(base).chat.completions.create(model="gpt-5", messages=HELLO, service_tier="priority")
+    body = info.value.response.json()["error"]
+    assert body["type"] == "permission_error" and body["code"] == "unpriced_option"
+    assert "service_tier='priority'" in body["message"]
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        an(base).messages.create(
+            model="claude-opus-4-6", max_tokens=20, messages=HELLO, inference_geo="us"
+        )
+    shape = refused.value.response.json()
+    assert shape["type"] == "error" and shape["error"]["type"] == "permission_error"
+    assert "inference_geo='us'" in shape["error"]["message"]
+    assert server.requests == [] and fake.message_requests == []
+
+
 def test_a_prompt_over_the_window_is_a_context_length_error(gateway, server) -> None:
     base, _ = gateway
     huge = [{"role": "user", "content": "word " * 140_000}]

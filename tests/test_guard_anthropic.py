@@ -9,6 +9,7 @@ import logging
 import math
 import runpy
 import struct
+import warnings
 import zlib
 from decimal import Decimal
 from pathlib import Path
@@ -1131,7 +1132,16 @@ def test_review_fast_mode_is_refused_rather_than_underpriced(fake, where) -> Non
     request: dict[str, Any] = (
         {"speed": "fast"} if as_parameter else {"extra_body": {"speed": "fast"}}
     )
-    guard, client = make(fake, Policy(loop_limit=None))
-    with pytest.raises(guardrail.ConfigurationError, match="fast"):
+    # Under a money limit the reservation could not bound it: refused, nothing sent.
+    guard, client = make(fake, Policy(daily_spend_usd=5, loop_limit=None))
+    with pytest.raises(guardrail.UnpricedOption, match="speed='fast'"):
         client.messages.create(model=MODEL, max_tokens=100, messages=HI, **request)
     assert fake.message_requests == []
+    # Without one it goes through, counted, with an unknown cost (as an unpriced model).
+    records: list[guardrail.UsageRecord] = []
+    guard, client = make(fake, Policy(loop_limit=None), sinks=[records.append])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the once-per-option warning
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI, **request)
+    assert len(fake.message_requests) == 1
+    assert records[-1].cost_usd == 0 and records[-1].extra["cost_unknown"] is True

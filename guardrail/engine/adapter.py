@@ -77,6 +77,11 @@ class RequestView:
     count_exactly: bool = False
     """The request holds parts guardrail cannot count locally (opaque items, built-in
     tools): ask the provider to count it (a ``CountTokens`` step), when it can."""
+    unpriced: str | None = None
+    """A request option billed at a price the price data does not know (``service_tier=
+    'priority'``, audio, Claude's ``speed='fast'``...), named for the error: refused under a
+    money limit (:class:`~guardrail.errors.UnpricedOption`); else sent, with an unknown
+    cost, as for a model nothing prices."""
 
 
 class ProviderAdapter(Protocol):

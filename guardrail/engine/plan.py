@@ -4,8 +4,6 @@ worst-case cost, before anything is reserved or sent (no I/O)."""
 from __future__ import annotations
 
 import os
-import threading
-import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,6 +16,7 @@ from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
+from guardrail.engine.unpriced import refuse_unpriced, warn_unpriced
 from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
@@ -264,6 +263,8 @@ class Planner:
         uncounted = _uncountable(adapter, view, final)
         held = _held_prompt(prompt, uncounted, info, policy, reserved)
         priced = True
+        if view.unpriced is not None:
+            refuse_unpriced(view.unpriced, info, binding, scopes)
         try:
             cost = worst_case_cost(
                 info,
@@ -277,7 +278,9 @@ class Planner:
         except PriceUnavailable:
             if any(s.daily_nanos is not None or s.monthly_nanos is not None for s in scopes):
                 raise  # a money limit cannot be kept without a price
-            _warn_unpriced(info)
+            warn_unpriced(info)
+            cost, priced = Decimal(0), False
+        if view.unpriced is not None:  # no money limit: tokens are held, the cost unknown
             cost, priced = Decimal(0), False
         return Plan(
             binding=binding,
@@ -413,9 +416,9 @@ def _held_prompt(
     rule = policy.file_id_tokens
     if rule == "refuse":
         raise InvalidRequestError(
-            f"{uncounted[0]} is a document guardrail cannot read (a file_id, or a PDF whose "
-            "pages cannot be seen), and Policy(file_id_tokens='refuse') refuses those; "
-            "nothing was sent"
+            f"{uncounted[0]} is content guardrail cannot read (a file_id, a PDF whose "
+            "pages cannot be seen, or a stored prompt), and Policy(file_id_tokens='refuse') "
+            "refuses those; nothing was sent"
         )
     if rule == "window":
         # The provider bills no prompt past its window less the output bound sent.
@@ -439,27 +442,6 @@ def input_budget(
     if policy.max_input_tokens is not None and policy.max_input_tokens < budget:
         return policy.max_input_tokens, "the policy's max_input_tokens"
     return budget, name
-
-
-_unpriced_lock = threading.Lock()
-_unpriced_warned: set[str] = set()
-
-
-def _warn_unpriced(info: ModelInfo) -> None:
-    """One warning per model: its calls go through, counted, with an unknown cost. An
-    unknown model already had the catalog's warning, which says it has no price."""
-    with _unpriced_lock:
-        if info.name in _unpriced_warned or not info.known:
-            _unpriced_warned.add(info.name)
-            return
-        _unpriced_warned.add(info.name)
-    warnings.warn(
-        f"guardrail has no price for model {info.name!r}: its calls are counted and recorded "
-        "with an unknown cost, and would be refused under a money limit. Pass its prices to "
-        "guardrail.register_model() to price them.",
-        UserWarning,
-        stacklevel=2,
-    )
 
 
 def _fit(

@@ -27,6 +27,7 @@ from guardrail.errors import (
     LoopDetected,
     StoreUnavailable,
     UnmeteredCall,
+    UnpricedOption,
 )
 from guardrail.stores.base import UsageSummary
 
@@ -108,6 +109,8 @@ def refusal(provider: Provider, exc: GuardrailError) -> Response:
         )
     if isinstance(exc, UnmeteredCall):
         return error(provider, 403, str(exc), type="permission_error", code="unmetered")
+    if isinstance(exc, UnpricedOption):  # allowed without a money limit: not the request's fault
+        return error(provider, 403, str(exc), type="permission_error", code="unpriced_option")
     if isinstance(exc, InvalidRequestError | ConfigurationError):
         return error(provider, 400, str(exc))
     return error(provider, 400, str(exc), type="guardrail_error")

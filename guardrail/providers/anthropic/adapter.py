@@ -20,7 +20,7 @@ from guardrail.engine.request_check import (
     plain_messages,
 )
 from guardrail.engine.stream_tally import StreamTally
-from guardrail.errors import ConfigurationError, InvalidRequestError, describe
+from guardrail.errors import InvalidRequestError, describe
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import given, model_and_messages, request_id_of
@@ -114,6 +114,18 @@ def _fixed_tokens(counter: TokenCounter, view: RequestView) -> int:
     return request_tokens(counter, system, view.tools)
 
 
+def _premium(kwargs: Mapping[str, Any]) -> str | None:
+    """An option billed above the price data's rates (refused under a money limit):
+    ``speed="fast"`` (fast mode), an ``inference_geo`` other than ``"global"`` (US-only
+    inference, 1.1x)."""
+    if kwargs.get("speed") == "fast":
+        return "speed='fast'"
+    geo = kwargs.get("inference_geo")
+    if given(geo) and geo != "global":
+        return f"inference_geo={describe(geo)}"
+    return None
+
+
 class AnthropicAdapter:
     """Reads and rewrites Messages API requests, counts them locally, trims them, reads
     usage from responses and stream events. ``exact_count`` makes the engine also ask
@@ -141,12 +153,6 @@ class AnthropicAdapter:
             requested = max_tokens
         metadata = kwargs.get("metadata")
         hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
-        if kwargs.get("speed") == "fast":
-            raise ConfigurationError(
-                "speed='fast' is billed at a premium the price data does not know, so "
-                "guardrail cannot bound its cost; send it through client.unwrapped, or "
-                "register a model whose prices include the premium"
-            )
         return AnthropicView(
             model=model,
             messages=list(messages),
@@ -164,6 +170,7 @@ class AnthropicAdapter:
             ),
             reserved_searches=_allowed_searches(tools if given(tools) else None),
             hidden_reasoning=_thinks(kwargs.get("thinking")),
+            unpriced=_premium(kwargs),
         )
 
     def rewrite(

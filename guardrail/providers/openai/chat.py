@@ -75,9 +75,9 @@ def hidden_reasoning(model: str, kwargs: Mapping[str, Any]) -> bool:
     return family.startswith(_REASONING_FAMILIES) and "-chat" not in family
 
 
-def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
+def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> tuple[bool, bool]:
     """What the API is sure to reject, and what the SDK could not serialise, refused before
-    anything is reserved; returns ``stream``."""
+    anything is reserved; returns ``stream``, and whether the messages are plain text."""
     if not messages:
         raise InvalidRequestError("messages is empty: the API needs at least one message")
     fast = plain_messages(messages, ROLES)
@@ -104,7 +104,61 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> bool:
             or not all(isinstance(t, Mapping) or hasattr(t, "model_dump") for t in tools)
         ):
             raise InvalidRequestError(f"{name} must be a list of tool dicts, got {describe(tools)}")
-    return stream
+    return stream, fast
+
+
+STANDARD_TIERS = frozenset(("auto", "default", "flex", "scale"))
+"""``service_tier`` values billed at most at the standard token rates (``flex`` is
+cheaper; ``scale`` is prepaid capacity). Any other (``priority``, ``fast``: Priority
+processing, about 2x) is a premium the price data does not know."""
+
+
+def premium_tier(kwargs: Mapping[str, Any]) -> str | None:
+    """The ``service_tier`` of a Chat Completions or Responses request, when it is billed
+    above the standard rates (see :data:`STANDARD_TIERS`)."""
+    tier = kwargs.get("service_tier")
+    if not given(tier) or tier in STANDARD_TIERS:
+        return None
+    return f"service_tier={describe(tier)}"
+
+
+def _audio_input(messages: Sequence[Any]) -> bool:
+    """Whether a message holds audio the model reads (billed at the audio input rate): an
+    ``input_audio`` part, or an assistant's earlier ``audio`` answer referred to by id."""
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        if given(message.get("audio")):
+            return True
+        content = message.get("content")
+        if isinstance(content, (list, tuple)) and any(
+            isinstance(part, Mapping) and part.get("type") == "input_audio" for part in content
+        ):
+            return True
+    return False
+
+
+def _premium(
+    model: str, kwargs: Mapping[str, Any], messages: Sequence[Any], plain: bool
+) -> str | None:
+    """What a chat request asks for that the price data cannot price (refused under a
+    money limit): a premium ``service_tier``; audio out (``modalities`` with ``"audio"``,
+    or ``audio=``) or in (billed at audio token rates, which guardrail does not settle);
+    a web search (``web_search_options``, or a ``-search-`` model, which always searches:
+    a per-call fee on top of the tokens)."""
+    tier = premium_tier(kwargs)
+    if tier is not None:
+        return tier
+    modalities = kwargs.get("modalities")
+    if given(kwargs.get("audio")) or (
+        isinstance(modalities, (list, tuple)) and "audio" in modalities
+    ):
+        return "audio output (modalities=['audio'] or audio=...)"
+    if not plain and _audio_input(messages):
+        return "audio input (an input_audio part, or an assistant's audio answer)"
+    if given(kwargs.get("web_search_options")) or "-search-" in model or model.endswith("-search"):
+        return "web search (web_search_options, or a search model)"
+    return None
 
 
 def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +184,7 @@ class OpenAIAdapter:
 
     def read(self, kwargs: Mapping[str, Any]) -> RequestView:
         model, messages = model_and_messages(kwargs)
-        stream = check_request(kwargs, messages)
+        stream, plain = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
@@ -150,6 +204,7 @@ class OpenAIAdapter:
             tenant_hint=hint,
             choices=choices,
             hidden_reasoning=hidden_reasoning(model, kwargs),
+            unpriced=_premium(model, kwargs, messages, plain),
         )
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:

@@ -46,7 +46,7 @@ from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import given, request_id_of
-from guardrail.providers.openai.chat import hidden_reasoning
+from guardrail.providers.openai.chat import hidden_reasoning, premium_tier
 
 __all__ = [
     "BUILTIN_TOOL_ASSUMED_CALLS",
@@ -159,6 +159,8 @@ class ResponsesView(RequestView):
     """A :class:`RequestView` that also carries the instructions and the output schema."""
 
     extra: _Extra = _NO_EXTRA
+    stored_prompt: bool = False
+    """``prompt={"id": ...}``: content the provider adds, reserved as a ``file_id`` is."""
 
 
 def _positive(kwargs: Mapping[str, Any], name: str) -> int | None:
@@ -215,6 +217,25 @@ def _fees(tools: Sequence[Mapping[str, Any]], calls: int | None) -> tuple[int, i
             if not isinstance(container, str):  # {"type": "auto"}: a new container
                 containers = 1
     return web, file, containers
+
+
+def _premium(kwargs: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> str | None:
+    """What the request asks for that the price data cannot price (refused under a money
+    limit): a premium ``service_tier``; the ``image_generation`` tool (each image is billed
+    at the image model's rates, outside ``max_output_tokens``)."""
+    tier = premium_tier(kwargs)
+    if tier is not None:
+        return tier
+    if any(tool.get("type") == "image_generation" for tool in tools):
+        return "the image_generation tool"
+    return None
+
+
+def _stored_prompt(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the request uses a stored prompt (``prompt={"id": ...}``): its instructions
+    and messages are added by the provider, unseen here."""
+    prompt = plain(kwargs.get("prompt"))
+    return given(prompt) and not (isinstance(prompt, Mapping) and not prompt)
 
 
 def _opens_turn(item: Mapping[str, Any]) -> bool:
@@ -286,12 +307,21 @@ class ResponsesAdapter:
             reserved_containers=containers,
             server_state=state,
             count_exactly=opaque_items or opaque_tools,
+            unpriced=_premium(kwargs, tools),
+            stored_prompt=_stored_prompt(kwargs),
             output_bound_unsupported=self.compact,
             extra=_Extra(instructions if given(instructions) else None, output_schema(kwargs)),
         )
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
         return _fixed_tokens(counter, view) + sum(_item_tokens(counter, messages))
+
+    def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
+        """A stored prompt (``prompt={"id": ...}``): the provider adds its content, which
+        guardrail cannot see (nor does the provider's ``input_tokens`` count take it), so it
+        is reserved as ``Policy.file_id_tokens`` says."""
+        stored = isinstance(view, ResponsesView) and view.stored_prompt
+        return ["prompt (a stored prompt)"] if stored else []
 
     def fit(
         self,
