@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardrail.catalog.pricing import TokenUsage
+from guardrail.counting.documents import uncountable_parts
 from guardrail.counting.messages import REPLY_PRIMING, TokenCounter, counter_for
 from guardrail.counting.responses import as_message, as_tool, output_schema, plain
 from guardrail.engine.adapter import RequestView, ServerState
@@ -317,11 +318,16 @@ class ResponsesAdapter:
         return _fixed_tokens(counter, view) + sum(_item_tokens(counter, messages))
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
-        """A stored prompt (``prompt={"id": ...}``): the provider adds its content, which
-        guardrail cannot see (nor does the provider's ``input_tokens`` count take it), so it
-        is reserved as ``Policy.file_id_tokens`` says."""
+        """The parts guardrail cannot see, reserved as ``Policy.file_id_tokens`` says:
+        ``input_file`` parts by ``file_id`` or URL (or whose pages cannot be read), and a
+        stored prompt (``prompt={"id": ...}``), whose content the provider adds (nor does
+        the provider's ``input_tokens`` count take it)."""
         stored = isinstance(view, ResponsesView) and view.stored_prompt
-        return ["prompt (a stored prompt)"] if stored else []
+        shaped = [_as_message(item, i)[0] for i, item in enumerate(messages)]
+        found = [  # input_file parts by file_id or URL, where the request has them
+            place.replace("messages[", "input[", 1) for place in uncountable_parts(shaped)
+        ]
+        return [*found, "prompt (a stored prompt)"] if stored else found
 
     def fit(
         self,
