@@ -82,6 +82,9 @@ class RequestView:
     'priority'``, audio, Claude's ``speed='fast'``...), named for the error: refused under a
     money limit (:class:`~guardrail.errors.UnpricedOption`); else sent, with an unknown
     cost, as for a model nothing prices."""
+    output_schema: Any = None
+    """A structured-output JSON schema the model reads as prompt (Chat Completions'
+    ``response_format``): counted with the prompt."""
 
 
 class ProviderAdapter(Protocol):

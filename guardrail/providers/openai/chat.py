@@ -161,6 +161,18 @@ def _premium(
     return None
 
 
+def _schema(response_format: Any) -> Any:
+    """The JSON schema a ``response_format`` gives the model to read (``parse``'s pydantic
+    model, or ``{"type": "json_schema", "json_schema": {...}}``); None without one."""
+    if not given(response_format) or response_format is None:
+        return None
+    if hasattr(response_format, "model_json_schema"):
+        return response_format.model_json_schema()
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        return response_format.get("json_schema")
+    return None
+
+
 def materialise(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The SDK takes any iterable for messages and tools: read a generator once, here, so
     that what is counted is what is sent (not an exhausted iterator)."""
@@ -186,6 +198,9 @@ class OpenAIAdapter:
         model, messages = model_and_messages(kwargs)
         stream, plain = check_request(kwargs, messages)
         tools: Any = kwargs.get("tools")
+        functions: Any = kwargs.get("functions")  # legacy, still taken and billed as tools
+        if given(functions):
+            tools = [*tools, *functions] if given(tools) else functions
         requested = _int_param(kwargs, "max_completion_tokens")
         if requested is None:
             requested = _int_param(kwargs, "max_tokens")
@@ -205,6 +220,7 @@ class OpenAIAdapter:
             choices=choices,
             hidden_reasoning=hidden_reasoning(model, kwargs),
             unpriced=_premium(model, kwargs, messages, plain),
+            output_schema=_schema(kwargs.get("response_format")),
         )
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
@@ -212,7 +228,10 @@ class OpenAIAdapter:
         return uncountable_parts(messages)
 
     def count(self, counter: TokenCounter, view: RequestView, messages: Sequence[Any]) -> int:
-        return counter.messages(messages, view.tools)
+        tokens = counter.messages(messages, view.tools)
+        if view.output_schema is not None:  # its exact rendering is unpublished: errs high
+            tokens += counter.nested(view.output_schema, "response_format")
+        return tokens
 
     def rewrite(
         self,
