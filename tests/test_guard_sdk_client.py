@@ -240,3 +240,19 @@ def test_free_endpoints_are_the_sdks_own(server) -> None:
     assert [m.id for m in client.models.list()][:1] == ["gpt-4o"]
     assert client.models.retrieve("gpt-4o").id == "gpt-4o"
     assert records == []
+
+
+def test_an_azure_deployment_is_the_model_priced(server) -> None:
+    # Azure bills the deployment a client was made for, whatever the body's model says.
+    azure = openai.AzureOpenAI(
+        azure_endpoint=server.url,
+        api_key="t",
+        api_version="2024-10-21",
+        azure_deployment="prod-reasoner",
+        max_retries=0,
+    )
+    client = Guard(Policy(daily_spend_usd=5, loop_limit=None)).wrap(azure)
+    before = len(server.requests)
+    with pytest.raises(guardrail.PriceUnavailable, match="prod-reasoner"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert server.requests[before:] == []

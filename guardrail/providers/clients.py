@@ -147,6 +147,17 @@ def sdk_request(
     return kwargs
 
 
+def _billed_model(resource: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the model the provider bills: an ``AzureOpenAI`` client made for one
+    deployment (``azure_deployment=``) sends every call there, and Azure bills that
+    deployment whatever the body's ``model`` says, so the deployment is the model priced
+    (one whose name the catalog does not know is priced by ``register_model``)."""
+    deployment = getattr(resource._client, "_azure_deployment", None)
+    if isinstance(deployment, str) and deployment and kwargs.get("model") != deployment:
+        return {**kwargs, "model": deployment}
+    return kwargs
+
+
 def guarded(endpoint: Endpoint) -> Any:
     """The factory of a guarded method: the call planned and driven by the engine, and
     sent by the SDK's own method on the client without retries."""
@@ -170,7 +181,7 @@ def guarded(endpoint: Endpoint) -> Any:
                 if endpoint.acount is not None:
                     count = endpoint.acount(state, state.unretried(self._client))
                 adapter = endpoint.adapter_for(state)
-                kwargs = sdk_request(endpoint.prepare(kwargs), parameters, api)
+                kwargs = sdk_request(endpoint.prepare(_billed_model(self, kwargs)), parameters, api)
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
             return amethod
@@ -183,7 +194,7 @@ def guarded(endpoint: Endpoint) -> Any:
             if endpoint.count is not None:
                 count = endpoint.count(state, state.unretried(self._client))
             adapter = endpoint.adapter_for(state)
-            kwargs = sdk_request(endpoint.prepare(kwargs), parameters, api)
+            kwargs = sdk_request(endpoint.prepare(_billed_model(self, kwargs)), parameters, api)
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
             )
