@@ -66,18 +66,25 @@ class ClientState:
     def unretried(self, client: Any) -> Any:
         """A plain SDK copy of ``client`` with its retries off: guarded calls are sent on
         it, so that guardrail's retry policy is the only one (free calls keep the client's
-        own retries)."""
-        if self._unretried is None:
+        own retries). Made again when the client's URL or key was set since (a rotated
+        key, a moved host)."""
+        plain = self._unretried
+        if plain is None or _settings_changed(client, plain):
             with self._lock:
-                if self._unretried is None:
+                plain = self._unretried
+                if plain is None or _settings_changed(client, plain):
                     base = type(self.unwrapped)
                     plain = base.copy(client, max_retries=0)
                     plain.__class__ = base
+                    self._targets = {}
                     self._unretried = plain
-        return self._unretried
+        return plain
 
     def target(self, client: Any, path: str, name: str) -> Any:
-        """The SDK method ``path.name`` of :meth:`unretried`, looked up once per client."""
+        """The SDK method ``path.name`` of :meth:`unretried`, looked up once per client
+        (and again once its settings changed)."""
+        if self._unretried is not None and _settings_changed(client, self._unretried):
+            self.unretried(client)
         key = (path, name)
         found = self._targets.get(key)
         if found is None:
@@ -86,6 +93,16 @@ class ClientState:
 
     def fresh(self, **changes: Any) -> ClientState:
         return replace(self, _unretried=None, _lock=threading.Lock(), _targets={}, **changes)
+
+
+_SETTINGS = ("_base_url", "api_key", "auth_token")
+
+
+def _settings_changed(client: Any, plain: Any) -> bool:
+    """Whether ``client``'s URL or credentials were set since ``plain`` was copied from it
+    (by identity: assigning makes a new object; a cheap check on every guarded call)."""
+    mine, theirs = vars(client), vars(plain)
+    return any(mine.get(name) is not theirs.get(name) for name in _SETTINGS)
 
 
 def state_of(resource: Any) -> ClientState:
