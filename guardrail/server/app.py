@@ -9,9 +9,7 @@ configured credential.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from datetime import date
 from typing import Any
 
 import aiohttp
@@ -19,16 +17,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guardrail.catalog.models import list_models
-from guardrail.dashboard.app import CHALLENGE, DashboardSource, admin_key_matches
-from guardrail.dashboard.app import HEADERS as PAGE_HEADERS
-from guardrail.errors import ConfigurationError, GuardrailError
+from guardrail.errors import GuardrailError
 from guardrail.guard import Guard
-from guardrail.ledger.database import DatabaseError
 from guardrail.ledger.writer import LedgerSink
 from guardrail.observe.config import alerts_from_config
 from guardrail.observe.prometheus import PrometheusMetrics
@@ -38,15 +33,16 @@ from guardrail.providers.openai.chat import OpenAIAdapter
 from guardrail.providers.openai.client import COUNT_KEYS as RESPONSES_COUNT_KEYS
 from guardrail.providers.openai.embeddings import EmbeddingsAdapter
 from guardrail.providers.openai.responses import ResponsesAdapter
+from guardrail.server.admin import admin_routes, dashboard_route
+from guardrail.server.bodies import parse_object, presented_key, read_body, unsafe_path
 from guardrail.server.calls import Calls, Route
 from guardrail.server.config import GatewayConfig
 from guardrail.server.shapes import Provider, error, refusal
-from guardrail.server.tenants import Principal, Tenants, policy_from_json, policy_to_json
-from guardrail.server.token_service import SERVICES
+from guardrail.server.tenants import Principal, Tenants
+from guardrail.server.token_service import MAX_SERVICE_BYTES, SERVICES
 from guardrail.server.upstream import Upstream, UpstreamUnreachable
 from guardrail.stores.base import Store
 from guardrail.stores.urls import open_store
-from guardrail.tenancy import validate_scope_id
 
 __all__ = ["create_app", "store_for"]
 
@@ -56,18 +52,6 @@ ANTHROPIC_COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "
 def store_for(config: GatewayConfig) -> Store:
     """The store a config names: ``memory://``, or a Redis URL."""
     return open_store(config.store, prefix=config.prefix, timezone=config.timezone)
-
-
-def _presented_key(request: Request) -> tuple[str | None, Provider]:
-    """The key a caller presented, and the provider shape its SDK expects (the Anthropic
-    SDK sends ``x-api-key``, the OpenAI SDK a bearer token)."""
-    api_key = request.headers.get("x-api-key")
-    if api_key:
-        return api_key, "anthropic"
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None, "openai"
-    return None, "openai"
 
 
 def create_app(
@@ -143,7 +127,7 @@ def create_app(
                 await close()
 
     async def authenticated(request: Request) -> tuple[Principal | None, Provider, Response | None]:
-        key, provider = _presented_key(request)
+        key, provider = presented_key(request)
         if key is None:
             return (
                 None,
@@ -186,18 +170,13 @@ def create_app(
         return principal, provider, None
 
     async def body_of(
-        request: Request, provider: Provider
+        request: Request, provider: Provider, limit: int = config.max_body_bytes
     ) -> tuple[dict[str, Any] | None, Response | None]:
-        raw = await request.body()
-        if len(raw) > config.max_body_bytes:
-            return None, error(provider, 413, f"request body over {config.max_body_bytes} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return None, error(provider, 400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return None, error(provider, 400, "the request body must be a JSON object")
-        return body, None
+        raw, too_big = await read_body(request, limit, provider)
+        if too_big is not None:
+            return None, too_big
+        assert raw is not None
+        return parse_object(raw, provider)
 
     def guarded(route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -225,10 +204,18 @@ def create_app(
             return error(
                 provider, 404, f"this gateway has no {provider} upstream", type="not_found"
             )
-        body = await request.body()
+        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        unsafe = unsafe_path(raw_path)
+        if unsafe is not None:
+            return error(provider, 400, f"{unsafe}: not forwarded", code="invalid_path")
+        body, too_big = await read_body(request, config.max_body_bytes, provider)
+        if too_big is not None:
+            return too_big
+        assert body is not None
+        query = request.scope.get("query_string", b"").decode("latin-1")
         try:
             status, headers, payload = await upstream.forward(
-                request.method, request.url.path, request.url.query, body, request.headers
+                request.method, raw_path.decode("ascii"), query, body, request.headers
             )
         except UpstreamUnreachable as exc:
             return error(provider, 502, str(exc), type="server_error", code="upstream_unreachable")
@@ -255,18 +242,18 @@ def create_app(
         return JSONResponse({"object": "list", "data": listed})
 
     def service(
-        function: Callable[[Mapping[str, Any]], dict[str, Any]],
+        function: Callable[[Mapping[str, Any]], dict[str, Any]], limit: int = MAX_SERVICE_BYTES
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             _, provider, refused = await authenticated(request)
             if refused is not None:
                 return refused
-            body, bad = await body_of(request, provider)
+            body, bad = await body_of(request, provider, min(config.max_body_bytes, limit))
             if bad is not None:
                 return bad
             assert body is not None
-            try:
-                return JSONResponse(function(body))
+            try:  # off the event loop: a long text takes tiktoken a while
+                return JSONResponse(await run_in_threadpool(function, body))
             except GuardrailError as exc:
                 return refusal(provider, exc)
 
@@ -285,7 +272,9 @@ def create_app(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     async def fallback(request: Request) -> Response:
-        _, provider = _presented_key(request)
+        _, provider = presented_key(request)
+        # Matched on the path as it is forwarded (forward refuses dot segments, encoded
+        # slashes and backslashes, which could make it another path upstream).
         path = request.url.path.rstrip("/")
         if any(path == p or path.startswith(p + "/") for p in config.passthrough):
             target: Provider = provider if provider in upstreams else "openai"
@@ -298,8 +287,8 @@ def create_app(
             code="unknown_url",
         )
 
-    admin = _admin_routes(config, guard, tenants)
-    dashboard = _dashboard_route(config, store)
+    admin = admin_routes(config, guard, tenants)
+    dashboard = dashboard_route(config, store)
     endpoints = {p: guarded(r) for p, r in routes.items()}
     paths = [
         *(Path(p, e, methods=["POST"]) for p, e in endpoints.items()),
@@ -353,132 +342,3 @@ def _ledger_sink(config: GatewayConfig) -> LedgerSink | None:
         retention_days=config.ledger.retention_days,
         spool_path=config.ledger.spool,
     )
-
-
-def _dashboard_route(config: GatewayConfig, store: Store) -> Path:
-    """``GET /dashboard``: the page over the ledger and the live store, for the admin key
-    (a bearer token, or HTTP Basic from a browser)."""
-    source = (
-        None
-        if config.ledger is None
-        else DashboardSource(
-            config.ledger.url,
-            store,
-            timezone=config.timezone,
-            title=config.ledger.dashboard_title,
-        )
-    )
-
-    async def dashboard(request: Request) -> Response:
-        if source is None or config.admin_key_env is None:
-            return PlainTextResponse(
-                "the dashboard needs [ledger] and admin_key_env in the config", 404
-            )
-        if not admin_key_matches(request.headers, config.admin_key):
-            return PlainTextResponse("this needs the admin key", 401, headers=CHALLENGE)
-        try:
-            html = await run_in_threadpool(source.page)
-        except DatabaseError as exc:
-            return PlainTextResponse(f"the ledger is not answering: {exc}", 503)
-        return HTMLResponse(html, headers=PAGE_HEADERS)
-
-    return Path("/dashboard", dashboard, methods=["GET"])
-
-
-def _admin_routes(config: GatewayConfig, guard: Guard, tenants: Tenants) -> list[Path]:
-    """The admin API: keys, tenant policies, usage. Needs the admin key (from the
-    environment variable ``admin_key_env`` names); without one configured it is absent."""
-    if config.admin_key_env is None:
-        return []
-
-    def admin(
-        handler: Callable[[Request], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            key, _ = _presented_key(request)
-            if not tenants.is_admin(key):
-                return error(
-                    "openai",
-                    401,
-                    "this needs the admin key",
-                    type="invalid_api_key",
-                    code="invalid_api_key",
-                )
-            try:
-                return await handler(request)
-            except (ConfigurationError, GuardrailError, ValueError, KeyError) as exc:
-                return error("openai", 400, str(exc))
-
-        return endpoint
-
-    async def create_key(request: Request) -> Response:
-        body = await request.json()
-        if not isinstance(body, dict) or "tenant" not in body:
-            raise ConfigurationError('give {"tenant": ..., "parents"?: [...], "models"?: [...]}')
-        models = body.get("models")
-        key, key_id = await tenants.create_key(
-            str(body["tenant"]),
-            tuple(body.get("parents") or ()),
-            None if models is None else tuple(models),
-            str(body.get("label", "")),
-        )
-        if "policy" in body:
-            await tenants.set_policy(str(body["tenant"]), policy_from_json(body["policy"]))
-        return JSONResponse({"key": key, "id": key_id, "tenant": body["tenant"]}, status_code=201)
-
-    async def keys(request: Request) -> Response:
-        return JSONResponse({"data": await tenants.list_keys()})
-
-    async def revoke(request: Request) -> Response:
-        if await tenants.revoke(request.path_params["key_id"]):
-            return Response(status_code=204)
-        return error("openai", 404, "no stored key with that id", type="not_found")
-
-    async def set_policy(request: Request) -> Response:
-        tenant = validate_scope_id(request.path_params["tenant"])
-        policy = policy_from_json(await request.json())
-        await tenants.set_policy(tenant, policy)
-        return JSONResponse({"tenant": tenant, "policy": policy_to_json(policy)})
-
-    async def get_policy(request: Request) -> Response:
-        tenant = validate_scope_id(request.path_params["tenant"])
-        stored = await tenants.stored_policy(tenant)
-        await tenants.refresh((tenant,))
-        effective = guard.engine.policy_for(tenant)
-        source = (
-            "admin"
-            if stored is not None
-            else ("config" if tenants.policy_for(tenant) else "default")
-        )
-        return JSONResponse(
-            {"tenant": tenant, "policy": policy_to_json(effective), "source": source}
-        )
-
-    async def usage(request: Request) -> Response:
-        query = request.query_params
-        scopes = [validate_scope_id(query["tenant"])] if "tenant" in query else None
-        since = date.fromisoformat(query["since"]) if "since" in query else None
-        until = date.fromisoformat(query["until"]) if "until" in query else None
-        rows = await guard.ausage_report(scopes, since, until)
-        data = [
-            {
-                "tenant": r.scope,
-                "day": r.day.isoformat(),
-                "model": r.model,
-                "cost_usd": str(r.cost_usd),
-                "input_tokens": r.input_tokens,
-                "output_tokens": r.output_tokens,
-                "requests": r.requests,
-            }
-            for r in rows
-        ]
-        return JSONResponse({"data": data})
-
-    return [
-        Path("/admin/keys", admin(create_key), methods=["POST"]),
-        Path("/admin/keys", admin(keys), methods=["GET"]),
-        Path("/admin/keys/{key_id}", admin(revoke), methods=["DELETE"]),
-        Path("/admin/tenants/{tenant}/policy", admin(set_policy), methods=["PUT"]),
-        Path("/admin/tenants/{tenant}/policy", admin(get_policy), methods=["GET"]),
-        Path("/admin/usage", admin(usage), methods=["GET"]),
-    ]

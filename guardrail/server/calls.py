@@ -24,7 +24,7 @@ from guardrail.guard import Guard
 from guardrail.providers.common import given, run_async
 from guardrail.server.shapes import Provider, error, refusal, remaining_headers
 from guardrail.server.tenants import Principal, Tenants
-from guardrail.server.upstream import Upstream, UpstreamError, UpstreamUnreachable
+from guardrail.server.upstream import NotAStream, Upstream, UpstreamError, UpstreamUnreachable
 
 __all__ = ["Calls", "Route"]
 
@@ -102,6 +102,15 @@ class Calls:
             return Response(exc.body, status_code=exc.status_code, headers=exc.headers)
         except UpstreamUnreachable as exc:
             return error(provider, 502, str(exc), type="server_error", code="upstream_unreachable")
+        except NotAStream as exc:  # settled from its usage by the flow; see Upstream.post
+            return error(
+                provider,
+                502,
+                str(exc),
+                type="server_error",
+                code="upstream_not_a_stream",
+                headers=exc.headers,
+            )
         headers = await self.remaining(principal)
         if isinstance(result, AsyncGuardedStream):
             relayed = {k: v for k, v in result.headers.items() if k.lower() in _RELAYED}

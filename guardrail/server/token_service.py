@@ -2,6 +2,10 @@
 for callers in any language (authenticated by a tenant key; free: nothing is sent
 upstream). The same functions as the library's: ``count_text`` / ``count_messages``,
 ``truncate_text``, ``PromptBuilder``, ``estimate_cost``.
+
+The gateway runs them in its thread pool, off the event loop (counting a long text takes
+tiktoken about 0.1 s a megabyte), and takes bodies of at most :data:`MAX_SERVICE_BYTES`
+(or ``max_body_bytes`` if lower): a 413 past it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from guardrail.errors import InvalidRequestError
 from guardrail.prompt.builder import PromptBuilder
 from guardrail.prompt.truncation import truncate_text
 
-__all__ = ["SERVICES"]
+__all__ = ["MAX_SERVICE_BYTES", "SERVICES"]
+
+MAX_SERVICE_BYTES = 24 * 1024 * 1024
+"""The largest body the token service takes (24 MiB: some millions of tokens, more than any
+model's context window holds)."""
 
 
 def _model(body: Mapping[str, Any]) -> str:

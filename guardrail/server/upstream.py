@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from guardrail.server.config import UpstreamConfig
 
@@ -24,6 +25,7 @@ __all__ = [
     "Event",
     "EventStream",
     "JsonView",
+    "NotAStream",
     "Reply",
     "Upstream",
     "UpstreamError",
@@ -57,6 +59,29 @@ class UpstreamError(Exception):
 
     @property
     def response(self) -> UpstreamError:  # the retry policy reads exc.response.headers
+        return self
+
+
+class NotAStream(Exception):
+    """The provider answered a ``stream: true`` request with a 2xx that is not an event
+    stream (an upstream or a proxy that ignored ``stream``). The flow settles the call from
+    the usage ``completion`` reports (it was billed), and the caller gets a 502 that the
+    SDKs do not retry (``x-should-retry: false``: a retry would be billed again)."""
+
+    status_code = 502
+
+    def __init__(self, completion: Reply) -> None:
+        self.completion = completion
+        self.headers = {"x-should-retry": "false"}
+        kind = completion.headers.get("content-type") or "no content-type"
+        super().__init__(
+            f"the upstream answered a streaming request with HTTP {completion.status} "
+            f"({kind}), not an event stream; the call was charged from the usage it "
+            "reported, if any"
+        )
+
+    @property
+    def response(self) -> NotAStream:  # the retry policy reads exc.response.headers
         return self
 
 
@@ -169,6 +194,8 @@ class Upstream:
         self.config = config
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=config.timeout_seconds, connect=10.0)
+        self._base = URL(config.base_url)
+        self._prefix = self._base.raw_path.rstrip("/")
 
     def headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
         """What the provider gets: the configured credential, never the tenant's key."""
@@ -186,13 +213,21 @@ class Upstream:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
-    def url(self, path: str) -> str:
-        """``path`` is the gateway's (``/v1/chat/completions``): OpenAI's base URL already
-        ends in ``/v1``, Anthropic's does not."""
-        base = self.config.base_url
-        if base.endswith("/v1") and path.startswith("/v1/"):
+    def url(self, path: str, query: str = "") -> URL:
+        """``path`` is the gateway's (``/v1/chat/completions``), percent-encoded: OpenAI's
+        base URL already ends in ``/v1``, Anthropic's does not. Built as it is given
+        (``encoded=True``): yarl would otherwise resolve dot segments, and send another
+        path than the one the gateway checked."""
+        prefix = self._prefix
+        if prefix.endswith("/v1") and path.startswith("/v1/"):
             path = path[3:]
-        return base + path
+        return URL.build(
+            scheme=self._base.scheme,
+            authority=self._base.raw_authority,
+            path=prefix + path,
+            query_string=query,
+            encoded=True,
+        )
 
     async def post(
         self, path: str, body: Mapping[str, Any], incoming: Mapping[str, str]
@@ -208,11 +243,17 @@ class Upstream:
         if response.status >= 400:
             raw = await _read(response)
             raise UpstreamError(response.status, _relayed_headers(response.headers), raw)
-        if body.get("stream") is True and "text/event-stream" in response.headers.get(
-            "content-type", ""
-        ):
+        streamed = "text/event-stream" in response.headers.get("content-type", "")
+        if body.get("stream") is True and streamed:
             return EventStream(response)
-        return Reply(response.status, _relayed_headers(response.headers), await _read(response))
+        reply = Reply(response.status, _relayed_headers(response.headers), await _read(response))
+        if body.get("stream") is True:
+            # Not relayed as the JSON it is: the SDKs read a ``stream=True`` answer as
+            # server-sent events whatever its content-type, so a JSON body would reach the
+            # caller as an empty stream (no answer, no error) while it was billed. A 502
+            # is an error the caller sees; the call is settled from the reply's usage.
+            raise NotAStream(reply)
+        return reply
 
     async def forward(
         self, method: str, path: str, query: str, body: bytes, incoming: Mapping[str, str]
@@ -221,7 +262,7 @@ class Upstream:
         headers = self.headers(incoming)
         if "content-type" in incoming:
             headers["content-type"] = incoming["content-type"]
-        url = self.url(path) + (f"?{query}" if query else "")
+        url = self.url(path, query)
         try:
             async with self.session.request(
                 method, url, data=body or None, headers=headers, timeout=self.timeout

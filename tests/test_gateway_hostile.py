@@ -1,0 +1,353 @@
+"""The gateway against callers and upstreams that do not play by the rules: paths that
+would resolve to another endpoint upstream, bodies over the limit or nested past the
+parser, admin lists given as strings, long token-service work, a JSON answer to a stream
+request, and a config whose reservations expire before its calls time out."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+import pytest
+
+from guardrail.errors import ConfigurationError
+from guardrail.server import app as app_module
+from guardrail.server.config import parse_config
+from guardrail.server.token_service import SERVICES
+from guardrail.server.upstream import Upstream
+from tests._gateway import (
+    ADMIN_KEY,
+    TENANT_KEY,
+    UPSTREAM_KEY,
+    config_for,
+    get,
+    running,
+)
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(autouse=True)
+def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GR_TEST_OPENAI_KEY", UPSTREAM_KEY)
+    monkeypatch.setenv("GR_TEST_ANTHROPIC_KEY", UPSTREAM_KEY)
+    monkeypatch.setenv("GR_TEST_ADMIN_KEY", ADMIN_KEY)
+
+
+def raw(base: str, method: str, path: str, body: bytes, **headers: str) -> bytes:
+    """One request on a plain socket, the path sent byte for byte (an HTTP client would
+    resolve its dot segments first); the whole answer."""
+    fields = {
+        "host": "gateway",
+        "authorization": f"Bearer {TENANT_KEY}",
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        **{k.replace("_", "-"): v for k, v in headers.items()},
+    }
+    fields = {k: v for k, v in fields.items() if v}
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    host, port = base[len("http://") :].split(":")
+    out = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def post(base: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    fields = {"authorization": f"Bearer {TENANT_KEY}", "content-type": "application/json"}
+    request = urllib.request.Request(
+        base + path, data=body, headers={**fields, **(headers or {})}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# -- paths forwarded upstream ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/files/../chat/completions",
+        "/v1/files/%2e%2e/chat/completions",
+        "/v1/files/%2E./chat/completions",
+        "/v1/files/..%2Fchat%2Fcompletions",
+        "/v1/files/x%2f..%2f..%2fchat/completions",
+        "/v1/files/..\\chat/completions",
+        "/v1/files/./x",
+    ],
+)
+def test_a_passthrough_path_that_would_resolve_elsewhere_is_refused(server, path) -> None:
+    with running(config_for(server.base_url, passthrough=["/v1/files"])) as (base, app):
+        answer = raw(base, "POST", path, json.dumps(CHAT).encode())
+        assert status_of(answer) == 400, answer[:200]
+        assert b"not forwarded" in answer and b"invalid_path" in answer
+        assert server.requests == [] and app.state.guard.usage("team-a").requests == 0
+
+
+def test_dot_segments_do_not_reach_anthropic_messages(fake) -> None:
+    with running(config_for(None, fake.base_url, passthrough=["/v1/files"])) as (base, _):
+        body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5, **CHAT}).encode()
+        answer = raw(
+            base, "POST", "/v1/files/../messages", body, authorization="", x_api_key=TENANT_KEY
+        )
+        assert status_of(answer) == 400 and b'"type": "error"' in answer, answer[:300]
+        assert fake.requests == []
+
+
+def test_a_plain_passthrough_path_is_still_forwarded(server) -> None:
+    with running(config_for(server.base_url, passthrough=["/v1/models/gpt-4o"])) as (base, _):
+        answer = raw(base, "GET", "/v1/models/gpt-4o", b"")
+        assert status_of(answer) == 200 and b'"gpt-4o"' in answer, answer[:300]
+
+
+def test_the_upstream_url_is_sent_as_built_not_resolved() -> None:
+    spec = parse_config({"upstream": {"openai": {"base_url": "http://up:9/v1"}}})
+    upstream = Upstream(spec.upstreams["openai"], session=None)  # type: ignore[arg-type]
+    url = upstream.url("/v1/files/../chat/completions", "a=%2F")
+    assert str(url) == "http://up:9/v1/files/../chat/completions?a=%2F"
+    assert str(upstream.url("/v1/chat/completions")) == "http://up:9/v1/chat/completions"
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server) -> None:
+    with running(config_for(server.base_url, max_body_bytes=1024)) as (base, _):
+        # The body never comes: before the fix the gateway waited for all of it.
+        answer = raw(base, "POST", "/v1/chat/completions", b"{", content_length=str(10**9))
+        assert status_of(answer) == 413, answer[:200]
+        assert server.requests == []
+
+
+def test_an_undeclared_body_over_the_limit_is_refused(server) -> None:
+    with running(config_for(server.base_url, max_body_bytes=1024)) as (base, _):
+        chunk = b"x" * 4096
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
+        answer = raw(
+            base,
+            "POST",
+            "/v1/chat/completions",
+            body,
+            content_length="",
+            transfer_encoding="chunked",
+        )
+        assert status_of(answer) == 413, answer[:200]
+
+
+def test_forwarded_routes_keep_the_body_limit(server, fake) -> None:
+    config = config_for(
+        server.base_url, fake.base_url, max_body_bytes=1024, passthrough=["/v1/files"]
+    )
+    with running(config) as (base, _):
+        big = json.dumps({"model": "claude-haiku-4-5", "text": "x" * 4096}).encode()
+        counted = raw(
+            base, "POST", "/v1/messages/count_tokens", big, authorization="", x_api_key=TENANT_KEY
+        )
+        assert status_of(counted) == 413, counted[:200]
+        assert status_of(raw(base, "POST", "/v1/files", big)) == 413
+        assert fake.requests == [] and server.requests == []
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/tokens/count"])
+def test_a_body_nested_past_the_parser_is_a_400(server, path) -> None:
+    with running(config_for(server.base_url)) as (base, _):
+        status, body = post(base, path, b'{"model":"gpt-4o","messages":' + DEEP + b"}")
+        assert status == 400 and b"nested too deeply" in body, (status, body[:200])
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+        assert server.requests == []
+
+
+def test_a_deep_body_is_a_400_in_anthropics_shape_and_on_the_admin_api(server, fake) -> None:
+    with running(config_for(server.base_url, fake.base_url)) as (base, _):
+        status, body = post(base, "/v1/messages", b'{"x":' + DEEP + b"}", {"x-api-key": TENANT_KEY})
+        assert status == 400 and json.loads(body)["type"] == "error", body[:200]
+        status, body = post(base, "/admin/keys", b'{"tenant":' + DEEP + b"}", ADMIN)
+        assert status == 400 and b"nested too deeply" in body, (status, body[:200])
+        status, body = post(base, "/admin/keys", b'["tenant"]', ADMIN)
+        assert status == 400, (status, body)
+
+
+# -- the admin API --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("parents", "org1"), ("models", "gpt-4o"), ("parents", ["org1", 5]), ("models", [""])],
+)
+def test_admin_key_lists_must_be_lists_of_strings(server, field, value) -> None:
+    with running(config_for(server.base_url)) as (base, app):
+        data = json.dumps({"tenant": "team-x", field: value}).encode()
+        status, body = post(base, "/admin/keys", data, ADMIN)
+        assert status == 400, (status, body)
+        assert json.loads(body)["error"]["message"].startswith(f"{field}: must be a list")
+        status, _ = post(base, "/admin/keys", json.dumps({"tenant": "team-x"}).encode(), ADMIN)
+        assert status == 201
+        created = json.dumps({"tenant": "team-y", "parents": ["org1"], "models": ["gpt-4o"]})
+        assert post(base, "/admin/keys", created.encode(), ADMIN)[0] == 201
+
+
+# -- the token service ----------------------------------------------------------------------
+
+
+def test_the_token_service_runs_off_the_event_loop(server, monkeypatch) -> None:
+    """A count that takes a while must not stop the gateway answering: the count is held
+    until /health has been answered, which cannot happen if it runs on the loop."""
+    entered, release = threading.Event(), threading.Event()
+    held_off: list[bool] = []
+
+    def slow_count(body: Any) -> dict[str, Any]:
+        entered.set()
+        held_off.append(release.wait(timeout=10))
+        return {"token_count": 1}
+
+    monkeypatch.setitem(SERVICES, "/tokens/count", slow_count)
+    with running(config_for(server.base_url)) as (base, _):
+        answers: list[Any] = []
+        caller = threading.Thread(
+            target=lambda: answers.append(post(base, "/tokens/count", b'{"text": "x"}'))
+        )
+        caller.start()
+        assert entered.wait(timeout=10)
+        status, _, _ = get(f"{base}/health")  # blocks for the count's 10 s if on the loop
+        release.set()
+        caller.join(timeout=30)
+        assert status == 200 and held_off == [True]
+        assert answers[0][0] == 200
+
+
+def test_the_token_service_has_a_size_limit(server, monkeypatch) -> None:
+    monkeypatch.setattr(app_module, "MAX_SERVICE_BYTES", 2048)
+    with running(config_for(server.base_url)) as (base, _):
+        text = json.dumps({"model": "gpt-4o", "text": "word " * 1000}).encode()
+        status, body = post(base, "/tokens/count", text)
+        assert status == 413 and b"2048" in body, (status, body[:200])
+        small = json.dumps({"model": "gpt-4o", "text": "word " * 10}).encode()
+        assert post(base, "/tokens/count", small)[0] == 200
+
+
+# -- a JSON answer to a stream request ------------------------------------------------------
+
+
+@contextmanager
+def json_upstream(usage: dict[str, int] | None) -> Iterator[tuple[str, list[str]]]:
+    """An upstream that answers every chat request with a JSON completion, whatever its
+    ``stream``: (its base URL, the paths it was sent)."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append(self.path)
+            reply: dict[str, Any] = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-4o",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hello " * 400},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            if usage is not None:
+                reply["usage"] = usage
+            payload = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{upstream.server_address[1]}/v1", seen
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_a_json_answer_to_a_stream_request_is_a_502_settled_from_its_usage() -> None:
+    usage = {"prompt_tokens": 9, "completion_tokens": 400, "total_tokens": 409}
+    records: list[Any] = []
+    with (
+        json_upstream(usage) as (upstream, seen),
+        running(config_for(upstream), sinks=[records.append]) as (base, app),
+    ):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=TENANT_KEY, max_retries=2)
+        with pytest.raises(openai.InternalServerError) as info:
+            for _ in client.chat.completions.create(**CHAT, max_tokens=500, stream=True):
+                pass
+        assert info.value.status_code == 502
+        assert info.value.code == "upstream_not_a_stream"
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert seen == ["/v1/chat/completions"]  # not retried: it was billed
+        (record,) = records
+        assert record.output_tokens == 400 and record.input_tokens == 9
+        spent = app.state.guard.usage("team-a")
+        assert spent.reserved_usd == 0 and spent.spent_usd > 0
+
+
+# -- reservations outliving calls -----------------------------------------------------------
+
+
+def test_a_reservation_ttl_not_longer_than_the_timeout_is_a_config_error() -> None:
+    data: dict[str, Any] = {
+        "upstream": {"openai": {"timeout_seconds": 600}},
+        "policy": {"reservation_ttl_seconds": 300},
+    }
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(data)
+    message = str(info.value)
+    assert message.startswith("policy.reservation_ttl_seconds") and "300" in message
+    assert "upstream.openai.timeout_seconds (600 s)" in message
+    data["keys"] = [{"key": "k", "tenant": "a", "policy": {"reservation_ttl_seconds": 60}}]
+    data["policy"] = {}
+    with pytest.raises(ConfigurationError, match=r"^keys\[0\]\.policy\.reservation_ttl"):
+        parse_config(data)
+    data["upstream"]["openai"]["timeout_seconds"] = 30
+    assert parse_config(data).upstreams["openai"].timeout_seconds == 30
+
+
+def test_the_admin_api_refuses_a_ttl_a_call_could_outlive(server) -> None:
+    with running(config_for(server.base_url)) as (base, _):
+        url = "/admin/tenants/team-a/policy"
+        for ttl, expected in ((60, 400), (3600, 200)):
+            data = json.dumps({"reservation_ttl_seconds": ttl}).encode()
+            request = urllib.request.Request(base + url, data=data, headers=ADMIN, method="PUT")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == expected, (ttl, status)
