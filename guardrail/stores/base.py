@@ -73,6 +73,11 @@ class ScopeLimits:
     tokens_per_day: int | None = None
     max_in_flight: int | None = None
 
+    @property
+    def money_limited(self) -> bool:
+        """A daily or monthly spend cap applies: a cost that cannot be bounded is refused."""
+        return self.daily_nanos is not None or self.monthly_nanos is not None
+
 
 @dataclass(frozen=True)
 class LoopRule:
