@@ -95,15 +95,27 @@ class UnknownModelError(GuardrailError, KeyError):
 
 
 class PriceUnavailable(GuardrailError, LookupError):
-    """The price data has no price for a model, so a USD cost cannot be computed."""
+    """The price data has no price for a model, so a USD cost cannot be computed; or, with
+    ``missing`` (``"web search"``, ``"cache write"``), no rate for a fee the call has."""
 
-    def __init__(self, model: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, model: str, *, reason: str | None = None, missing: str | None = None
+    ) -> None:
         super().__init__(model)
         self.model = model
         self.reason = reason
+        self.missing = missing
 
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
+        if self.missing:
+            return (
+                f"no {self.missing} price known for model {self.model!r}{why}, so the call's "
+                "cost cannot be bounded under a money limit: register the model "
+                "like=<a model whose price data has it> (guardrail.register_model(name, "
+                "like=..., input_usd_per_mtok=..., output_usd_per_mtok=...)), drop the "
+                "tool, or send the call through client.unwrapped"
+            )
         return (
             f"no price known for model {self.model!r}{why}: pass prices to "
             "guardrail.register_model(..., input_usd_per_mtok=..., output_usd_per_mtok=...) "

@@ -1061,16 +1061,20 @@ def test_malformed_usage_never_fails_a_billed_call(fake, patch, stream) -> None:
     assert record.outcome == ("stream_completed" if stream else "ok")
     assert record.cost_usd >= 0 and record.input_tokens >= 0 and record.output_tokens >= 0
     assert record.cached_input_tokens >= 0 and record.reasoning_tokens >= 0
-    # What the provider reported soundly is billed, negatives count as 0. Without a sound
-    # input_tokens the usage is not read: the engine bills its own count of the prompt
-    # (the SDK may have coerced "12" to 12).
-    if "input_tokens" not in patch:
-        assert record.usage_source == "provider"
-        assert record.input_tokens == sound.input_tokens
-        if "output_tokens" not in patch:
-            assert record.output_tokens == sound.output_tokens > 0
-    else:
+    # What the provider reported soundly is billed, negative cache and thinking counts as
+    # 0. Without a sound input_tokens the engine bills its own count of the prompt (the
+    # SDK may have coerced "12" to 12); without a sound output_tokens, the stream's local
+    # count or the whole reserved output (max_tokens=50), never 0.
+    if "input_tokens" in patch:
         assert record.input_tokens > 0
+    else:
+        assert record.input_tokens == sound.input_tokens
+    if "output_tokens" in patch:
+        assert record.usage_source == "local_count"
+        assert record.output_tokens > 0 if stream else record.output_tokens == 50
+    elif "input_tokens" not in patch:
+        assert record.usage_source == "provider"
+        assert record.output_tokens == sound.output_tokens > 0
     assert guard.usage("patched").requests == 1
     no_leak(guard, "patched")
 

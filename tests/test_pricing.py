@@ -425,3 +425,96 @@ def test_a_zero_cached_price_is_a_price_not_a_missing_one(registered: list[str])
     usage = TokenUsage(input_tokens=1_000, output_tokens=0, cached_input_tokens=1_000)
     assert pricing._pico_cost(model_info(name), usage) == 0
     assert usage_cost(name, usage) == 0
+
+
+# --------------------------------------------------------------- cache writes and fees
+
+
+FEES = TokenUsage(
+    input_tokens=5_000,
+    output_tokens=200,
+    cached_input_tokens=1_000,
+    cache_write_tokens=3_000,
+    cache_write_1h_tokens=1_000,
+    web_searches=3,
+)
+
+
+def test_a_registered_model_prices_cache_writes_and_searches_like_its_base(
+    registered: list[str],
+) -> None:
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(name)
+    # claude-haiku-4-5's own token prices, given explicitly: the same cost to the last digit.
+    register_model(
+        name,
+        like="claude-haiku-4-5",
+        input_usd_per_mtok=1,
+        output_usd_per_mtok=5,
+        cached_input_usd_per_mtok="0.1",
+    )
+    expected = _genai_total("claude-haiku-4-5", "anthropic", FEES)
+    assert expected > Decimal("0.03")  # 3 searches at $10 per 1,000, writes at 1.25x / 2x
+    assert usage_cost(name, FEES) == usage_cost("claude-haiku-4-5", FEES) == expected
+
+
+def test_a_fee_without_a_rate_is_unavailable_not_free(registered: list[str]) -> None:
+    # Registered from scratch: nothing knows its search or cache-write rates.
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(name)
+    register_model(
+        name,
+        provider="anthropic",
+        context_window=200_000,
+        max_output_tokens=8_000,
+        input_usd_per_mtok=1,
+        output_usd_per_mtok=5,
+    )
+    with pytest.raises(PriceUnavailable, match="no web search price") as caught:
+        usage_cost(name, TokenUsage(input_tokens=10, web_searches=1))
+    assert caught.value.missing == "web search" and "like=" in str(caught.value)
+    with pytest.raises(PriceUnavailable, match="no cache write price"):
+        usage_cost(name, TokenUsage(input_tokens=10, cache_write_tokens=10))
+    # Like a model without cache writes (OpenAI's): its cache writes are not priced as input.
+    other = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(other)
+    register_model(other, like="gpt-4o", input_usd_per_mtok=2, output_usd_per_mtok=8)
+    with pytest.raises(PriceUnavailable, match="1-hour cache write"):
+        usage_cost(
+            other, TokenUsage(input_tokens=10, cache_write_tokens=10, cache_write_1h_tokens=10)
+        )
+    # A catalog model whose price data has no file-search rate (Anthropic's): was $0.
+    with pytest.raises(PriceUnavailable, match="no file search price"):
+        usage_cost("claude-haiku-4-5", TokenUsage(input_tokens=10, file_searches=2))
+
+
+def test_a_search_without_a_rate_is_refused_under_a_money_limit(
+    registered: list[str], fake: Any
+) -> None:
+    import anthropic
+
+    from guardrail import Guard, Policy
+
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    registered.append(name)
+    register_model(
+        name,
+        provider="anthropic",
+        encoding="claude",
+        context_window=200_000,
+        max_output_tokens=8_000,
+        input_usd_per_mtok=1,
+        output_usd_per_mtok=5,
+    )
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    hi = [{"role": "user", "content": "Hello there"}]
+    raw = anthropic.Anthropic(base_url=fake.base_url, api_key="t", max_retries=0)
+    capped = Guard(Policy(daily_spend_usd=1, loop_limit=None)).wrap(raw)
+    with pytest.raises(PriceUnavailable, match="no web search price"):
+        capped.messages.create(model=name, max_tokens=100, messages=hi, tools=[search])
+    assert fake.message_requests == []  # refused before anything was sent
+    # Without a money limit the call goes through, its tokens priced (the search is not).
+    records: list[Any] = []
+    free = Guard(Policy(loop_limit=None), sinks=[records.append]).wrap(raw)
+    free.messages.create(model=name, max_tokens=100, messages=hi, tools=[search])
+    assert records[-1].cost_usd > 0

@@ -18,6 +18,7 @@ import pytest
 
 from guardrail import BudgetExceeded, ManualClock, MemoryStore
 from guardrail.stores.base import (
+    MAX_SETTLED,
     Reservation,
     ReservationRequest,
     ScopeLimits,
@@ -246,6 +247,18 @@ def test_settle_without_a_hold_charges_everything(twin: Twin) -> None:
     refused(twin("reserve", req("r1", lim, cost=401)), "daily_spend_usd")
     refused(twin("reserve", req("r2", lim, tokens=50)), "tokens_per_minute")
     assert ok(twin("usage", "lee")).requests == 1
+
+
+def test_a_settlement_past_the_range_is_charged_at_the_maximum(twin: Twin) -> None:
+    """A cost of 2**53 nano-dollars or more (a hostile usage: 10**12 output tokens) is
+    charged at the store's maximum, on every store alike: never refused, never lost."""
+    lim = ScopeLimits("huge", daily_nanos=USD, tokens_per_day=10**6)
+    r = ok(twin("reserve", req("r1", lim, cost=100, tokens=10)))
+    twin("settle", r, paid(10**16, inp=2**60, out=10**12))
+    usage = ok(twin("usage", "huge"))
+    assert usage.spent_usd == Decimal(MAX_SETTLED) / USD > 9_000_000
+    assert (usage.input_tokens, usage.output_tokens) == (MAX_SETTLED, 0)
+    refused(twin("reserve", req("r2", lim, cost=1)), "daily_spend_usd")
 
 
 # -- scopes ---------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
 from guardrail._frozen import quick_init
+from guardrail.catalog.fees import check_fees, registered_cost
+from guardrail.catalog.fees import rate as _rate
 from guardrail.catalog.models import ModelInfo, model_info
 from guardrail.errors import InvalidRequestError, PriceUnavailable, describe
 
@@ -174,17 +176,6 @@ def _resolve_price(ref: str, provider: str | None) -> _Resolved:
     return entry
 
 
-def _rate(price: Rate | None, input_tokens: int) -> Decimal | None:
-    """The price per million that applies: a tier applies to every token once the prompt's
-    input tokens exceed its start (genai_prices.types.calc_unit_price)."""
-    if price is None or isinstance(price, Decimal):
-        return price
-    for tier in reversed(price.tiers):
-        if input_tokens > tier.start:
-            return tier.price
-    return price.base
-
-
 def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
     """calc_price's result for these prices, or None when the usage needs calc_price."""
     cached = usage.cached_input_tokens
@@ -312,18 +303,12 @@ def checked_usage_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
 
 
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
-    if info.prices_set and info.input_usd_per_mtok is not None:
-        cached_price = info.cached_input_usd_per_mtok
-        if cached_price is None:
-            cached_price = info.input_usd_per_mtok
-        uncached = usage.input_tokens - usage.cached_input_tokens
-        return (
-            uncached * info.input_usd_per_mtok
-            + usage.cached_input_tokens * cached_price
-            + usage.output_tokens * (info.output_usd_per_mtok or 0)
-        ) / _MTOK
     ref = info.price_ref or info.name
     provider = _provider_id(info)
+    extras = usage.cache_write_tokens or usage.web_searches or usage.file_searches
+    if info.prices_set and info.input_usd_per_mtok is not None:
+        # Its own token prices; cache writes and fees at the rates of the model it is like.
+        return registered_cost(info, usage, _resolve_price(ref, provider).price if extras else None)
     resolved = _resolve_price(ref, provider)
     if resolved.price is None or (
         resolved.price.input_mtok is None and resolved.price.output_mtok is None
@@ -333,6 +318,8 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
         fast = _fast_cost(resolved.flat, usage)
         if fast is not None:
             return fast
+    if usage.web_searches or usage.file_searches:
+        check_fees(info, resolved.price, usage)  # calc_price prices a fee it lacks at $0
     try:
         calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=provider)
     except LookupError as exc:

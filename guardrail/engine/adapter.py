@@ -17,7 +17,7 @@ from guardrail.counting.messages import TokenCounter
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.prompt.trimming import Summarizer, TrimResult
 
-__all__ = ["FitsMessages", "ProviderAdapter", "RequestView", "ServerState"]
+__all__ = ["FitsMessages", "PartialUsage", "ProviderAdapter", "RequestView", "ServerState"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,19 @@ class ServerState:
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.id}"
+
+
+@dataclass(frozen=True)
+class PartialUsage(TokenUsage):
+    """A provider's usage with a count that could not be read (missing, null, negative,
+    not a number, infinite): the readable fields as given, the unreadable side as 0 and
+    flagged. The engine fills the flagged side in before pricing (never as 0): the input
+    with its own count of the prompt (``Plan.prompt_held``), the output with the whole
+    reserved output (a stream's with its local count of the output). Adapters return it
+    from ``usage`` and put it in ``StreamTally.usage``; it never reaches a store."""
+
+    input_unread: bool = False
+    output_unread: bool = False
 
 
 @quick_init

@@ -22,7 +22,7 @@ from guardrail.catalog.pricing import TokenUsage, checked_usage_cost
 from guardrail.counting.messages import counter_for
 from guardrail.counting.text import estimate_margin
 from guardrail.engine import recount
-from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.adapter import PartialUsage, ProviderAdapter
 from guardrail.engine.holds import release, reserve
 from guardrail.engine.operations import (
     Op,
@@ -169,11 +169,11 @@ def run(
             usage = _billed_usage(adapter, plan, exc)
         model = getattr(response, "model", None)
         started.response_model = model if isinstance(model, str) else None
-        yield from _settle(
+        settled = yield from _settle(
             engine, plan, reservation, usage, started, attempts, "ok", adapter.request_id(response)
         )
         if usage is not None:
-            yield from recount.keep_state(adapter, plan, response, usage)
+            yield from recount.keep_state(adapter, plan, response, settled)
         return response
     tally = _stream_tally(plan)
     # Not held in this frame while the caller has the stream: a finaliser holds the flow,
@@ -194,7 +194,7 @@ def run(
             output = max(output, plan.reserved_output_total)
         usage = replace(start, output_tokens=output)
         source = "local_count"
-    yield from _settle(
+    settled = yield from _settle(
         engine,
         plan,
         reservation,
@@ -205,9 +205,10 @@ def run(
         tally.request_id,
         source=source,
         error=end.error,
+        counted_output=tally.output_tokens,
     )
     if tally.final is not None and tally.usage is not None:
-        yield from recount.keep_state(adapter, plan, tally.final, tally.usage)
+        yield from recount.keep_state(adapter, plan, tally.final, settled)
     return None
 
 
@@ -237,9 +238,12 @@ def _settle(
     *,
     source: Literal["provider", "local_count", "none"] = "provider",
     error: BaseException | None = None,
-) -> Generator[Op, Any, None]:
-    if usage is None:  # a provider answer without usage: bill the prompt we counted
-        usage, source = _unreported(plan), "local_count"
+    counted_output: int | None = None,
+) -> Generator[Op, Any, TokenUsage]:
+    """Price ``usage``, swap the reservation for it, record the call; returns the usage
+    settled. ``counted_output`` is a stream's local count of its output."""
+    if usage is None or isinstance(usage, PartialUsage):  # fill in what was not reported
+        usage, source = _filled(plan, usage, counted_output), "local_count"
     usage = _sane(usage)
     try:
         cost = checked_usage_cost(plan.model, usage) if plan.priced else _ZERO
@@ -315,6 +319,7 @@ def _settle(
         settlement=settled_to,
         day=reservation.day if reservation else None,
     )
+    return usage
 
 
 def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
@@ -361,16 +366,38 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
         and is_retryable(exc)
         and getattr(exc, "status_code", None) is None
     ):
-        return _unreported(plan)
+        return _timed_out(plan)
     return None
 
 
-def _unreported(plan: Plan) -> TokenUsage:
-    """What a call the provider processed without reporting usage is charged: the prompt
-    held, and for a model with hidden reasoning the whole reserved output (the provider
-    may have billed all of it); other models' visible output is counted by the caller."""
+def _timed_out(plan: Plan) -> TokenUsage:
+    """What an attempt that timed out (or lost its connection) after the request left is
+    charged: the prompt held, and for a model with hidden reasoning the whole reserved
+    output (the provider may have billed all of it); no output was received."""
     output = plan.reserved_output_total if plan.hidden_output else 0
     return TokenUsage(input_tokens=plan.prompt_held, output_tokens=output)
+
+
+def _filled(plan: Plan, usage: PartialUsage | None, counted_output: int | None) -> TokenUsage:
+    """The usage a call is charged when the provider answered without a readable one: the
+    count it lacks is never read as 0. No usage at all (a 200 without it) is the prompt
+    held and the whole reserved output, a stated upper bound (the output was returned but
+    not counted); a :class:`PartialUsage` keeps its readable fields, with the prompt held
+    for an unreadable input (at least its cache reads and writes) and, for an unreadable
+    output, a stream's local count of it or else the whole reserved output (always the
+    whole reserved output for hidden reasoning, which is billed but never shown)."""
+    if usage is None:
+        return TokenUsage(input_tokens=plan.prompt_held, output_tokens=plan.reserved_output_total)
+    fields = {k: v for k, v in vars(usage).items() if k not in ("input_unread", "output_unread")}
+    if usage.input_unread:
+        held = usage.cached_input_tokens + usage.cache_write_tokens
+        fields["input_tokens"] = max(plan.prompt_held, held)
+    if usage.output_unread:
+        if counted_output is None or plan.hidden_output:
+            fields["output_tokens"] = plan.reserved_output_total
+        else:
+            fields["output_tokens"] = max(usage.output_tokens, counted_output)
+    return TokenUsage(**fields)
 
 
 def _stream_tally(plan: Plan) -> StreamTally:

@@ -262,7 +262,7 @@ class Planner:
         final = list(messages) if trim else view.messages
         uncounted = _uncountable(adapter, view, final)
         held = _held_prompt(prompt, uncounted, info, policy, reserved)
-        priced = True
+        priced, money = True, any(s.money_limited for s in scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
         try:
@@ -274,9 +274,10 @@ class Planner:
                 view.reserved_searches,
                 view.reserved_file_searches,
                 view.reserved_containers,
+                strict=money,
             )
         except PriceUnavailable:
-            if any(s.daily_nanos is not None or s.monthly_nanos is not None for s in scopes):
+            if money:
                 raise  # a money limit cannot be kept without a price
             warn_unpriced(info)
             cost, priced = Decimal(0), False
@@ -374,11 +375,13 @@ def worst_case_cost(
     searches: int = 0,
     file_searches: int = 0,
     containers: int = 0,
+    *,
+    strict: bool = False,
 ) -> Decimal:
     """The most a call can cost: every prompt token at the input price (or, when the request
     writes the prompt cache, at the cache-write price, whichever is higher), every reserved
     output token at the output price, and every fee-bearing tool call it allows (web and
-    file searches, code-interpreter containers)."""
+    file searches, containers); one without a known rate is PriceUnavailable if ``strict``."""
     plain = checked_usage_cost(info, TokenUsage(input_tokens=prompt, output_tokens=output))
     if cache_write is None and not (searches or file_searches or containers):
         return plain
@@ -393,7 +396,9 @@ def worst_case_cost(
     )
     try:
         return max(plain, checked_usage_cost(info, worst))
-    except GuardrailError:  # no cache-write or search price known: the plain price is all
+    except GuardrailError as exc:  # no rate for a cache write or fee the call may have
+        if strict and isinstance(exc, PriceUnavailable):
+            raise
         return plain
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.adapter import ProviderAdapter
+from guardrail.catalog.pricing import TokenUsage
+from guardrail.engine.adapter import PartialUsage, ProviderAdapter
 from guardrail.engine.drivers import AsyncDriver, SyncDriver
 from guardrail.errors import InvalidRequestError, describe
 from guardrail.tenancy import TenantBinding
@@ -20,6 +22,33 @@ if TYPE_CHECKING:
 def given(value: Any) -> bool:
     """False for None and the SDK's NOT_GIVEN / omit sentinels."""
     return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def token_count(value: Any) -> int | None:
+    """A token count from a provider's usage: a non-negative int as it is, a finite
+    non-negative float truncated; None for anything else (missing, null, negative, a bool,
+    a string, infinity), which is not a count and must never be read as 0."""
+    if type(value) is int:  # what the SDKs give
+        return value if value >= 0 else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def usage_of(input_tokens: int | None, output_tokens: int | None, **rest: int) -> TokenUsage:
+    """A :class:`TokenUsage` of the counts read (:func:`token_count`); a
+    :class:`PartialUsage` flagging the side that was unreadable, for the engine to fill."""
+    if input_tokens is not None and output_tokens is not None:
+        return TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens, **rest)
+    return PartialUsage(
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens or 0,
+        input_unread=input_tokens is None,
+        output_unread=output_tokens is None,
+        **rest,
+    )
 
 
 _has_headers: dict[type, bool] = {}  # response class -> a raw response, with headers

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol, runtime_checkable
@@ -32,6 +32,7 @@ from guardrail._frozen import quick_init
 from guardrail.errors import BudgetExceeded, ConfigurationError, LoopDetected
 
 __all__ = [
+    "MAX_SETTLED",
     "NANOS_PER_USD",
     "LoopRule",
     "Reservation",
@@ -42,6 +43,7 @@ __all__ = [
     "UsageRow",
     "UsageSummary",
     "Windows",
+    "bounded",
     "nanos_to_usd",
     "usd_to_nanos",
 ]
@@ -70,6 +72,11 @@ class ScopeLimits:
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
     max_in_flight: int | None = None
+
+    @property
+    def money_limited(self) -> bool:
+        """A daily or monthly spend cap applies: a cost that cannot be bounded is refused."""
+        return self.daily_nanos is not None or self.monthly_nanos is not None
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,27 @@ class Settlement:
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+MAX_SETTLED = 2**53 - 1
+"""The most nano-dollars (about $9.0M), and tokens, one settlement records: the Redis
+store's range (its Lua numbers are doubles, exact below 2**53). A call billed more (a
+hostile or broken usage) is charged this much, far past any cap, which locks its tenant
+out, rather than being refused by the store and lost. Every store clamps here (:func:`bounded`),
+so they agree."""
+
+
+def bounded(s: Settlement) -> Settlement:
+    """``s`` with its cost, and its tokens together, clamped at :data:`MAX_SETTLED`."""
+    if s.cost_nanos <= MAX_SETTLED and s.input_tokens + s.output_tokens <= MAX_SETTLED:
+        return s
+    input_tokens = min(s.input_tokens, MAX_SETTLED)
+    return replace(
+        s,
+        cost_nanos=min(s.cost_nanos, MAX_SETTLED),
+        input_tokens=input_tokens,
+        output_tokens=min(s.output_tokens, MAX_SETTLED - input_tokens),
+    )
 
 
 @dataclass(frozen=True)

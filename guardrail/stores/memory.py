@@ -26,6 +26,7 @@ from guardrail.stores.base import (
     UsageRow,
     UsageSummary,
     Windows,
+    bounded,
     bucket_level,
     budget_error,
     in_flight_error,
@@ -275,7 +276,7 @@ class MemoryStore:
 
     def settle(self, reservation: Reservation, settlement: Settlement) -> str:
         with self._lock:
-            self._settle(reservation, settlement)
+            self._settle(reservation, bounded(settlement))  # as Redis: at most 2**53-1
         return "settled"
 
     def _settle(self, reservation: Reservation, settlement: Settlement) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.claude import message_tokens, plain, request_tokens
 from guardrail.counting.messages import TokenCounter, field_of
-from guardrail.engine.adapter import RequestView
+from guardrail.engine.adapter import PartialUsage, RequestView
 from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import (
     check_body,
@@ -23,7 +23,13 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import InvalidRequestError, describe
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given, model_and_messages, request_id_of
+from guardrail.providers.common import (
+    given,
+    model_and_messages,
+    request_id_of,
+    token_count,
+    usage_of,
+)
 
 __all__ = [
     "NONSTREAMING_MAX_TOKENS",
@@ -293,50 +299,46 @@ def _count(value: Any) -> int | None:
 def _input_count(usage: Any) -> int | None:
     """``usage.input_tokens``; None when missing, unreadable or negative (a prompt of 0
     would be billed as free: the engine bills its own count of the prompt instead)."""
-    value = _field(usage, "input_tokens")
-    count = _count(value)
-    return None if count is None or value < 0 else count
+    return token_count(_field(usage, "input_tokens"))
 
 
 def _read_usage(usage: Any) -> TokenUsage | None:
     """An Anthropic ``usage`` (a response's, or ``message_start``'s) as a :class:`TokenUsage`:
     ``input_tokens`` excludes cache reads and writes, which are added; the 1-hour writes come
-    from ``cache_creation``. Every other field is clamped to >= 0 (a missing one is 0).
-    None when ``input_tokens`` itself is missing, unreadable or negative: the engine then
-    bills its own count of the prompt rather than a prompt of 0."""
+    from ``cache_creation``. Cache, thinking and search counts are clamped to >= 0 (a
+    missing one is 0). A missing, unreadable or negative ``input_tokens`` or
+    ``output_tokens`` is flagged (a :class:`PartialUsage` keeping the readable fields): the
+    engine bills its own count of the prompt, or the reserved output, never 0."""
     if usage is None:
         return None
     creation = _field(usage, "cache_creation")
     details = _field(usage, "output_tokens_details")
     uncached = _input_count(usage)
-    read = _count(_field(usage, "cache_read_input_tokens"))
-    written = _count(_field(usage, "cache_creation_input_tokens"))
-    output = _count(_field(usage, "output_tokens"))
-    if uncached is None:
-        return None
+    read = _count(_field(usage, "cache_read_input_tokens")) or 0
+    written = _count(_field(usage, "cache_creation_input_tokens")) or 0
+    output = token_count(_field(usage, "output_tokens"))
     w5 = _count(_field(creation, "ephemeral_5m_input_tokens")) or 0
     w1 = _count(_field(creation, "ephemeral_1h_input_tokens")) or 0
     # The total and its split disagreeing (or the total missing): bill the larger.
-    written = max(written or 0, w5 + w1)
-    output = output or 0
+    written = max(written, w5 + w1)
     thinking = _count(_field(details, "thinking_tokens")) or 0
-    read = read or 0
     searches = _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0
-    return TokenUsage(
-        input_tokens=uncached + read + written,
-        output_tokens=output,
+    return usage_of(
+        None if uncached is None else uncached + read + written,
+        output,
         cached_input_tokens=read,
         cache_write_tokens=written,
         cache_write_1h_tokens=min(w1, written),
-        reasoning_tokens=min(thinking, output),
+        reasoning_tokens=thinking if output is None else min(thinking, output),
         web_searches=searches,
     )
 
 
 def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
     """``message_delta`` usage (cumulative) over ``message_start``'s: the delta's fields
-    win where it has them; the 1-hour cache-write split only comes with the start. Every
-    field is clamped to >= 0."""
+    win where it has them; the 1-hour cache-write split only comes with the start. Cache,
+    thinking and search counts are clamped to >= 0; an input count neither gives, or an
+    unreadable output count, is flagged as :func:`_read_usage` does."""
     start = start or TokenUsage()
 
     def get(name: str) -> int | None:
@@ -347,17 +349,18 @@ def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
     written = get("cache_creation_input_tokens")
     written = start.cache_write_tokens if written is None else written
     uncached = _input_count(usage)
-    if uncached is None:
+    if uncached is None and not (isinstance(start, PartialUsage) and start.input_unread):
         uncached = max(0, start.input_tokens - start.cached_input_tokens - start.cache_write_tokens)
-    output = get("output_tokens") or 0
+    output = token_count(_field(usage, "output_tokens"))
     thinking = _count(_field(_field(usage, "output_tokens_details"), "thinking_tokens"))
-    return TokenUsage(
-        input_tokens=uncached + cached + written,
-        output_tokens=output,
+    thinking = start.reasoning_tokens if thinking is None else thinking
+    return usage_of(
+        None if uncached is None else uncached + cached + written,
+        output,
         cached_input_tokens=cached,
         cache_write_tokens=written,
         cache_write_1h_tokens=min(start.cache_write_1h_tokens, written),
-        reasoning_tokens=min(start.reasoning_tokens if thinking is None else thinking, output),
+        reasoning_tokens=thinking if output is None else min(thinking, output),
         web_searches=max(
             start.web_searches,
             _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0,

@@ -21,7 +21,13 @@ from guardrail.engine.request_check import (
 )
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import InvalidRequestError, describe
-from guardrail.providers.common import given, model_and_messages, request_id_of
+from guardrail.providers.common import (
+    given,
+    model_and_messages,
+    request_id_of,
+    token_count,
+    usage_of,
+)
 
 __all__ = ["OpenAIAdapter", "materialise"]
 
@@ -35,15 +41,13 @@ def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _count(obj: Any, name: str) -> int:
-    """A usage field as a non-negative int, whatever the provider put there."""
-    value = getattr(obj, name, 0)
+def _count(obj: Any, name: str) -> int | None:
+    """A usage field as a non-negative int; None when it is not a count (missing, null,
+    negative, a string, infinity): :func:`~guardrail.providers.common.token_count`."""
+    value = getattr(obj, name, None)
     if type(value) is int and value >= 0:  # what the SDK gives: no conversion
         return value
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
+    return token_count(value)
 
 
 _ITERABLE_PARAMS = ("messages", "tools", "functions")
@@ -266,11 +270,13 @@ class OpenAIAdapter:
             return None
         prompt_details = getattr(usage, "prompt_tokens_details", None)
         output_details = getattr(usage, "completion_tokens_details", None)
-        return TokenUsage(
-            input_tokens=_count(usage, "prompt_tokens"),
-            output_tokens=_count(usage, "completion_tokens"),
-            cached_input_tokens=_count(prompt_details, "cached_tokens"),
-            reasoning_tokens=_count(output_details, "reasoning_tokens"),
+        # An unreadable prompt or completion count is flagged (PartialUsage), not read
+        # as 0: the engine bills its own count of the prompt, the reserved output.
+        return usage_of(
+            _count(usage, "prompt_tokens"),
+            _count(usage, "completion_tokens"),
+            cached_input_tokens=_count(prompt_details, "cached_tokens") or 0,
+            reasoning_tokens=_count(output_details, "reasoning_tokens") or 0,
         )
 
     def usage(self, response: Any) -> TokenUsage | None:

@@ -46,7 +46,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given, request_id_of
+from guardrail.providers.common import given, request_id_of, token_count, usage_of
 from guardrail.providers.openai.chat import hidden_reasoning, premium_tier
 
 __all__ = [
@@ -430,14 +430,11 @@ class ResponsesAdapter:
         return keys
 
 
-def _count(obj: Any, name: str) -> int:
-    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, 0)
+def _count(obj: Any, name: str) -> int | None:
+    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
     if type(value) is int and value >= 0:  # what the SDK gives: no conversion
         return value
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
+    return token_count(value)
 
 
 def _usage(usage: Any, output: Any) -> TokenUsage | None:
@@ -461,11 +458,11 @@ def _usage(usage: Any, output: Any) -> TokenUsage | None:
         for item in output or ()
         if getattr(item, "type", None) == "code_interpreter_call"
     }
-    return TokenUsage(
-        input_tokens=_count(usage, "input_tokens"),
-        output_tokens=_count(usage, "output_tokens"),
-        cached_input_tokens=_count(input_details, "cached_tokens"),
-        reasoning_tokens=_count(output_details, "reasoning_tokens"),
+    return usage_of(  # an unreadable count is flagged for the engine, not read as 0
+        _count(usage, "input_tokens"),
+        _count(usage, "output_tokens"),
+        cached_input_tokens=_count(input_details, "cached_tokens") or 0,
+        reasoning_tokens=_count(output_details, "reasoning_tokens") or 0,
         web_searches=kinds.count("web_search_call"),
         file_searches=kinds.count("file_search_call"),
         containers=len(containers),

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from guardrail._clock import Clock
-from guardrail.stores.base import Settlement
+from guardrail.stores.base import Settlement, bounded
 from guardrail.stores.redis.codec import Codec, reservation_from
 from guardrail.stores.spool import Spool
 
@@ -53,7 +53,7 @@ class SpoolReplay:
         r = reservation_from(record["r"])
         now = self._clock()
         if record["op"] == "settle":
-            keys, args = self.codec.settle_call(r, Settlement(**record["s"]), now)
+            keys, args = self.codec.settle_call(r, bounded(Settlement(**record["s"])), now)
             self._call("settle", keys, args)
         elif record["op"] == "release":
             keys, args = self.codec.release_call(r, now, bool(record.get("failed")))

@@ -38,6 +38,7 @@ from guardrail.stores.base import (
     UsageRow,
     UsageSummary,
     Windows,
+    bounded,
     report_range,
 )
 from guardrail.stores.redis.codec import Codec, by_model
@@ -289,7 +290,9 @@ class RedisStore(SpoolReplay):
 
     def settle(self, reservation: Reservation, settlement: Settlement) -> str:
         """Returns where the settlement went: ``"settled"`` (Redis), ``"spooled"`` or
-        ``"pending"`` (kept in memory: neither Redis nor the spool could take it)."""
+        ``"pending"`` (kept in memory: neither Redis nor the spool could take it). A cost
+        past the store's range is charged at its maximum (:func:`bounded`), never dropped."""
+        settlement = bounded(settlement)
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             self._run("settle", keys, args)
@@ -365,6 +368,7 @@ class RedisStore(SpoolReplay):
         return self.recovery.reserve_offline(request)
 
     async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
+        settlement = bounded(settlement)
         keys, args = self.codec.settle_call(reservation, settlement, self._clock())
         try:
             await self._arun("settle", keys, args)
