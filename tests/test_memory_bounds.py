@@ -99,13 +99,13 @@ def test_full_maps_are_pruned_rarely_not_on_every_insert(
     limit = 400
     monkeypatch.setattr(memory, "_MAX_NOTES" if kind == "notes" else "_MAX_CLAIMS", limit)
     prunings = []
-    real = memory._pruned
+    real = memory.pruned
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         prunings.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(memory, "_pruned", counting)
+    monkeypatch.setattr(memory, "pruned", counting)
     store = MemoryStore(clock=ManualClock(START_TS))
     for n in range(10_000):  # live for a day: none expires during the test
         if kind == "notes":

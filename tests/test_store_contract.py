@@ -217,6 +217,32 @@ def test_abandoned_reservations_expire(twin: Twin, clock: ManualClock) -> None:
     assert ok(twin("usage", "jay")).spent_usd == Decimal(100) / USD
 
 
+def test_a_live_hold_is_extended(twin: Twin, clock: ManualClock) -> None:
+    # A stream still running keeps its hold (extend), on every scope, past its first TTL.
+    lim, parent = ScopeLimits("long", daily_nanos=1000), ScopeLimits("org", daily_nanos=5000)
+    r = ok(twin("reserve", req("r1", lim, parent, cost=800, tokens=60, ttl=60)))
+    clock.advance(40)
+    renewed = ok(twin("extend", r, 60.0))
+    assert renewed.id == r.id and renewed.expires_at == r.expires_at + 40
+    clock.advance(40)  # past the first expiry: still held
+    refused(twin("reserve", req("r2", lim, cost=800)), "daily_spend_usd")
+    assert ok(twin("usage", "org")).reserved_usd == Decimal(800) / USD
+    clock.advance(20)  # the renewed expiry: gone, as any hold
+    assert ok(twin("usage", "long")).reserved_usd == 0
+
+
+def test_only_a_held_reservation_is_extended(twin: Twin, clock: ManualClock) -> None:
+    lim = ScopeLimits("done", daily_nanos=1000)
+    settled = ok(twin("reserve", req("r1", lim, cost=300, ttl=60)))
+    twin("settle", settled, paid(200))
+    assert ok(twin("extend", settled, 60.0)) is None
+    expired = ok(twin("reserve", req("r2", lim, cost=300, ttl=30)))
+    clock.advance(30)
+    assert ok(twin("extend", expired, 60.0)) is None  # gone: its room was given back
+    twin("settle", expired, paid(100))  # its late settlement still counts
+    assert ok(twin("usage", "done")).spent_usd == Decimal(300) / USD
+
+
 def test_release_after_expiry_gives_no_tokens_back(twin: Twin, clock: ManualClock) -> None:
     lim = ScopeLimits("late", tokens_per_minute=100)
     r = ok(twin("reserve", req("r1", lim, tokens=100, ttl=30)))

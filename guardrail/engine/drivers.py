@@ -26,10 +26,13 @@ from typing import Any
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.operations import (
     CountTokens,
+    Extend,
     OpenStream,
+    Parked,
     Recall,
     Release,
     Remember,
+    RenewHold,
     Reserve,
     ReserveOffline,
     Send,
@@ -97,8 +100,12 @@ class SyncDriver:
                     value = self.store.recall(op.scope, op.key)
                 elif isinstance(op, Remember):
                     self.store.remember(op.scope, op.key, op.value, op.ttl_seconds)
+                elif isinstance(op, Extend):
+                    value = _extender(self.store, "extend")(op.reservation, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
                     return hand_over(GuardedStream(op, flow, self, plan))
+                elif isinstance(op, Parked):
+                    return op
             except BaseException as error:  # sent into the flow, which decides
                 exc = error
 
@@ -168,8 +175,16 @@ class AsyncDriver:
                     value = await self.store.arecall(op.scope, op.key)
                 elif isinstance(op, Remember):
                     await self.store.aremember(op.scope, op.key, op.value, op.ttl_seconds)
+                elif isinstance(op, Extend):
+                    if self.inline:
+                        value = _extender(self.store, "extend")(op.reservation, op.ttl_seconds)
+                    else:
+                        extend = _aextender(self.store)
+                        value = await extend(op.reservation, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
                     return hand_over(AsyncGuardedStream(op, flow, self, plan))
+                elif isinstance(op, Parked):
+                    return op
             except BaseException as error:
                 exc = error
 
@@ -188,6 +203,23 @@ async def _shielded(store: Store, write: Coroutine[Any, Any, Any]) -> Any:
     if getattr(store, "async_writes_never_suspend", False) is True:
         return await write
     return await asyncio.shield(write)
+
+
+def _extender(store: Store, name: str) -> Callable[[Any, float], Any]:
+    """The store's ``extend`` (or ``aextend``); a store without one renews nothing."""
+    found: Callable[[Any, float], Any] | None = getattr(store, name, None)
+    return found if found is not None else (lambda reservation, ttl: None)
+
+
+def _aextender(store: Store) -> Callable[[Any, float], Awaitable[Any]]:
+    found: Callable[[Any, float], Awaitable[Any]] | None = getattr(store, "aextend", None)
+    if found is not None:
+        return found
+
+    async def none(reservation: Any, ttl: float) -> None:
+        return None
+
+    return none
 
 
 def _offline(store: Store, name: str) -> Callable[[Any], Any]:
@@ -222,6 +254,7 @@ class _StreamBase:
         self._flow: Flow | None = flow
         self._plan = plan
         self._adapter = adapter
+        self._renew_at, self._now = op.renew_at, store.now
         # A stream dropped half-read (no close, no loop end) is settled when it is
         # garbage-collected: the finaliser holds the flow, so the flow outlives the stream.
         self._abandoned = weakref.finalize(self, _settle_abandoned, flow, store, adapter, plan)
@@ -238,6 +271,14 @@ class _StreamBase:
             model = getattr(chunk, "model", None)
             tally.response_model = model if isinstance(model, str) else None
         return self._adapter.observe_chunk(chunk, tally)
+
+    def _renewal_due(self) -> bool:
+        """Whether the stream has run so long that its hold must be renewed (by the store's
+        clock, half a TTL before it would expire)."""
+        return self._renew_at is not None and self._now() >= self._renew_at
+
+    def _parked(self, parked: Any) -> None:
+        self._renew_at = parked.renew_at if isinstance(parked, Parked) else None
 
     def _overran(self) -> bool:
         """Whether to stop because the output overran its reservation (or raise, per policy)."""
@@ -322,6 +363,8 @@ class GuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             for chunk in self._stream:
+                if self._renewal_due() and self._flow is not None:
+                    self._parked(self._driver.run(self._flow, self._plan, RenewHold()))
                 if self._observe(chunk):
                     yield chunk
                 if self._overran():
@@ -378,6 +421,8 @@ class AsyncGuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             async for chunk in self._stream:
+                if self._renewal_due() and self._flow is not None:
+                    self._parked(await self._driver.run(self._flow, self._plan, RenewHold()))
                 if self._observe(chunk):
                     yield chunk
                 if self._overran():

@@ -8,14 +8,14 @@ import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.operations import Op, Release, Reserve, ReserveOffline
+from guardrail.engine.operations import Extend, Op, Release, Reserve, ReserveOffline
 from guardrail.errors import BudgetExceeded, GuardrailError, StoreUnavailable
 from guardrail.stores.base import Reservation, ReservationRequest
 
 if TYPE_CHECKING:
     from guardrail.engine.core import Engine
 
-__all__ = ["release", "reserve"]
+__all__ = ["extend", "release", "renew_at", "reserve"]
 
 _log = logging.getLogger("guardrail")
 
@@ -75,3 +75,27 @@ def release(reservation: Reservation | None, *, failed: bool = False) -> Generat
         yield Release(reservation, failed)
     except Exception as exc:  # the TTL will return it; never mask the call's own error
         _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
+
+
+def renew_at(reservation: Reservation | None, ttl_seconds: float) -> float | None:
+    """When a live stream's hold is renewed: half its TTL before it would expire."""
+    return None if reservation is None else reservation.expires_at - ttl_seconds / 2
+
+
+def extend(reservation: Reservation, ttl_seconds: float) -> Generator[Op, Any, Reservation | None]:
+    """Keep a live call's hold: it expires by itself only so that a crashed process gives
+    its room back, and a call still running past it would let other calls spend that room.
+    The reservation as renewed; None when the store could not renew it (logged once: the
+    hold may expire while the call runs; its late settlement is still charged in full)."""
+    try:
+        renewed: Reservation | None = yield Extend(reservation, ttl_seconds)
+    except Exception as exc:
+        _log.error("guardrail: could not renew reservation %s: %r", reservation.id, exc)
+        return None
+    if renewed is None:
+        _log.warning(
+            "guardrail: reservation %s could not be renewed (expired already, or the store "
+            "cannot renew holds); the call goes on without it",
+            reservation.id,
+        )
+    return renewed

@@ -15,11 +15,14 @@ from guardrail.stores.base import Reservation, ReservationRequest, Settlement
 
 __all__ = [
     "CountTokens",
+    "Extend",
     "Op",
     "OpenStream",
+    "Parked",
     "Recall",
     "Release",
     "Remember",
+    "RenewHold",
     "Reserve",
     "ReserveOffline",
     "Send",
@@ -68,10 +71,36 @@ class Sleep:
 
 @dataclass(frozen=True)
 class OpenStream:
-    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd`."""
+    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd` (or a
+    :class:`RenewHold`). ``renew_at``: when (by the store's clock) the stream should have
+    its hold renewed, None when nothing is held."""
 
     stream: Any
     tally: StreamTally
+    renew_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RenewHold:
+    """Sent into a parked flow by a stream still running at its ``renew_at``: the flow
+    extends its hold (:class:`Extend`) and parks again (:class:`Parked`)."""
+
+
+@dataclass(frozen=True)
+class Parked:
+    """The flow is waiting for its stream again; ``renew_at`` as in :class:`OpenStream`."""
+
+    renew_at: float | None
+
+
+@dataclass(frozen=True)
+class Extend:
+    """Keep a live call's hold ``ttl_seconds`` more from now (the store's ``extend``); the
+    flow resumes with the renewed reservation, or None when the store no longer holds it
+    (or cannot extend holds)."""
+
+    reservation: Reservation
+    ttl_seconds: float
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,8 @@ Op = (
     | Send
     | Sleep
     | OpenStream
+    | Parked
+    | Extend
     | CountTokens
     | Recall
     | Remember

@@ -10,10 +10,9 @@ import heapq
 import os
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, tzinfo
-from typing import TypeVar
 
 from guardrail._clock import Clock, system_clock
 from guardrail.stores.base import (
@@ -34,11 +33,9 @@ from guardrail.stores.base import (
     nanos_to_usd,
     report_range,
 )
+from guardrail.stores.pruning import pruned
 
 __all__ = ["MemoryStore"]
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass
@@ -90,20 +87,6 @@ _MAX_UNHELD = 100_000  # settlements of reservations held elsewhere remembered, 
 _SLACK = 1_024  # expiry entries of settled reservations let wait, beyond twice the holds
 
 
-def _pruned(
-    entries: dict[K, V], now: float, expiry: Callable[[V], float], limit: int
-) -> dict[K, V]:
-    """``entries`` without the expired ones and, if more than three quarters of ``limit``
-    are still live, only the ``limit // 2`` that expire last: every pruning frees at least
-    a quarter of the room, so its cost is spread over the inserts that refill it (pruning
-    only the expired would rebuild a full map on every insert once it held ``limit`` live
-    entries)."""
-    live = {k: v for k, v in entries.items() if expiry(v) > now}
-    if len(live) > limit * 3 // 4:
-        live = dict(sorted(live.items(), key=lambda kv: expiry(kv[1]))[-(limit // 2) :])
-    return live
-
-
 class MemoryStore:
     """Thread-safe in-memory budgets. ``clock`` returns POSIX seconds (inject one in tests)."""
 
@@ -135,7 +118,10 @@ class MemoryStore:
         s = self._s
         while s.expiry and s.expiry[0][0] <= now:
             expires_at, rid = heapq.heappop(s.expiry)
-            hold = s.holds.pop(rid, None)
+            hold = s.holds.get(rid)
+            if hold is not None and hold.reservation.expires_at > expires_at:
+                continue  # renewed (extend): its later entry waits in the queue
+            s.holds.pop(rid, None)
             if hold is not None and not hold.released:
                 self._unhold(hold.reservation)
                 s.expired[rid] = expires_at + _FORGET_AFTER
@@ -307,6 +293,19 @@ class MemoryStore:
         # No expiry pass: a settlement adds nothing that expires, and every reserve,
         # release and read of the usage runs one first.
 
+    def extend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
+        """Keep a live call's hold ``ttl_seconds`` more from now; None when it is not held
+        (settled, released or expired already)."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            hold = self._s.holds.get(reservation.id)
+            if hold is None:
+                return None
+            hold.reservation = replace(hold.reservation, expires_at=now + ttl_seconds)
+            heapq.heappush(self._s.expiry, (hold.reservation.expires_at, reservation.id))
+            return hold.reservation
+
     def release(self, reservation: Reservation, *, failed: bool = False) -> str:
         with self._lock:
             self._release(reservation, failed)
@@ -339,7 +338,7 @@ class MemoryStore:
         else:
             loops[key] = (seen[0] + 1, seen[1], seen[2])
         if len(loops) > _MAX_LOOPS:  # bounded: forget the quiet ones, then the oldest
-            self._s.loops = _pruned(loops, now, lambda v: v[1] + v[2], _MAX_LOOPS)
+            self._s.loops = pruned(loops, now, lambda v: v[1] + v[2], _MAX_LOOPS)
 
     def _drop_hold(self, r: Reservation) -> None:
         hold = self._s.holds.pop(r.id, None)
@@ -423,7 +422,7 @@ class MemoryStore:
             if claims.get((scope, key), now) > now:
                 return False
             if len(claims) >= _MAX_CLAIMS:
-                self._s.claims = claims = _pruned(claims, now, lambda v: v, _MAX_CLAIMS)
+                self._s.claims = claims = pruned(claims, now, lambda v: v, _MAX_CLAIMS)
             claims[(scope, key)] = now + ttl_seconds
             return True
 
@@ -432,7 +431,7 @@ class MemoryStore:
         with self._lock:
             notes = self._s.notes
             if len(notes) >= _MAX_NOTES:
-                self._s.notes = notes = _pruned(notes, now, lambda v: v[1], _MAX_NOTES)
+                self._s.notes = notes = pruned(notes, now, lambda v: v[1], _MAX_NOTES)
             notes[(scope, key)] = (int(value), now + ttl_seconds)
 
     def recall(self, scope: str, key: str) -> int | None:
@@ -472,6 +471,9 @@ class MemoryStore:
 
     async def asettle(self, reservation: Reservation, settlement: Settlement) -> str:
         return self.settle(reservation, settlement)
+
+    async def aextend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
+        return self.extend(reservation, ttl_seconds)
 
     async def arelease(self, reservation: Reservation, *, failed: bool = False) -> str:
         return self.release(reservation, failed=failed)

@@ -4,7 +4,7 @@ async face of the store."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date
 from typing import Any
 
@@ -167,6 +167,16 @@ class Codec:
         oldest = self.keys.today(now).oldest_month
         numbers = f"{float(now)!r} {r.day} {self.keys.retention_seconds} {oldest}"
         return keys, [r.id, numbers, _loop_arg(r, failed, now)]
+
+    def extend_call(
+        self, r: Reservation, now: float, ttl_seconds: float
+    ) -> tuple[list[str], list[str], Reservation]:
+        """The extend script's keys and arguments, and the reservation it makes."""
+        if self.cluster:
+            self.keys.check_slots(r.scopes)
+        keys = [self.keys.live_key(scope) for scope in r.scopes]
+        args = [r.id, f"{float(now)!r} {float(ttl_seconds)!r}"]
+        return keys, args, replace(r, expires_at=now + ttl_seconds)
 
     def usage_call(
         self, scope: str, day: date | None, now: float

@@ -8,7 +8,7 @@ from importlib import resources
 
 __all__ = ["SCRIPTS", "script_source"]
 
-SCRIPTS = ("reserve", "settle", "release", "usage")
+SCRIPTS = ("reserve", "settle", "release", "extend", "usage")
 _INCLUDE = re.compile(r"^--! include (\S+)[ \t]*$", re.MULTILINE)
 
 

@@ -313,6 +313,12 @@ class RedisStore(SpoolReplay):
             return self.recovery.keep(record, exc)
         return "settled"
 
+    def extend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
+        """Keep a live call's hold ``ttl_seconds`` more from now (every scope's); None
+        when it is not held (settled, released or expired already)."""
+        keys, args, renewed = self.codec.extend_call(reservation, self._clock(), ttl_seconds)
+        return renewed if self._run("extend", keys, args) == 1 else None
+
     def usage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
         keys, args, day_key = self.codec.usage_call(scope, day, now)
@@ -387,6 +393,10 @@ class RedisStore(SpoolReplay):
             record = self.codec.spool_record("release", reservation, failed=failed)
             return await asyncio.to_thread(self.recovery.keep, record, exc)
         return "settled"
+
+    async def aextend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
+        keys, args, renewed = self.codec.extend_call(reservation, self._clock(), ttl_seconds)
+        return renewed if await self._arun("extend", keys, args) == 1 else None
 
     async def ausage(self, scope: str, day: date | None = None) -> UsageSummary:
         now = self._clock()
