@@ -95,14 +95,15 @@ class ClientState:
         return replace(self, _unretried=None, _lock=threading.Lock(), _targets={}, **changes)
 
 
-_SETTINGS = ("_base_url", "api_key", "auth_token")
-
-
 def _settings_changed(client: Any, plain: Any) -> bool:
     """Whether ``client``'s URL or credentials were set since ``plain`` was copied from it
     (by identity: assigning makes a new object; a cheap check on every guarded call)."""
     mine, theirs = vars(client), vars(plain)
-    return any(mine.get(name) is not theirs.get(name) for name in _SETTINGS)
+    return (
+        mine.get("_base_url") is not theirs.get("_base_url")
+        or mine.get("api_key") is not theirs.get("api_key")
+        or mine.get("auth_token") is not theirs.get("auth_token")  # Anthropic's
+    )
 
 
 def state_of(resource: Any) -> ClientState:
