@@ -254,11 +254,8 @@ def test_keyboard_interrupt_releases_the_reservation(server) -> None:
     fake = type("C", (), {})()
     fake.chat = type("Ch", (), {})()
     fake.chat.completions = type("Co", (), {"create": staticmethod(interrupted)})()
-    # Guarded calls are sent on it (it carries the client's settings, or a fresh copy of
-    # the client would be made in its place).
-    for name in ("_base_url", "api_key"):
-        setattr(fake, name, getattr(client, name))
-    client._guardrail._unretried = fake
+    client._guardrail.unretried(client)  # made once for the client's settings, then
+    client._guardrail._unretried = fake  # replaced: guarded calls are sent on it
     with pytest.raises(KeyboardInterrupt):
         client.chat.completions.create(model=MODEL, messages=HELLO)
     no_leak(guard, "default")

@@ -60,6 +60,7 @@ class ClientState:
     unwrapped: Any
     extra: Any = None
     _unretried: Any = field(default=None, repr=False)
+    _seen: tuple[Any, Any, Any] = field(default=(None, None, None), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _targets: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
@@ -69,21 +70,26 @@ class ClientState:
         own retries). Made again when the client's URL or key was set since (a rotated
         key, a moved host)."""
         plain = self._unretried
-        if plain is None or _settings_changed(client, plain):
+        if plain is None or self._changed(client):
             with self._lock:
                 plain = self._unretried
-                if plain is None or _settings_changed(client, plain):
+                if plain is None or self._changed(client):
                     base = type(self.unwrapped)
+                    self._seen = _settings(client)
                     plain = base.copy(client, max_retries=0)
                     plain.__class__ = base
                     self._targets = {}
                     self._unretried = plain
         return plain
 
+    def _changed(self, client: Any) -> bool:
+        seen, now = self._seen, _settings(client)
+        return now[0] is not seen[0] or now[1] is not seen[1] or now[2] is not seen[2]
+
     def target(self, client: Any, path: str, name: str) -> Any:
         """The SDK method ``path.name`` of :meth:`unretried`, looked up once per client
         (and again once its settings changed)."""
-        if self._unretried is not None and _settings_changed(client, self._unretried):
+        if self._unretried is not None and self._changed(client):
             self.unretried(client)
         key = (path, name)
         found = self._targets.get(key)
@@ -92,18 +98,22 @@ class ClientState:
         return found
 
     def fresh(self, **changes: Any) -> ClientState:
-        return replace(self, _unretried=None, _lock=threading.Lock(), _targets={}, **changes)
+        return replace(
+            self,
+            _unretried=None,
+            _seen=(None, None, None),
+            _lock=threading.Lock(),
+            _targets={},
+            **changes,
+        )
 
 
-def _settings_changed(client: Any, plain: Any) -> bool:
-    """Whether ``client``'s URL or credentials were set since ``plain`` was copied from it
-    (by identity: assigning makes a new object; a cheap check on every guarded call)."""
-    mine, theirs = vars(client), vars(plain)
-    return (
-        mine.get("_base_url") is not theirs.get("_base_url")
-        or mine.get("api_key") is not theirs.get("api_key")
-        or mine.get("auth_token") is not theirs.get("auth_token")  # Anthropic's
-    )
+def _settings(client: Any) -> tuple[Any, Any, Any]:
+    """The client's URL and credentials, as objects: assigning one makes a new object, so
+    comparing them by identity tells a setting that was set since (a cheap check on every
+    guarded call; a copy of the client has its own objects, so it is never compared)."""
+    mine = vars(client)
+    return mine.get("_base_url"), mine.get("api_key"), mine.get("auth_token")  # Anthropic's
 
 
 def state_of(resource: Any) -> ClientState:
@@ -133,13 +143,16 @@ class Endpoint:
     """One guarded endpoint: its adapter (``adapter``, or ``adapter_of(state)`` when the
     client's state holds it), how its kwargs are read once (``prepare``), and how the
     provider counts its prompt (``count`` / ``acount``: ``(state, plain client) ->
-    counter``, for adapters that ask)."""
+    counter``, for adapters that ask; ``billed_model``: see below)."""
 
     adapter: ProviderAdapter | None = None
     adapter_of: Callable[[ClientState], ProviderAdapter] | None = None
     prepare: Callable[[dict[str, Any]], dict[str, Any]] = dict
     count: Callable[[ClientState, Any], Counter | None] | None = None
     acount: Callable[[ClientState, Any], Callable[[dict[str, Any]], Awaitable[int]]] | None = None
+    billed_model: Callable[[Any], str | None] | None = None
+    """The model the provider bills whatever the body's ``model`` says, from the client
+    (an Azure client made for one deployment), None when the body's is."""
 
     def adapter_for(self, state: ClientState) -> ProviderAdapter:
         if self.adapter_of is not None:
@@ -165,15 +178,15 @@ def sdk_request(
     return kwargs
 
 
-def _billed_model(resource: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with the model the provider bills: an ``AzureOpenAI`` client made for one
-    deployment (``azure_deployment=``) sends every call there, and Azure bills that
-    deployment whatever the body's ``model`` says, so the deployment is the model priced
-    (one whose name the catalog does not know is priced by ``register_model``)."""
-    deployment = getattr(resource._client, "_azure_deployment", None)
-    if isinstance(deployment, str) and deployment and kwargs.get("model") != deployment:
-        return {**kwargs, "model": deployment}
-    return kwargs
+def _billed(endpoint: Endpoint, client: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the model the provider bills, where the client fixes it
+    (``Endpoint.billed_model``: an Azure client made for one deployment)."""
+    if endpoint.billed_model is None:
+        return kwargs
+    model = endpoint.billed_model(client)
+    if model is None or kwargs.get("model") == model:
+        return kwargs
+    return {**kwargs, "model": model}
 
 
 def guarded(endpoint: Endpoint) -> Any:
@@ -199,7 +212,9 @@ def guarded(endpoint: Endpoint) -> Any:
                 if endpoint.acount is not None:
                     count = endpoint.acount(state, state.unretried(self._client))
                 adapter = endpoint.adapter_for(state)
-                kwargs = sdk_request(endpoint.prepare(_billed_model(self, kwargs)), parameters, api)
+                kwargs = sdk_request(
+                    endpoint.prepare(_billed(endpoint, self._client, kwargs)), parameters, api
+                )
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
             return amethod
@@ -212,7 +227,9 @@ def guarded(endpoint: Endpoint) -> Any:
             if endpoint.count is not None:
                 count = endpoint.count(state, state.unretried(self._client))
             adapter = endpoint.adapter_for(state)
-            kwargs = sdk_request(endpoint.prepare(_billed_model(self, kwargs)), parameters, api)
+            kwargs = sdk_request(
+                endpoint.prepare(_billed(endpoint, self._client, kwargs)), parameters, api
+            )
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count
             )

@@ -118,17 +118,37 @@ def _acounter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], Any
     return count
 
 
-CHAT = Endpoint(adapter=OpenAIAdapter(), prepare=materialise)
+def azure_deployment(client: Any) -> str | None:
+    """The deployment an ``AzureOpenAI`` client was made for: Azure sends every call there
+    and bills that deployment whatever the body's ``model`` says, so it is the model
+    priced (a name the catalog does not know is priced by ``register_model``). Read from
+    the client's URL too: the SDK's ``copy`` keeps the deployment only there."""
+    deployment = getattr(client, "_azure_deployment", None)
+    if isinstance(deployment, str) and deployment:
+        return deployment
+    if getattr(client, "_api_version", None) is None:  # not an Azure client
+        return None
+    path = str(vars(client).get("_base_url", "")).rstrip("/")
+    head, _, name = path.rpartition("/")
+    return name or None if head.endswith("/deployments") else None
+
+
+CHAT = Endpoint(adapter=OpenAIAdapter(), prepare=materialise, billed_model=azure_deployment)
 RESPONSES = Endpoint(
-    adapter=ResponsesAdapter(), prepare=materialise_input, count=_counter, acount=_acounter
+    adapter=ResponsesAdapter(),
+    prepare=materialise_input,
+    count=_counter,
+    acount=_acounter,
+    billed_model=azure_deployment,
 )
 COMPACT = Endpoint(
     adapter=ResponsesAdapter(compact=True),
     prepare=materialise_input,
     count=_counter,
     acount=_acounter,
+    billed_model=azure_deployment,
 )
-EMBEDDINGS = Endpoint(adapter=EmbeddingsAdapter())
+EMBEDDINGS = Endpoint(adapter=EmbeddingsAdapter(), billed_model=azure_deployment)
 
 UNMETERED: dict[str, tuple[str, ...]] = {
     "images": ("generate", "edit", "create_variation"),
