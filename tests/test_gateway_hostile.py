@@ -318,6 +318,24 @@ def test_a_json_answer_to_a_stream_request_is_a_502_settled_from_its_usage() -> 
         assert spent.reserved_usd == 0 and spent.spent_usd > 0
 
 
+def test_a_json_answer_to_a_stream_request_without_usage_is_charged_its_bound() -> None:
+    # It was billed: charged as a 200 without usage is (the prompt and the whole reserved
+    # output), never released as if nothing had been sent.
+    records: list[Any] = []
+    with (
+        json_upstream(None) as (upstream, seen),
+        running(config_for(upstream), sinks=[records.append]) as (base, app),
+    ):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=TENANT_KEY, max_retries=0)
+        with pytest.raises(openai.InternalServerError):
+            for _ in client.chat.completions.create(**CHAT, max_tokens=500, stream=True):
+                pass
+        (record,) = records
+        assert record.output_tokens == 500 and record.usage_source == "local_count"
+        spent = app.state.guard.usage("team-a")
+        assert spent.reserved_usd == 0 and spent.spent_usd > 0
+
+
 # -- reservations outliving calls -----------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 import guardrail
-from guardrail import BudgetExceeded, Guard, ManualClock, Policy
+from guardrail import BudgetExceeded, Guard, ManualClock, MemoryStore, Policy
 from guardrail.testing import FakeOpenAIServer
 from tests._redis_helpers import KINDS, cleanup, make_store
 
@@ -103,3 +103,42 @@ def test_without_chunks_the_hold_still_expires(server: Any, store: Any) -> None:
     for _ in chunks:
         pass
     assert guard.usage("default").spent_usd > 0
+
+
+class _SlowExtend(MemoryStore):
+    """A store whose renewal awaits (a Redis round trip), so a cancellation can land in it."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.async_writes_never_suspend = False
+        self.extending = asyncio.Event()
+
+    async def aextend(self, reservation: Any, ttl_seconds: float) -> Any:
+        self.extending.set()
+        await asyncio.Event().wait()  # until cancelled
+        return self.extend(reservation, ttl_seconds)  # pragma: no cover
+
+
+def test_a_cancellation_during_a_renewal_still_settles(server: Any) -> None:
+    clock = ManualClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    store = _SlowExtend(clock)
+    guard, _ = _guard(store)
+    client = guard.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+
+    async def consume() -> None:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=MSG, max_tokens=100, stream=True
+        )
+        async for _ in stream:
+            clock.advance(40)  # the next chunk renews the hold
+
+    async def main() -> None:
+        task = asyncio.create_task(consume())
+        await store.extending.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    usage = guard.usage("default")
+    assert usage.reserved_usd == 0 and usage.spent_usd > 0

@@ -190,6 +190,20 @@ def test_websocket_sessions_are_refused(path: str, kwargs: dict[str, Any]) -> No
         _at(client, path)(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/organization/../chat/completions", "/files/%2e%2e/chat/completions", "/files%2F..%2Fimages"],
+)
+def test_a_free_prefix_with_dot_segments_is_not_free(oai, path: str) -> None:
+    # The HTTP client resolves dot segments: /organization/../chat/completions is sent as
+    # /chat/completions.
+    client = Guard(LIMIT).wrap(openai.OpenAI(base_url=oai.base_url, api_key="x"))
+    before = len(oai.requests)
+    with pytest.raises(UnmeteredCall):
+        client.post(path, body={"model": "gpt-4o", "messages": HELLO}, cast_to=object)
+    assert _sent(oai, before) == []
+
+
 def test_free_write_patterns() -> None:
     free = FreeWrites(
         ("/files", "/uploads/*/parts", "/organization/**", "/threads/*"), ("/threads/runs",)

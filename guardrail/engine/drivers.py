@@ -279,6 +279,8 @@ class _StreamBase:
 
     def _parked(self, parked: Any) -> None:
         self._renew_at = parked.renew_at if isinstance(parked, Parked) else None
+        if isinstance(parked, Parked) and parked.error is not None:
+            raise parked.error  # the stream ends with it, and is settled
 
     def _overran(self) -> bool:
         """Whether to stop because the output overran its reservation (or raise, per policy)."""

@@ -185,9 +185,14 @@ def run(
     ttl = plan.policy.reservation_ttl_seconds
     end: StreamEnd | RenewHold = yield OpenStream(handed.pop(), tally, renew_at(reservation, ttl))
     while isinstance(end, RenewHold):  # a long stream keeps its hold while it runs
-        renewed = None if reservation is None else (yield from extend(reservation, ttl))
+        renewed, stopped = None, None
+        try:
+            if reservation is not None:
+                renewed = yield from extend(reservation, ttl)
+        except BaseException as exc:  # cancelled or interrupted while renewing: the
+            stopped = exc  # stream raises it, and ends (and settles) as any stream does
         reservation = renewed or reservation  # settled by id: the old one does as well
-        end = yield Parked(renew_at(renewed, ttl))
+        end = yield Parked(renew_at(renewed, ttl), stopped)
     started.first_chunk_at, started.response_model = tally.first_chunk_at, tally.response_model
     source: Literal["provider", "local_count"] = "provider"
     if tally.usage is not None:
@@ -366,8 +371,9 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
             carried = adapter.usage(completion)
         except Exception:
             carried = None
-        if carried is not None:
-            return carried
+        # The provider answered 2xx and billed it: usage it did not report (or that cannot
+        # be read) is filled in as for a 200 without usage, never taken for a free call.
+        return carried if carried is not None else _UNREPORTED
     if (
         isinstance(exc, Exception)
         and is_retryable(exc)
@@ -375,6 +381,10 @@ def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> T
     ):
         return _timed_out(plan)
     return None
+
+
+_UNREPORTED = PartialUsage(input_unread=True, output_unread=True)
+"""A billed answer that reported no usage: both sides filled in by ``_settle``."""
 
 
 def _timed_out(plan: Plan) -> TokenUsage:

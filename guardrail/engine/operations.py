@@ -88,9 +88,11 @@ class RenewHold:
 
 @dataclass(frozen=True)
 class Parked:
-    """The flow is waiting for its stream again; ``renew_at`` as in :class:`OpenStream`."""
+    """The flow is waiting for its stream again; ``renew_at`` as in :class:`OpenStream`;
+    ``error``: what interrupted the renewal (a cancellation), for the stream to raise."""
 
     renew_at: float | None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)

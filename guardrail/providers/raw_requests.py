@@ -64,6 +64,16 @@ def _path(url: object) -> str:
     return "/" + text.strip("/")
 
 
+def _plain(path: str) -> bool:
+    """Whether the path means what it says: no ``.`` / ``..`` segment (the HTTP client
+    resolves them, so ``/files/../chat/completions`` is sent as ``/chat/completions``) and
+    no encoded slash, dot or backslash."""
+    lowered = path.lower()
+    if "%2f" in lowered or "%2e" in lowered or "%5c" in lowered or "\\" in path:
+        return False
+    return not any(part in (".", "..") for part in path.split("/"))
+
+
 def _shape(path: str) -> str:
     """The path with its ids left out, for the once-per-process log (``/threads/*/runs``)."""
     return "/".join(
@@ -85,7 +95,7 @@ def request_hook(
         if method in _PASS or _vetted.get():
             return
         path = _path(getattr(options, "url", ""))
-        if path in free:
+        if path in free and _plain(path):
             return
         body = getattr(options, "json_data", None)
         check(self, f"{method.upper()} {_shape(path)}", body if isinstance(body, Mapping) else {})
