@@ -7,6 +7,7 @@ timeout (600 s by default) is shorter than the default TTL (900 s)."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -142,3 +143,15 @@ def test_a_cancellation_during_a_renewal_still_settles(server: Any) -> None:
     asyncio.run(main())
     usage = guard.usage("default")
     assert usage.reserved_usd == 0 and usage.spent_usd > 0
+
+
+def test_wrapping_a_client_that_waits_longer_than_a_hold_lives_warns() -> None:
+    # A plain request has no chunks to renew its hold on: a read timeout at or past the TTL
+    # lets it lose the hold while it waits.
+    guard = Guard(Policy(reservation_ttl_seconds=900))
+    with pytest.warns(UserWarning, match="reservation_ttl_seconds"):
+        guard.wrap(openai.OpenAI(api_key="t", timeout=3600))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guard.wrap(openai.OpenAI(api_key="t"))  # the SDK's 600 s: no warning
+        Guard(Policy(reservation_ttl_seconds=7200)).wrap(openai.OpenAI(api_key="t", timeout=3600))
