@@ -54,7 +54,9 @@ def _guard(store: Any) -> tuple[Guard, Decimal]:
 def test_a_long_stream_keeps_its_hold(server: Any, store: Any) -> None:
     guard, one = _guard(store)
     clock = store._clock
-    client = guard.wrap(openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+    client = guard.wrap(
+        openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=30)
+    )
     stream = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=100, stream=True)
     chunks = iter(stream)
     for _ in range(5):  # 200 s of a stream whose hold lives 60 s, a chunk every 40 s
@@ -72,7 +74,9 @@ def test_a_long_stream_keeps_its_hold(server: Any, store: Any) -> None:
 def test_an_async_stream_keeps_its_hold(server: Any, store: Any) -> None:
     guard, one = _guard(store)
     clock = store._clock
-    client = guard.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+    client = guard.wrap(
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=30)
+    )
 
     async def run() -> None:
         stream = await client.chat.completions.create(
@@ -95,7 +99,9 @@ def test_without_chunks_the_hold_still_expires(server: Any, store: Any) -> None:
     # than the TTL) loses its hold, as before, and its late settlement is charged in full.
     guard, one = _guard(store)
     clock = store._clock
-    client = guard.wrap(openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+    client = guard.wrap(
+        openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=30)
+    )
     stream = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=100, stream=True)
     chunks = iter(stream)
     next(chunks)
@@ -124,7 +130,9 @@ def test_a_cancellation_during_a_renewal_still_settles(server: Any) -> None:
     clock = ManualClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
     store = _SlowExtend(clock)
     guard, _ = _guard(store)
-    client = guard.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+    client = guard.wrap(
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=30)
+    )
 
     async def consume() -> None:
         stream = await client.chat.completions.create(
