@@ -101,7 +101,7 @@ class SyncDriver:
                 elif isinstance(op, Remember):
                     self.store.remember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, Extend):
-                    value = _extender(self.store, "extend")(op.reservation, op.ttl_seconds)
+                    value = _extender(self.store)(op.reservation, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
                     return hand_over(GuardedStream(op, flow, self, plan))
                 elif isinstance(op, Parked):
@@ -177,7 +177,7 @@ class AsyncDriver:
                     await self.store.aremember(op.scope, op.key, op.value, op.ttl_seconds)
                 elif isinstance(op, Extend):
                     if self.inline:
-                        value = _extender(self.store, "extend")(op.reservation, op.ttl_seconds)
+                        value = _extender(self.store)(op.reservation, op.ttl_seconds)
                     else:
                         extend = _aextender(self.store)
                         value = await extend(op.reservation, op.ttl_seconds)
@@ -205,9 +205,9 @@ async def _shielded(store: Store, write: Coroutine[Any, Any, Any]) -> Any:
     return await asyncio.shield(write)
 
 
-def _extender(store: Store, name: str) -> Callable[[Any, float], Any]:
-    """The store's ``extend`` (or ``aextend``); a store without one renews nothing."""
-    found: Callable[[Any, float], Any] | None = getattr(store, name, None)
+def _extender(store: Store) -> Callable[[Any, float], Any]:
+    """The store's ``extend``; a store without one renews nothing."""
+    found: Callable[[Any, float], Any] | None = getattr(store, "extend", None)
     return found if found is not None else (lambda reservation, ttl: None)
 
 

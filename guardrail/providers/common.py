@@ -37,6 +37,17 @@ def token_count(value: Any) -> int | None:
     return int(value) if value >= 0 else None
 
 
+def usage_field(usage: Any, name: str) -> int | None:
+    """:func:`token_count` of one field of a usage object (an SDK model, or a dict when it
+    came as JSON); None when the usage or the field is missing."""
+    if type(usage) is dict:
+        return token_count(usage.get(name))
+    value = getattr(usage, name, None)  # an SDK model: no ABC check on the hot path
+    if value is None and isinstance(usage, Mapping):
+        value = usage.get(name)
+    return token_count(value)
+
+
 def usage_of(input_tokens: int | None, output_tokens: int | None, **rest: int) -> TokenUsage:
     """A :class:`TokenUsage` of the counts read (:func:`token_count`); a
     :class:`PartialUsage` flagging the side that was unreadable, for the engine to fill."""

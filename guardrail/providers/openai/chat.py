@@ -25,7 +25,7 @@ from guardrail.providers.common import (
     given,
     model_and_messages,
     request_id_of,
-    token_count,
+    usage_field,
     usage_of,
 )
 
@@ -39,15 +39,6 @@ def _int_param(kwargs: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidRequestError(f"{name} must be a positive int, got {describe(value)}")
     return value
-
-
-def _count(obj: Any, name: str) -> int | None:
-    """A usage field as a non-negative int; None when it is not a count (missing, null,
-    negative, a string, infinity): :func:`~guardrail.providers.common.token_count`."""
-    value = getattr(obj, name, None)
-    if type(value) is int and value >= 0:  # what the SDK gives: no conversion
-        return value
-    return token_count(value)
 
 
 _ITERABLE_PARAMS = ("messages", "tools", "functions")
@@ -168,7 +159,7 @@ def _premium(
 def _schema(response_format: Any) -> Any:
     """The JSON schema a ``response_format`` gives the model to read (``parse``'s pydantic
     model, or ``{"type": "json_schema", "json_schema": {...}}``); None without one."""
-    if not given(response_format) or response_format is None:
+    if not given(response_format):
         return None
     if hasattr(response_format, "model_json_schema"):
         return response_format.model_json_schema()
@@ -273,10 +264,10 @@ class OpenAIAdapter:
         # An unreadable prompt or completion count is flagged (PartialUsage), not read
         # as 0: the engine bills its own count of the prompt, the reserved output.
         return usage_of(
-            _count(usage, "prompt_tokens"),
-            _count(usage, "completion_tokens"),
-            cached_input_tokens=_count(prompt_details, "cached_tokens") or 0,
-            reasoning_tokens=_count(output_details, "reasoning_tokens") or 0,
+            usage_field(usage, "prompt_tokens"),
+            usage_field(usage, "completion_tokens"),
+            cached_input_tokens=usage_field(prompt_details, "cached_tokens") or 0,
+            reasoning_tokens=usage_field(output_details, "reasoning_tokens") or 0,
         )
 
     def usage(self, response: Any) -> TokenUsage | None:

@@ -22,7 +22,7 @@ from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import check_body
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
-from guardrail.providers.common import given, request_id_of, token_count, usage_of
+from guardrail.providers.common import given, request_id_of, usage_field, usage_of
 
 __all__ = ["MAX_TOKENS_PER_INPUT", "MAX_TOKENS_PER_REQUEST", "EmbeddingsAdapter"]
 
@@ -122,7 +122,7 @@ class EmbeddingsAdapter:
         if usage is None:
             return None
         # No output is billed; an unreadable prompt count is flagged for the engine's own.
-        return usage_of(token_count(getattr(usage, "prompt_tokens", None)), 0)
+        return usage_of(usage_field(usage, "prompt_tokens"), 0)
 
     def request_id(self, response: Any) -> str | None:
         return request_id_of(response, "x-request-id")

@@ -46,7 +46,7 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import given, request_id_of, token_count, usage_of
+from guardrail.providers.common import given, request_id_of, usage_field, usage_of
 from guardrail.providers.openai.chat import hidden_reasoning, premium_tier
 
 __all__ = [
@@ -430,13 +430,6 @@ class ResponsesAdapter:
         return keys
 
 
-def _count(obj: Any, name: str) -> int | None:
-    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-    if type(value) is int and value >= 0:  # what the SDK gives: no conversion
-        return value
-    return token_count(value)
-
-
 def _usage(usage: Any, output: Any) -> TokenUsage | None:
     """A Responses ``usage`` (``input_tokens`` with cached ones inside, ``output_tokens``
     with reasoning inside) and the fees its output items show."""
@@ -459,10 +452,10 @@ def _usage(usage: Any, output: Any) -> TokenUsage | None:
         if getattr(item, "type", None) == "code_interpreter_call"
     }
     return usage_of(  # an unreadable count is flagged for the engine, not read as 0
-        _count(usage, "input_tokens"),
-        _count(usage, "output_tokens"),
-        cached_input_tokens=_count(input_details, "cached_tokens") or 0,
-        reasoning_tokens=_count(output_details, "reasoning_tokens") or 0,
+        usage_field(usage, "input_tokens"),
+        usage_field(usage, "output_tokens"),
+        cached_input_tokens=usage_field(input_details, "cached_tokens") or 0,
+        reasoning_tokens=usage_field(output_details, "reasoning_tokens") or 0,
         web_searches=kinds.count("web_search_call"),
         file_searches=kinds.count("file_search_call"),
         containers=len(containers),
