@@ -109,6 +109,16 @@ class Policy:
     part (a figure of your own: usage beyond it is charged and flagged as an overrun),
     ``"refuse"`` refuses the call with InvalidRequestError before anything is reserved."""
 
+    # -- what the request does not say
+    assume_service_tier: Literal["default", "priority"] | None = None
+    """The OpenAI processing tier a Chat Completions or Responses request that names none
+    (or ``service_tier="auto"``) is billed at: the project's default tier, set in the
+    OpenAI dashboard, which the request does not show. ``"priority"`` reserves such calls
+    at the model's Priority prices (where the price data has them; else at the standard
+    ones, never refused). Whatever this says, a call is settled at the tier its response
+    reports, so without it a Priority-default project is still charged Priority prices,
+    but reserved at the standard ones: one call may then go past the limit."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_input_tokens",
@@ -141,6 +151,11 @@ class Policy:
             raise ConfigurationError("output_over_cap must be 'clamp' or 'reject'")
         if self.stream_overrun not in ("raise", "end"):
             raise ConfigurationError("stream_overrun must be 'raise' or 'end'")
+        if self.assume_service_tier not in (None, "default", "priority"):
+            raise ConfigurationError(
+                "assume_service_tier must be None, 'default' or 'priority', got "
+                f"{describe(self.assume_service_tier)}"
+            )
         if isinstance(self.fallback_models, str):
             raise ConfigurationError("fallback_models must be a list of model names, not a str")
         object.__setattr__(self, "fallback_models", tuple(self.fallback_models))

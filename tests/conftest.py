@@ -116,6 +116,7 @@ def server(_session_server):  # type: ignore[no-untyped-def]
     _session_server.cached_tokens = 0
     _session_server.reasoning_tokens = 0
     _session_server.stream_usage = True
+    _session_server.service_tier = "default"
     return _session_server
 
 

@@ -133,7 +133,9 @@ def test_anthropic_refusals_have_anthropics_shape(gateway, fake) -> None:
 def test_an_option_guardrail_cannot_price_is_a_403_naming_it(gateway, server, fake) -> None:
     base, _ = gateway  # the gateway's policy has a money limit
     with pytest.raises(openai.PermissionDeniedError) as info:
-        oa(base).chat.completions.create(model="gpt-5", messages=HELLO, service_tier="priority")
+        oa(base).chat.completions.create(  # gpt-5-nano has no Priority prices
+            model="gpt-5-nano", messages=HELLO, service_tier="priority"
+        )
     body = info.value.response.json()["error"]
     assert body["type"] == "permission_error" and body["code"] == "unpriced_option"
     assert "service_tier='priority'" in body["message"]

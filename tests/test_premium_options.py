@@ -1,10 +1,12 @@
-"""Request options billed above the price data's rates (OpenAI's ``service_tier="priority"``,
-Chat Completions audio and web search, the Responses ``image_generation`` tool, Anthropic's
-``speed="fast"`` and ``inference_geo``) cannot be reserved at their price: under a money
-limit they are refused with :class:`~guardrail.UnpricedOption` before anything is sent;
-without one they go through, counted, with an unknown cost. A stored prompt
-(``prompt={"id": ...}``) is reserved as ``Policy.file_id_tokens`` says. The real SDKs over
-loopback, against guardrail.testing's fakes."""
+"""Request options billed above the price data's rates (an OpenAI ``service_tier`` such as
+``"priority"`` on a model the price data has no Priority prices for, Chat Completions audio
+and web search, the Responses ``image_generation`` tool, Anthropic's ``speed="fast"`` and
+``inference_geo``) cannot be reserved at their price: under a money limit they are refused
+with :class:`~guardrail.UnpricedOption` before anything is sent; without one they go
+through, counted, with an unknown cost. (A tier the price data prices is reserved and
+settled at its prices: tests/test_service_tiers.py.) A stored prompt (``prompt={"id":
+...}``) is reserved as ``Policy.file_id_tokens`` says. The real SDKs over loopback, against
+guardrail.testing's fakes."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 
 import guardrail
 from guardrail import Guard, Policy
+from guardrail.catalog.pricing import tier_unpriced
 from guardrail.providers.openai.responses import count_request_input
 from guardrail.testing import FakeAnthropicServer, FakeOpenAIServer
 
@@ -37,10 +40,14 @@ def _anthropic(fake: FakeAnthropicServer, policy: Policy, **guard_kw: Any) -> tu
     return guard, guard.wrap(raw, exact_count=False)
 
 
+# gpt-5 has Priority prices in the price data (reserved at them); gpt-5-nano has none, and
+# no tier has "ultrafast" prices.
+NO_PRIORITY = "gpt-5-nano"
 CHAT_PREMIUMS = {
-    "priority": dict(model="gpt-5", service_tier="priority"),
-    "fast": dict(model="gpt-5", service_tier="fast"),
-    "priority_in_extra_body": dict(model="gpt-5", extra_body={"service_tier": "priority"}),
+    "priority": dict(model=NO_PRIORITY, service_tier="priority"),
+    "fast": dict(model=NO_PRIORITY, service_tier="fast"),
+    "ultrafast": dict(model="gpt-5", service_tier="ultrafast"),
+    "priority_in_extra_body": dict(model=NO_PRIORITY, extra_body={"service_tier": "priority"}),
     "audio_output": dict(
         model="gpt-4o-audio-preview",
         modalities=["text", "audio"],
@@ -72,6 +79,11 @@ CHAT_PREMIUMS = {
 }
 
 
+def test_the_tiers_refused_here_have_no_prices_in_the_price_data() -> None:
+    assert tier_unpriced(NO_PRIORITY, "priority") and tier_unpriced(NO_PRIORITY, "fast")
+    assert tier_unpriced("gpt-5", "ultrafast") and not tier_unpriced("gpt-5", "priority")
+
+
 @pytest.mark.parametrize("name", sorted(CHAT_PREMIUMS))
 def test_chat_premium_options_are_refused_under_a_money_limit(server, name: str) -> None:
     request: dict[str, Any] = {"messages": HELLO, "max_completion_tokens": 20}
@@ -85,8 +97,8 @@ def test_chat_premium_options_are_refused_under_a_money_limit(server, name: str)
     assert "nothing was sent" in str(info.value) and "client.unwrapped" in str(info.value)
 
 
-@pytest.mark.parametrize("tier", ["default", "auto", "flex", None])
-def test_standard_and_cheaper_tiers_are_guarded_as_before(server, tier: str | None) -> None:
+@pytest.mark.parametrize("tier", ["default", "auto", "flex", "priority", None])
+def test_standard_cheaper_and_priced_tiers_are_guarded(server, tier: str | None) -> None:
     records: list[guardrail.UsageRecord] = []
     _, client = _openai(server, CAPPED, sinks=[records.append])
     extra = {} if tier is None else {"service_tier": tier}
@@ -98,8 +110,8 @@ def test_standard_and_cheaper_tiers_are_guarded_as_before(server, tier: str | No
 def test_a_premium_option_names_itself_in_the_error(server) -> None:
     _, client = _openai(server, Policy(monthly_spend_usd=50, loop_limit=None))
     with pytest.raises(guardrail.UnpricedOption, match="service_tier='priority'") as info:
-        client.chat.completions.create(model="gpt-5", messages=HELLO, service_tier="priority")
-    assert info.value.option == "service_tier='priority'" and info.value.model == "gpt-5"
+        client.chat.completions.create(model=NO_PRIORITY, messages=HELLO, service_tier="priority")
+    assert info.value.option == "service_tier='priority'" and info.value.model == NO_PRIORITY
 
 
 def test_without_a_money_limit_a_premium_option_is_sent_with_an_unknown_cost(server) -> None:
@@ -111,7 +123,7 @@ def test_without_a_money_limit_a_premium_option_is_sent_with_an_unknown_cost(ser
         warnings.simplefilter("always")
         for _ in range(2):
             client.chat.completions.create(
-                model="gpt-5", messages=HELLO, max_completion_tokens=20, service_tier="priority"
+                model=NO_PRIORITY, messages=HELLO, max_completion_tokens=20, service_tier="priority"
             )
     assert sum("service_tier='priority'" in str(w.message) for w in caught) <= 1  # once
     assert len(server.chat_requests) == 2
@@ -125,16 +137,19 @@ def test_a_parents_money_limit_refuses_too(server) -> None:
     client = guard.wrap(openai.OpenAI(base_url=server.base_url, api_key="t"))
     with pytest.raises(guardrail.UnpricedOption) as info:
         client.for_tenant("team", parents=["org"]).chat.completions.create(
-            model="gpt-5", messages=HELLO, service_tier="priority"
+            model=NO_PRIORITY, messages=HELLO, service_tier="priority"
         )
     assert info.value.scopes == ("org",)
     assert server.requests == []
 
 
 RESPONSES_PREMIUMS = {
-    "priority": dict(service_tier="priority"),
-    "priority_in_extra_body": dict(extra_body={"service_tier": "priority"}),
-    "image_generation": dict(tools=[{"type": "image_generation", "quality": "high"}]),
+    "priority": dict(model=NO_PRIORITY, service_tier="priority"),
+    "ultrafast": dict(model="gpt-5", service_tier="ultrafast"),
+    "priority_in_extra_body": dict(model=NO_PRIORITY, extra_body={"service_tier": "priority"}),
+    "image_generation": dict(
+        model="gpt-5", tools=[{"type": "image_generation", "quality": "high"}]
+    ),
 }
 
 
@@ -143,7 +158,7 @@ def test_responses_premium_options_are_refused_under_a_money_limit(server, name:
     _, client = _openai(server, CAPPED)
     with pytest.raises(guardrail.UnpricedOption):
         client.responses.create(
-            model="gpt-5", input="draw a cat", max_output_tokens=200, **RESPONSES_PREMIUMS[name]
+            input="draw a cat", max_output_tokens=200, **RESPONSES_PREMIUMS[name]
         )
     assert server.requests == []
 

@@ -4,7 +4,9 @@ genai-prices ships its data with the package (no network at import or at call ti
 and knows cached-input, cache-write and tiered (long-context) prices. We hand it a
 ``genai_prices.Usage``; SDK usage objects are mapped with genai-prices' own per-provider
 extractors, so the meaning of every usage field stays the library's, not ours.
-Prices given to :func:`guardrail.register_model` take precedence.
+Prices given to :func:`guardrail.register_model` take precedence. A usage billed at an
+OpenAI service tier (:attr:`TokenUsage.service_tier`) is priced at the price data's
+prices for that tier (its price variants), where it has them.
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ from typing import Any, Literal
 
 import genai_prices
 from genai_prices import data_snapshot
-from genai_prices.types import ModelPrice, TieredPrices, TimeOfDateConstraint
 
 from guardrail._frozen import quick_init
 from guardrail.catalog.fees import check_fees, registered_cost
-from guardrail.catalog.fees import rate as _rate
 from guardrail.catalog.models import ModelInfo, model_info
+from guardrail.catalog.price_cache import (
+    _MAX_CACHED,
+    CHEAPER_TIERS,
+    STANDARD_TIERS,
+    tier_context,
+)
+from guardrail.catalog.price_cache import fast_cost as _fast_cost
+from guardrail.catalog.price_cache import resolve_price as _resolve_price
 from guardrail.errors import InvalidRequestError, PriceUnavailable, describe
 
-__all__ = ["TokenUsage", "estimate_cost", "prices_per_million", "usage_cost", "usage_from_sdk"]
-
-_MTOK = Decimal(1_000_000)
+__all__ = [
+    "STANDARD_TIERS",
+    "TokenUsage",
+    "estimate_cost",
+    "prices_per_million",
+    "tier_unpriced",
+    "usage_cost",
+    "usage_from_sdk",
+]
 
 CONTAINER_USD = Decimal("0.03")
 """One code-interpreter container (1 GB, the default), from OpenAI's pricing page ("Built-in
@@ -58,6 +72,10 @@ class TokenUsage:
     """OpenAI ``file_search_call`` items, billed per call (genai-prices' storage searches)."""
     containers: int = 0
     """Code-interpreter containers created, billed at :data:`CONTAINER_USD` each."""
+    service_tier: str | None = None
+    """The OpenAI processing tier the call was billed at (``"priority"``, ``"flex"``...: a
+    response's ``service_tier``); priced at the model's prices for it where the price data
+    has them (:func:`tier_unpriced`), else at the standard ones. None: the standard tier."""
 
     def to_genai(self) -> genai_prices.Usage:
         values: dict[str, int] = {
@@ -78,7 +96,9 @@ class TokenUsage:
         return genai_prices.Usage(**values)
 
 
-_COUNTS = attrgetter(*TokenUsage.__dataclass_fields__)
+COUNT_FIELDS = tuple(name for name in TokenUsage.__dataclass_fields__ if name != "service_tier")
+"""The fields of a :class:`TokenUsage` that are counts (non-negative ints)."""
+_COUNTS = attrgetter(*COUNT_FIELDS)
 
 
 def _check_count(label: str, value: object) -> int:
@@ -94,121 +114,14 @@ def _provider_id(info: ModelInfo) -> str | None:
     return info.provider if info.provider in ("openai", "anthropic") else None
 
 
-# --- resolved prices, cached -------------------------------------------------------------
-#
-# genai_prices.calc_price costs ~60 µs (model lookup, unit registry, leaf decomposition) and
-# runs twice per guarded call (reserve, settle). The model's ModelPrice is cached per
-# (price_ref, provider) for the current UTC hour and price-data snapshot (prices that start
-# on a date switch at midnight UTC, so an hour-old entry is never wrong), and the common
-# case is priced with plain Decimal arithmetic (~3 µs): input, output and cache-read prices
-# (flat, or tiered on the total input tokens exactly as calc_unit_price does), no cache
-# writes in the usage, and no other priced unit that a TokenUsage could report. Everything
-# else goes through calc_price. tests/test_pricing.py checks the two agree on random usages.
-# (The per-call path below tries integer rates first, and falls back to these.)
-
-# Price keys the fast path handles; cache writes are handled by leaving them to calc_price.
-_FAST_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
-_CACHE_WRITE_KEYS = frozenset({"cache_write_mtok", "cache_write_5m_mtok", "cache_write_1h_mtok"})
-# Units a TokenUsage never reports (so they price to 0 in calc_price too).
-_UNREPORTED_KEYS = frozenset(
-    {
-        "web_searches_kcount",
-        "storage_searches_kcount",
-        "code_executions_kcount",
-        "social_searches_kcount",
-        "rerank_searches_kcount",
-    }
-)
-_MAX_CACHED = 4096
-
-Rate = Decimal | TieredPrices
-FlatPrices = tuple[Rate | None, Rate | None, Rate | None]
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    snapshot: object
-    hour: int
-    price: ModelPrice | None  # None: the price data does not know the model
-    flat: FlatPrices | None  # (input, output, cache read) when the fast path applies
-
-
-_resolved: dict[tuple[str, str | None], _Resolved] = {}
-
-
-def _flat_prices(calc: genai_prices.types.PriceCalculation) -> FlatPrices | None:
-    prices = calc.model.prices
-    if isinstance(prices, list) and any(
-        isinstance(p.constraint, TimeOfDateConstraint) for p in prices
-    ):
-        return None  # off-peak prices change within the hour
-    found: dict[str, Rate] = {}
-    for key, value in vars(calc.model_price).items():
-        if key.startswith("_") or value is None:
-            continue
-        if key in _FAST_KEYS:
-            if not isinstance(value, (Decimal, TieredPrices)):
-                return None
-            found[key] = value
-        elif key not in _CACHE_WRITE_KEYS and key not in _UNREPORTED_KEYS:
-            return None
-    return found.get("input_mtok"), found.get("output_mtok"), found.get("cache_read_mtok")
-
-
-def _resolve_price(ref: str, provider: str | None) -> _Resolved:
-    snapshot = data_snapshot.get_snapshot()
-    hour = int(time.time()) // 3600
-    key = (ref, provider)
-    hit = _resolved.get(key)
-    if hit is not None and hit.hour == hour and hit.snapshot is snapshot:
-        return hit
-    try:
-        calc = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=0, output_tokens=0), ref, provider_id=provider
-        )
-    except LookupError:
-        entry = _Resolved(snapshot, hour, None, None)
-    else:
-        entry = _Resolved(snapshot, hour, calc.model_price, _flat_prices(calc))
-    if len(_resolved) >= _MAX_CACHED:
-        _resolved.clear()
-    _resolved[key] = entry
-    return entry
-
-
-def _fast_cost(flat: FlatPrices, usage: TokenUsage) -> Decimal | None:
-    """calc_price's result for these prices, or None when the usage needs calc_price."""
-    cached = usage.cached_input_tokens
-    if (
-        usage.cache_write_tokens
-        or usage.web_searches
-        or usage.file_searches
-        or cached > usage.input_tokens
-    ):
-        return None
-    input_rate, output_rate, cached_rate = flat
-    input_price = _rate(input_rate, usage.input_tokens)
-    output_price = _rate(output_rate, usage.input_tokens)
-    cached_price = _rate(cached_rate, usage.input_tokens)
-    total = Decimal(0)
-    if input_price is not None:
-        # Without a cache-read price, cached tokens are billed as plain input.
-        uncached = usage.input_tokens - (cached if cached_price is not None else 0)
-        total += input_price * uncached / _MTOK
-    if output_price is not None:
-        total += output_price * usage.output_tokens / _MTOK
-    if cached_price is not None:
-        total += cached_price * cached / _MTOK
-    return total
-
-
 # --- the per-call path: integer rates ----------------------------------------------------
 #
 # Every guarded call prices its worst case and then its usage. For a model whose prices are
 # flat (no tiers, no time of day) and have at most six decimals per million tokens (every
 # price in the data today), a token costs a whole number of pico-dollars (1e-12 USD), so the
 # cost is exact integer arithmetic on rates resolved once per model, hour and price-data
-# snapshot. Anything else goes the Decimal way below.
+# snapshot (and service tier: a premium or cheaper tier's rates are cached apart). Anything
+# else goes the Decimal way below, on the prices guardrail.catalog.price_cache resolves.
 
 _PICO = Decimal(10**12)
 _PICO_PER_MTOK = Decimal(10**6)
@@ -248,7 +161,24 @@ def _rates_of(info: ModelInfo) -> _Rates | None:
     return rates
 
 
-def _resolve_rates(info: ModelInfo) -> _Rates | None:
+# (id(info), service tier) -> as _rates: a tier's rates, kept apart so that a call at the
+# standard tier stays one lookup in _rates.
+_tier_rates: dict[tuple[int, str], tuple[ModelInfo, object, int, _Rates | None]] = {}
+
+
+def _tier_rates_of(info: ModelInfo, tier: str) -> _Rates | None:
+    snapshot, hour = data_snapshot.get_snapshot(), int(time.time()) // 3600
+    hit = _tier_rates.get((id(info), tier))
+    if hit is not None and hit[0] is info and hit[2] == hour and hit[1] is snapshot:
+        return hit[3]
+    rates = _resolve_rates(info, tier)
+    if len(_tier_rates) >= _MAX_CACHED:
+        _tier_rates.clear()
+    _tier_rates[(id(info), tier)] = (info, snapshot, hour, rates)
+    return rates
+
+
+def _resolve_rates(info: ModelInfo, tier: str | None = None) -> _Rates | None:
     if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         prices: tuple[object, object, object] = (
@@ -257,7 +187,7 @@ def _resolve_rates(info: ModelInfo) -> _Rates | None:
             info.input_usd_per_mtok if cached_price is None else cached_price,
         )
     else:
-        resolved = _resolve_price(info.price_ref or info.name, _provider_id(info))
+        resolved = _resolve_price(info.price_ref or info.name, _provider_id(info), tier)
         if resolved.price is None or resolved.flat is None:
             return None
         if resolved.flat[0] is None and resolved.flat[1] is None:
@@ -277,7 +207,11 @@ def _pico_cost(info: ModelInfo, usage: TokenUsage) -> int | None:
     if usage.cache_write_tokens or usage.web_searches or usage.file_searches:
         return None
     cached = usage.cached_input_tokens
-    rates = _rates_of(info)
+    tier = usage.service_tier
+    if tier is None or tier in STANDARD_TIERS:
+        rates = _rates_of(info)
+    else:
+        rates = _tier_rates_of(info, tier)
     if rates is None or cached > usage.input_tokens:
         return None
     if rates.cached is None:
@@ -309,7 +243,8 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     if info.prices_set and info.input_usd_per_mtok is not None:
         # Its own token prices; cache writes and fees at the rates of the model it is like.
         return registered_cost(info, usage, _resolve_price(ref, provider).price if extras else None)
-    resolved = _resolve_price(ref, provider)
+    tier = None if usage.service_tier in STANDARD_TIERS else usage.service_tier
+    resolved = _resolve_price(ref, provider, tier)
     if resolved.price is None or (
         resolved.price.input_mtok is None and resolved.price.output_mtok is None
     ):
@@ -321,7 +256,9 @@ def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     if usage.web_searches or usage.file_searches:
         check_fees(info, resolved.price, usage)  # calc_price prices a fee it lacks at $0
     try:
-        calc = genai_prices.calc_price(usage.to_genai(), ref, provider_id=provider)
+        calc = genai_prices.calc_price(
+            usage.to_genai(), ref, provider_id=provider, price_context=tier_context(tier)
+        )
     except LookupError as exc:
         raise PriceUnavailable(info.name, reason=_unpriced_reason(info)) from exc
     except ValueError as exc:  # inconsistent usage, e.g. more cached than input tokens
@@ -344,23 +281,47 @@ def estimate_cost(
     output_tokens: int,
     *,
     cached_input_tokens: int = 0,
+    service_tier: str | None = None,
 ) -> Decimal:
     """USD cost of a call with these token counts.
 
     ``input_tokens`` counts every prompt token; ``cached_input_tokens`` of them are billed
     at the cached-input price. ``estimate_cost("gpt-4o", 1000, 500) == Decimal("0.0075")``.
+    ``service_tier`` (OpenAI's ``"priority"``, ``"flex"``) prices them at that tier's rates
+    where the price data has them (:func:`tier_unpriced`), else at the standard rates.
     """
     info = model if isinstance(model, ModelInfo) else model_info(model)
     usage = TokenUsage(
         input_tokens=_check_count("input_tokens", input_tokens),
         output_tokens=_check_count("output_tokens", output_tokens),
         cached_input_tokens=_check_count("cached_input_tokens", cached_input_tokens),
+        service_tier=_check_tier(service_tier),
     )
     if cached_input_tokens > input_tokens:
         raise InvalidRequestError(
             f"cached_input_tokens ({cached_input_tokens}) exceeds input_tokens ({input_tokens})"
         )
     return _cost(info, usage)
+
+
+def _check_tier(tier: object) -> str | None:
+    if tier is not None and type(tier) is not str:
+        raise InvalidRequestError(f"service_tier must be a str or None, got {describe(tier)}")
+    return tier
+
+
+def tier_unpriced(model: str | ModelInfo, tier: str | None) -> bool:
+    """Whether a call billed at the OpenAI ``service_tier`` ``tier`` costs more than the
+    price data can say: a premium tier (``"priority"``, ``"fast"``, ``"ultrafast"``...) for
+    which it has no prices of the model's (a model registered with its own prices has
+    standard ones only). The standard tiers and ``"flex"`` are always priced (flex without
+    its own prices at the standard ones, an upper bound)."""
+    if tier is None or tier in STANDARD_TIERS or tier in CHEAPER_TIERS:
+        return False
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    if info.prices_set and info.input_usd_per_mtok is not None:
+        return True
+    return not _resolve_price(info.price_ref or info.name, _provider_id(info), tier).variant
 
 
 def _as_mapping(usage: Any) -> Mapping[str, Any]:
@@ -441,8 +402,9 @@ def usage_cost(model: str | ModelInfo, usage: TokenUsage | Any) -> Decimal:
         # Plain non-negative ints (the flow's usage always) pass in one C-level pass.
         counts = _COUNTS(usage)
         if set(map(type, counts)) != {int} or min(counts) < 0:
-            for name in TokenUsage.__dataclass_fields__:
+            for name in COUNT_FIELDS:
                 _check_count(name, getattr(usage, name))
+        _check_tier(usage.service_tier)
     else:
         # The usage's shape is the API's (Bedrock speaks Anthropic's), not the price data's.
         shape = info.provider if info.provider in ("openai", "anthropic") else "openai"

@@ -91,13 +91,18 @@ class RequestView:
     """The request holds parts guardrail cannot count locally (opaque items, built-in
     tools): ask the provider to count it (a ``CountTokens`` step), when it can."""
     unpriced: str | None = None
-    """A request option billed at a price the price data does not know (``service_tier=
-    'priority'``, audio, Claude's ``speed='fast'``...), named for the error: refused under a
-    money limit (:class:`~guardrail.errors.UnpricedOption`); else sent, with an unknown
-    cost, as for a model nothing prices."""
+    """A request option billed at a price the price data does not know (audio, Claude's
+    ``speed='fast'``...; a premium ``service_tier`` is judged by the planner, per model),
+    named for the error: refused under a money limit
+    (:class:`~guardrail.errors.UnpricedOption`); else sent, with an unknown cost, as for a
+    model nothing prices."""
     output_schema: Any = None
     """A structured-output JSON schema the model reads as prompt (Chat Completions'
     ``response_format``): counted with the prompt."""
+    service_tier: str | None = None
+    """The OpenAI processing tier the request asks for (``"auto"`` when it names none: the
+    project's default tier, which ``Policy.assume_service_tier`` may say); reserved at that
+    tier's prices. None for an API without tiers."""
 
 
 class ProviderAdapter(Protocol):

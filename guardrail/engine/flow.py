@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from guardrail.catalog.models import FALLBACK_ENCODING
-from guardrail.catalog.pricing import TokenUsage, checked_usage_cost
+from guardrail.catalog.pricing import COUNT_FIELDS, STANDARD_TIERS, TokenUsage, checked_usage_cost
 from guardrail.counting.messages import counter_for
 from guardrail.counting.text import estimate_margin
 from guardrail.engine import recount
@@ -38,6 +38,7 @@ from guardrail.engine.plan import Plan
 from guardrail.engine.records import CallLog
 from guardrail.engine.retry import is_retryable, retrying_for
 from guardrail.engine.stream_tally import StreamTally
+from guardrail.engine.unpriced import billed_tier_note, check_billed_tier
 from guardrail.errors import (
     BudgetExceeded,
     GuardrailError,
@@ -204,7 +205,8 @@ def run(
             # Hidden reasoning may have used all of the reserved output; so may output
             # that went past the guard unread.
             output = max(output, plan.reserved_output_total)
-        usage = replace(start, output_tokens=output)
+        tier = start.service_tier or tally.service_tier
+        usage = replace(start, output_tokens=output, service_tier=tier)
         source = "local_count"
     settled = yield from _settle(
         engine,
@@ -257,6 +259,11 @@ def _settle(
     if usage is None or isinstance(usage, PartialUsage):  # fill in what was not reported
         usage, source = _filled(plan, usage, counted_output), "local_count"
     usage = _sane(usage)
+    tier = usage.service_tier
+    if tier is None and plan.service_tier is not None:  # not reported: as reserved
+        usage = replace(usage, service_tier=plan.service_tier)
+    elif tier is not None and tier not in STANDARD_TIERS and plan.priced:
+        check_billed_tier(plan.model, tier, plan.tenant)  # no prices for it: logged
     try:
         cost = checked_usage_cost(plan.model, usage) if plan.priced else _ZERO
     except GuardrailError as exc:
@@ -271,7 +278,7 @@ def _settle(
         _log.warning(
             "guardrail: tenant %s was billed past its reservation on %s: %d tokens and "
             "%s USD over (input %d, output %d; reserved %d prompt, %d output tokens, %s USD); "
-            "charged in full",
+            "charged in full%s",
             plan.tenant,
             plan.model.name,
             overrun_tokens,
@@ -281,6 +288,7 @@ def _settle(
             plan.prompt_held,
             plan.reserved_output_total,
             plan.cost_usd,
+            billed_tier_note(usage.service_tier, plan.service_tier),
         )
     settled_to = "none"
     if reservation is not None:
@@ -339,7 +347,7 @@ def _mark_reserve(log: CallLog, plan: Plan, attempt: int) -> None:
         log.mark("guardrail.reserve", attempt=attempt, reserved_usd=str(plan.cost_usd))
 
 
-_USAGE_COUNTS = attrgetter(*TokenUsage.__dataclass_fields__)
+_USAGE_COUNTS = attrgetter(*COUNT_FIELDS)
 
 
 def _sane(usage: TokenUsage) -> TokenUsage:
@@ -354,10 +362,11 @@ def _sane(usage: TokenUsage) -> TokenUsage:
         and usage.reasoning_tokens <= usage.output_tokens
     ):
         return usage
-    fields = {k: max(0, int(v)) for k, v in vars(usage).items()}
+    fields: dict[str, Any] = {k: max(0, int(getattr(usage, k))) for k in COUNT_FIELDS}
     fields["cached_input_tokens"] = min(fields["cached_input_tokens"], fields["input_tokens"])
     fields["reasoning_tokens"] = min(fields["reasoning_tokens"], fields["output_tokens"])
-    return TokenUsage(**fields)
+    tier = usage.service_tier
+    return TokenUsage(**fields, service_tier=tier if type(tier) is str else None)
 
 
 def _billed_usage(adapter: ProviderAdapter, plan: Plan, exc: BaseException) -> TokenUsage | None:

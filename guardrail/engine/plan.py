@@ -16,12 +16,13 @@ from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
-from guardrail.engine.unpriced import refuse_unpriced, warn_unpriced
+from guardrail.engine.unpriced import refuse_unpriced, reserved_tier, warn_unpriced
 from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
     InvalidRequestError,
     PriceUnavailable,
+    UnpricedOption,
 )
 from guardrail.policy import Policy
 from guardrail.prompt.trimming import Summarizer, TrimResult, fit_messages
@@ -68,6 +69,9 @@ class Plan:
     settled at the whole reserved output."""
     uncounted_parts: int = 0
     """Parts of the prompt reserved by ``Policy.file_id_tokens`` instead of counted."""
+    service_tier: str | None = None
+    """The tier the reservation is priced at (None: the standard rates); a call whose
+    response does not say which tier it was billed at is settled at it."""
 
     @property
     def prompt_held(self) -> int:
@@ -265,6 +269,7 @@ class Planner:
         priced, money = True, any(s.money_limited for s in scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
+        tier, unpriced_tier = reserved_tier(view.service_tier, policy, info, binding, scopes)
         try:
             cost = worst_case_cost(
                 info,
@@ -275,13 +280,14 @@ class Planner:
                 view.reserved_file_searches,
                 view.reserved_containers,
                 strict=money,
+                tier=tier,
             )
         except PriceUnavailable:
             if money:
                 raise  # a money limit cannot be kept without a price
             warn_unpriced(info)
             cost, priced = Decimal(0), False
-        if view.unpriced is not None:  # no money limit: tokens are held, the cost unknown
+        if view.unpriced is not None or unpriced_tier:  # no money limit: tokens only
             cost, priced = Decimal(0), False
         return Plan(
             binding=binding,
@@ -310,6 +316,7 @@ class Planner:
             count_exactly=view.count_exactly,
             max_prompt_tokens=view.max_prompt_tokens,
             priced=priced,
+            service_tier=tier,
         )
 
     def _larger_model_plan(
@@ -337,7 +344,7 @@ class Planner:
                     fallback_reason=f"prompt did not fit {current.name}'s context window",
                     allow_model_fallback=False,
                 )
-            except ContextWindowExceeded:
+            except (ContextWindowExceeded, UnpricedOption):  # or no price for its tier
                 continue
         return None
 
@@ -359,7 +366,7 @@ class Planner:
                     fallback_reason=f"{plan.model.name} did not fit the budget",
                     allow_model_fallback=False,
                 )
-            except ContextWindowExceeded:
+            except (ContextWindowExceeded, UnpricedOption):  # or no price for its tier
                 continue
             if candidate.cost_usd < plan.cost_usd:
                 yield candidate
@@ -377,12 +384,16 @@ def worst_case_cost(
     containers: int = 0,
     *,
     strict: bool = False,
+    tier: str | None = None,
 ) -> Decimal:
     """The most a call can cost: every prompt token at the input price (or, when the request
     writes the prompt cache, at the cache-write price, whichever is higher), every reserved
     output token at the output price, and every fee-bearing tool call it allows (web and
-    file searches, containers); one without a known rate is PriceUnavailable if ``strict``."""
-    plain = checked_usage_cost(info, TokenUsage(input_tokens=prompt, output_tokens=output))
+    file searches, containers), at the service ``tier``'s prices; one without a known rate
+    is PriceUnavailable if ``strict``."""
+    plain = checked_usage_cost(
+        info, TokenUsage(input_tokens=prompt, output_tokens=output, service_tier=tier)
+    )
     if cache_write is None and not (searches or file_searches or containers):
         return plain
     worst = TokenUsage(
@@ -393,6 +404,7 @@ def worst_case_cost(
         web_searches=searches,
         file_searches=file_searches,
         containers=containers,
+        service_tier=tier,
     )
     try:
         return max(plain, checked_usage_cost(info, worst))

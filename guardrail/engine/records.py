@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from guardrail._clock import Clock
-from guardrail.catalog.pricing import TokenUsage
+from guardrail.catalog.pricing import STANDARD_TIERS, TokenUsage, tier_unpriced
 from guardrail.engine.plan import Plan
 from guardrail.errors import GuardrailError
 from guardrail.observe.sinks import (
@@ -157,6 +157,11 @@ class Recorder:
         if usage.cache_write_tokens:
             extra["cache_write_tokens"] = usage.cache_write_tokens
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        tier = usage.service_tier
+        if tier is not None:  # the tier it was billed at (as reported, else as reserved)
+            extra["service_tier"] = tier
+            if tier not in STANDARD_TIERS and plan.priced and tier_unpriced(plan.model, tier):
+                extra["service_tier_unpriced"] = True  # charged at the standard rates
         log = started if isinstance(started, CallLog) else CallLog(plan.model.provider, started)
         first = log.first_chunk_at
         emit(

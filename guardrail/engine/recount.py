@@ -186,6 +186,7 @@ def _grow(
             plan.reserved_searches,
             plan.reserved_file_searches,
             plan.reserved_containers,
+            tier=plan.service_tier,
         )
         if plan.priced
         else Decimal(0),  # an unpriced model let through: tokens only

@@ -38,6 +38,9 @@ class StreamTally:
     """When the first chunk arrived (``time.monotonic()``), for time to first chunk."""
     response_model: str | None = None
     """The model the chunks say answered, when they say so."""
+    service_tier: str | None = None
+    """The tier the chunks say the call is processed (and billed) at, when they say so: a
+    stream that ends before its usage is settled at it."""
     unread: bool = False
     """The chunks went past the guard unread (a raw response read as bytes): the output
     is settled at the whole reservation."""

@@ -1,19 +1,32 @@
 """Calls guardrail cannot price: a model nothing prices, or a premium request option the
-price data does not know (:attr:`RequestView.unpriced <guardrail.engine.adapter.RequestView>`).
-Under a money limit they are refused; else they go through, counted, with an unknown
-cost, and a warning is given once per model or option."""
+price data does not know (:attr:`RequestView.unpriced <guardrail.engine.adapter.RequestView>`,
+or a premium ``service_tier`` the model has no prices for). Under a money limit they are
+refused; else they go through, counted, with an unknown cost, and a warning is given once
+per model or option. A call the provider reports billed at such a tier is charged at the
+standard rates, and logged once per model and tier."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
 from guardrail.catalog.models import ModelInfo
-from guardrail.errors import UnpricedOption
+from guardrail.catalog.pricing import STANDARD_TIERS, tier_unpriced
+from guardrail.errors import UnpricedOption, describe
+from guardrail.policy import Policy
 from guardrail.stores.base import ScopeLimits
 from guardrail.tenancy import TenantBinding
 
-__all__ = ["refuse_unpriced", "warn_unpriced"]
+__all__ = [
+    "billed_tier_note",
+    "check_billed_tier",
+    "refuse_unpriced",
+    "reserved_tier",
+    "warn_unpriced",
+]
+
+_log = logging.getLogger("guardrail")
 
 _unpriced_lock = threading.Lock()
 _unpriced_warned: set[str] = set()
@@ -55,4 +68,65 @@ def warn_unpriced(info: ModelInfo) -> None:
         "guardrail.register_model() to price them.",
         UserWarning,
         stacklevel=2,
+    )
+
+
+def reserved_tier(
+    tier: str | None,
+    policy: Policy,
+    info: ModelInfo,
+    binding: TenantBinding,
+    scopes: tuple[ScopeLimits, ...],
+) -> tuple[str | None, bool]:
+    """The service tier a call is reserved at (None: the standard rates), and whether it
+    is a premium the price data has no prices for on this model (then refused under a
+    money limit, else sent with an unknown cost). ``tier`` is the request's (``"auto"``:
+    none named, so ``policy.assume_service_tier``, which is never refused: a model without
+    Priority prices is reserved at the standard ones and settled at what is reported)."""
+    if tier == "auto":
+        tier = policy.assume_service_tier
+        if tier is None or tier in STANDARD_TIERS or tier_unpriced(info, tier):
+            return None, False
+        return tier, False
+    if tier is None or tier in STANDARD_TIERS:
+        return None, False
+    if tier_unpriced(info, tier):
+        refuse_unpriced(f"service_tier={describe(tier)}", info, binding, scopes)
+        return tier, True
+    return tier, False
+
+
+_tiers_warned: set[tuple[str, str]] = set()
+
+
+def billed_tier_note(billed: str | None, reserved: str | None) -> str:
+    """What an overrun's warning says of the tier: why the call cost more than its
+    reservation, when the provider reports a tier other than the one it was reserved at
+    (a project whose default tier is Priority); empty otherwise."""
+    if billed in STANDARD_TIERS:
+        billed = None
+    if billed == reserved:
+        return ""
+    at = "the standard rates" if reserved is None else f"service_tier {reserved!r}"
+    said = "the standard tier" if billed is None else f"service_tier {billed!r}"
+    return f"; the provider reports {said}, charged at its prices (reserved at {at})"
+
+
+def check_billed_tier(info: ModelInfo, tier: str, tenant: str) -> None:
+    """A call the provider reports billed at the non-standard ``tier``: if the price data
+    has no prices for it on this model, it is charged at the standard rates, and that is
+    logged (once per model and tier), since the bill may be higher."""
+    if not tier_unpriced(info, tier):
+        return
+    with _unpriced_lock:
+        if (info.name, tier) in _tiers_warned:
+            return
+        _tiers_warned.add((info.name, tier))
+    _log.warning(
+        "guardrail: %s was billed at service_tier %r (tenant %s), which the price data has "
+        "no prices for: charged at the standard rates, which may be below the bill (logged "
+        "once per model and tier; each record's extra says service_tier_unpriced)",
+        info.name,
+        tier,
+        tenant,
     )

@@ -48,7 +48,7 @@ def usage_field(usage: Any, name: str) -> int | None:
     return token_count(value)
 
 
-def usage_of(input_tokens: int | None, output_tokens: int | None, **rest: int) -> TokenUsage:
+def usage_of(input_tokens: int | None, output_tokens: int | None, **rest: Any) -> TokenUsage:
     """A :class:`TokenUsage` of the counts read (:func:`token_count`); a
     :class:`PartialUsage` flagging the side that was unreadable, for the engine to fill."""
     if input_tokens is not None and output_tokens is not None:

@@ -86,6 +86,7 @@ __all__ = [
     "ReplyFunc",
     "Script",
     "StreamCutScript",
+    "TierFunc",
     "TokenCountFunc",
     "ToolCall",
     "default_prompt_tokens",
@@ -96,6 +97,9 @@ ReplyFunc: TypeAlias = Callable[[dict[str, Any]], "str | ToolCall | list[ToolCal
 
 TokenCountFunc: TypeAlias = Callable[[dict[str, Any]], int]
 """Computes ``usage.prompt_tokens`` from the parsed request body."""
+
+TierFunc: TypeAlias = Callable[[dict[str, Any]], str]
+"""Chooses the ``service_tier`` a response reports, from the parsed request body."""
 
 DEFAULT_MODELS: Final[tuple[str, ...]] = (
     "gpt-4o",
@@ -137,6 +141,13 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         models: The model ids listed by ``GET /v1/models``.
         stream_usage: When False, a stream never sends its usage chunk, even when asked
             (``stream_options={"include_usage": True}``): a provider that omits it.
+        service_tier: The processing tier a chat completion or response reports (its
+            ``service_tier``) when the request names none or ``"auto"``: the project's
+            default tier. ``"priority"`` plays a project whose default is Priority
+            processing. A request's own tier is reported as asked (``"fast"`` as
+            ``"priority"``, as the real API does). Or a function of the request body
+            that returns the tier to report, whatever was asked (a Priority request
+            served at the default tier past its ramp limit, say).
         host: The address to listen on.
 
     ``completion_tokens`` is the tiktoken length of the reply (``o200k_base`` for gpt-4o,
@@ -159,6 +170,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         reasoning_tokens: int = 0,
         models: Iterable[str] = DEFAULT_MODELS,
         stream_usage: bool = True,
+        service_tier: str | TierFunc = "default",
         host: str = "127.0.0.1",
     ) -> None:
         self.reply: str | ReplyFunc = reply
@@ -167,6 +179,7 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         self.reasoning_tokens: int = reasoning_tokens
         self.models: list[str] = list(models)
         self.stream_usage: bool = stream_usage
+        self.service_tier: str | TierFunc = service_tier
         super().__init__(host, ("chat",))
         self._errors: list[BaseException] = []
         self._completion_ids = itertools.count(1)
@@ -298,6 +311,15 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         if counter is default_prompt_tokens and endpoint == "responses":
             counter = default_response_input_tokens
         return int(counter(request) if callable(counter) else counter)
+
+    def _billed_tier(self, request: dict[str, Any]) -> str:
+        """The ``service_tier`` a response to ``request`` reports."""
+        if callable(self.service_tier):
+            return self.service_tier(request)
+        asked = request.get("service_tier")
+        if not isinstance(asked, str) or asked == "auto":
+            return self.service_tier
+        return "priority" if asked == "fast" else asked
 
     def _encode_for(self, text: str, model: str) -> list[int]:
         return encode(text, model)[1]

@@ -223,7 +223,7 @@ class OpenAIHandler(FakeHandler):
                 for index in range(n)
             ],
             "usage": completion.usage,
-            "service_tier": "default",
+            "service_tier": self.server.fake._billed_tier(request),
             "system_fingerprint": FINGERPRINT,
         }
         if cut_after is None:
@@ -242,7 +242,7 @@ class OpenAIHandler(FakeHandler):
             "object": "chat.completion.chunk",
             "created": completion.created,
             "model": completion.model,
-            "service_tier": "default",
+            "service_tier": self.server.fake._billed_tier(request),
             "system_fingerprint": FINGERPRINT,
         }
         if include_usage:

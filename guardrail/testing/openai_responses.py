@@ -118,6 +118,7 @@ def answer_responses(h: OpenAIHandler, request: Any, script: Script | None) -> N
     fake = h.server.fake
     completion = fake._complete(request, model, limit, 1, endpoint="responses")
     response = _response(fake._next_id("resp_fake_"), request, completion, history, failed)
+    response["service_tier"] = fake._billed_tier(request)
     if response["status"] != "failed":
         usage = response["usage"]
         _remember(h, request, response["id"], usage["input_tokens"] + usage["output_tokens"])

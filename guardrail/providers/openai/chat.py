@@ -102,19 +102,26 @@ def check_request(kwargs: Mapping[str, Any], messages: Sequence[Any]) -> tuple[b
     return stream, fast
 
 
-STANDARD_TIERS = frozenset(("auto", "default", "flex", "scale"))
-"""``service_tier`` values billed at most at the standard token rates (``flex`` is
-cheaper; ``scale`` is prepaid capacity). Any other (``priority``, ``fast``: Priority
-processing, about 2x) is a premium the price data does not know."""
-
-
-def premium_tier(kwargs: Mapping[str, Any]) -> str | None:
-    """The ``service_tier`` of a Chat Completions or Responses request, when it is billed
-    above the standard rates (see :data:`STANDARD_TIERS`)."""
+def requested_tier(kwargs: Mapping[str, Any]) -> str:
+    """The ``service_tier`` a Chat Completions or Responses request asks for: ``"auto"``
+    (the project's default) when it names none. The planner reserves it at its prices, and
+    refuses a premium one the price data does not price under a money limit."""
     tier = kwargs.get("service_tier")
-    if not given(tier) or tier in STANDARD_TIERS:
-        return None
-    return f"service_tier={describe(tier)}"
+    if not given(tier):
+        return "auto"
+    if type(tier) is not str:
+        raise InvalidRequestError(
+            f"service_tier must be a string such as 'auto', 'default', 'flex' or "
+            f"'priority', got {describe(tier)}"
+        )
+    return tier
+
+
+def service_tier_of(response: Any) -> str | None:
+    """The tier a response (or a stream chunk) says the call was processed, and billed, at;
+    None when it says none."""
+    tier = getattr(response, "service_tier", None)
+    return tier if type(tier) is str else None
 
 
 def _audio_input(messages: Sequence[Any]) -> bool:
@@ -137,13 +144,10 @@ def _premium(
     model: str, kwargs: Mapping[str, Any], messages: Sequence[Any], plain: bool
 ) -> str | None:
     """What a chat request asks for that the price data cannot price (refused under a
-    money limit): a premium ``service_tier``; audio out (``modalities`` with ``"audio"``,
-    or ``audio=``) or in (billed at audio token rates, which guardrail does not settle);
-    a web search (``web_search_options``, or a ``-search-`` model, which always searches:
-    a per-call fee on top of the tokens)."""
-    tier = premium_tier(kwargs)
-    if tier is not None:
-        return tier
+    money limit): audio out (``modalities`` with ``"audio"``, or ``audio=``) or in (billed
+    at audio token rates, which guardrail does not settle); a web search
+    (``web_search_options``, or a ``-search-`` model, which always searches: a per-call fee
+    on top of the tokens). A premium ``service_tier`` is the planner's to judge, per model."""
     modalities = kwargs.get("modalities")
     if given(kwargs.get("audio")) or (
         isinstance(modalities, (list, tuple)) and "audio" in modalities
@@ -216,6 +220,7 @@ class OpenAIAdapter:
             hidden_reasoning=hidden_reasoning(model, kwargs),
             unpriced=_premium(model, kwargs, messages, plain),
             output_schema=_schema(kwargs.get("response_format")),
+            service_tier=requested_tier(kwargs),
         )
 
     def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
@@ -256,7 +261,7 @@ class OpenAIAdapter:
         return new, hide_usage_chunk
 
     @staticmethod
-    def _token_usage(usage: Any) -> TokenUsage | None:
+    def _token_usage(usage: Any, tier: str | None) -> TokenUsage | None:
         if usage is None:
             return None
         prompt_details = getattr(usage, "prompt_tokens_details", None)
@@ -268,6 +273,7 @@ class OpenAIAdapter:
             usage_field(usage, "completion_tokens"),
             cached_input_tokens=usage_field(prompt_details, "cached_tokens") or 0,
             reasoning_tokens=usage_field(output_details, "reasoning_tokens") or 0,
+            service_tier=tier,
         )
 
     def usage(self, response: Any) -> TokenUsage | None:
@@ -275,7 +281,7 @@ class OpenAIAdapter:
         # attribute (``parse``) costs pydantic a raised and caught AttributeError.
         if not hasattr(response, "choices") and hasattr(response, "parse"):
             response = parsed_raw(response)  # with_raw_response: the SDK caches the parse
-        return self._token_usage(getattr(response, "usage", None))
+        return self._token_usage(getattr(response, "usage", None), service_tier_of(response))
 
     def request_id(self, response: Any) -> str | None:
         return request_id_of(response, "x-request-id") or getattr(response, "id", None)
@@ -283,9 +289,10 @@ class OpenAIAdapter:
     def observe_chunk(self, chunk: Any, tally: StreamTally) -> bool:
         if tally.request_id is None:
             tally.request_id = getattr(chunk, "_request_id", None) or getattr(chunk, "id", None)
+            tally.service_tier = service_tier_of(chunk)  # every chunk says it: the first
         usage = getattr(chunk, "usage", None)
         if usage is not None:
-            tally.usage = self._token_usage(usage)
+            tally.usage = self._token_usage(usage, service_tier_of(chunk) or tally.service_tier)
         choices = getattr(chunk, "choices", None)
         if not choices:
             return not (usage is not None and tally.hide_usage_chunk)

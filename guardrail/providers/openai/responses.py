@@ -47,7 +47,7 @@ from guardrail.errors import ConfigurationError, InvalidRequestError
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
 from guardrail.providers.common import given, request_id_of, usage_field, usage_of
-from guardrail.providers.openai.chat import hidden_reasoning, premium_tier
+from guardrail.providers.openai.chat import hidden_reasoning, requested_tier, service_tier_of
 
 __all__ = [
     "BUILTIN_TOOL_ASSUMED_CALLS",
@@ -222,11 +222,8 @@ def _fees(tools: Sequence[Mapping[str, Any]], calls: int | None) -> tuple[int, i
 
 def _premium(kwargs: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> str | None:
     """What the request asks for that the price data cannot price (refused under a money
-    limit): a premium ``service_tier``; the ``image_generation`` tool (each image is billed
-    at the image model's rates, outside ``max_output_tokens``)."""
-    tier = premium_tier(kwargs)
-    if tier is not None:
-        return tier
+    limit): the ``image_generation`` tool (each image is billed at the image model's rates,
+    outside ``max_output_tokens``). A premium ``service_tier`` is the planner's to judge."""
     if any(tool.get("type") == "image_generation" for tool in tools):
         return "the image_generation tool"
     return None
@@ -311,6 +308,7 @@ class ResponsesAdapter:
             unpriced=_premium(kwargs, tools),
             stored_prompt=_stored_prompt(kwargs),
             output_bound_unsupported=self.compact,
+            service_tier=requested_tier(kwargs),
             extra=_Extra(instructions if given(instructions) else None, output_schema(kwargs)),
         )
 
@@ -388,7 +386,11 @@ class ResponsesAdapter:
     def usage(self, response: Any) -> TokenUsage | None:
         if not hasattr(response, "output") and hasattr(response, "parse"):
             response = parsed_raw(response)  # with_raw_response: the SDK caches the parse
-        return _usage(getattr(response, "usage", None), getattr(response, "output", None))
+        return _usage(
+            getattr(response, "usage", None),
+            getattr(response, "output", None),
+            service_tier_of(response),
+        )
 
     def request_id(self, response: Any) -> str | None:
         return request_id_of(response, "x-request-id") or getattr(response, "id", None)
@@ -410,7 +412,9 @@ class ResponsesAdapter:
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             response = chunk.response
             tally.usage = _usage(
-                getattr(response, "usage", None), getattr(response, "output", None)
+                getattr(response, "usage", None),
+                getattr(response, "output", None),
+                service_tier_of(response),
             )
             tally.final = response
         return True
@@ -430,9 +434,10 @@ class ResponsesAdapter:
         return keys
 
 
-def _usage(usage: Any, output: Any) -> TokenUsage | None:
+def _usage(usage: Any, output: Any, tier: str | None) -> TokenUsage | None:
     """A Responses ``usage`` (``input_tokens`` with cached ones inside, ``output_tokens``
-    with reasoning inside) and the fees its output items show."""
+    with reasoning inside), the fees its output items show, and the tier it was billed at
+    (the response's ``service_tier``)."""
     if usage is None:
         return None
     input_details = (
@@ -459,4 +464,5 @@ def _usage(usage: Any, output: Any) -> TokenUsage | None:
         web_searches=kinds.count("web_search_call"),
         file_searches=kinds.count("file_search_call"),
         containers=len(containers),
+        service_tier=tier,
     )
