@@ -114,6 +114,18 @@ def test_a_premium_option_names_itself_in_the_error(server) -> None:
     assert info.value.option == "service_tier='priority'" and info.value.model == NO_PRIORITY
 
 
+def test_a_refused_premium_option_is_on_the_record(server) -> None:
+    records: list[guardrail.UsageRecord] = []
+    _, client = _openai(server, CAPPED, sinks=[records.append])
+    with pytest.raises(guardrail.UnpricedOption):
+        client.chat.completions.create(model=NO_PRIORITY, messages=HELLO, service_tier="priority")
+    assert server.requests == []
+    [record] = records
+    assert record.outcome == "rejected" and record.tenant == "default"
+    assert record.model == NO_PRIORITY and "UnpricedOption" in (record.error or "")
+    assert record.cost_usd == 0
+
+
 def test_without_a_money_limit_a_premium_option_is_sent_with_an_unknown_cost(server) -> None:
     records: list[guardrail.UsageRecord] = []
     guard, client = _openai(

@@ -18,7 +18,12 @@ from guardrail.engine.operations import Op
 from guardrail.engine.plan import Plan, Planner, TrimEvent
 from guardrail.engine.records import Recorder
 from guardrail.engine.request_check import as_sent
-from guardrail.errors import ContextWindowExceeded, InvalidRequestError, describe
+from guardrail.errors import (
+    ContextWindowExceeded,
+    InvalidRequestError,
+    PriceUnavailable,
+    describe,
+)
 from guardrail.observe.sinks import Sink
 from guardrail.policy import Policy, PolicySource
 from guardrail.prompt.trimming import Summarizer
@@ -135,7 +140,9 @@ class Engine:
             policy = self.policy_for(binding.tenant)
             scopes = self.scopes_for(binding, policy)
             plan = self.planner.plan(adapter, kwargs, view, view.model, binding, policy, scopes)
-        except ContextWindowExceeded as exc:
+        except (ContextWindowExceeded, PriceUnavailable) as exc:
+            # Refused before anything was reserved (too long, or a price the budget needs is
+            # unknown: UnpricedOption too): the ledger still shows the refusal.
             self.recorder.record_refusal(
                 binding,
                 view.model,
