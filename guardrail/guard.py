@@ -140,8 +140,9 @@ class Guard:
 
     def wrap(self, client: Any, **options: Any) -> Any:
         """Guard an ``OpenAI``/``AsyncOpenAI`` or ``Anthropic``/``AsyncAnthropic`` client
-        (the one line to add): the result is a copy of the client, of a subclass of its
-        class, whose paid calls go through the guard. Anthropic clients take
+        (``AnthropicBedrock``, ``AnthropicVertex`` and their async twins too; the one line
+        to add): the result is a copy of the client, of a subclass of its class, whose paid
+        calls go through the guard. Anthropic clients take
         ``exact_count=False`` to count prompts locally only (see
         :mod:`guardrail.providers.anthropic`)."""
         from guardrail.providers.sdk_classes import GuardedClientMarker

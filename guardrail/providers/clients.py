@@ -61,15 +61,15 @@ class ClientState:
     unwrapped: Any
     extra: Any = None
     _unretried: Any = field(default=None, repr=False)
-    _seen: tuple[Any, Any, Any] = field(default=(None, None, None), repr=False)
+    _seen: tuple[Any, ...] = field(default=(), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _targets: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def unretried(self, client: Any) -> Any:
         """A plain SDK copy of ``client`` with its retries off: guarded calls are sent on
         it, so that guardrail's retry policy is the only one (free calls keep the client's
-        own retries). Made again when the client's URL or key was set since (a rotated
-        key, a moved host)."""
+        own retries). Made again when the client's URL or credentials were set since (a
+        rotated key or token, a moved host)."""
         plain = self._unretried
         if plain is None or self._changed(client):
             with self._lock:
@@ -77,15 +77,16 @@ class ClientState:
                 if plain is None or self._changed(client):
                     base = type(self.unwrapped)
                     self._seen = _settings(client)
-                    plain = base.copy(client, max_retries=0)
+                    plain = sdk_copy(base, client, max_retries=0)
                     plain.__class__ = base
                     self._targets = {}
                     self._unretried = plain
         return plain
 
     def _changed(self, client: Any) -> bool:
-        seen, now = self._seen, _settings(client)
-        return now[0] is not seen[0] or now[1] is not seen[1] or now[2] is not seen[2]
+        # Identical objects compare in C (the common case); a setting set since compares
+        # by value, so re-setting the same key makes no new copy.
+        return _settings(client) != self._seen
 
     def target(self, client: Any, path: str, name: str) -> Any:
         """The SDK method ``path.name`` of :meth:`unretried`, looked up once per client
@@ -102,19 +103,45 @@ class ClientState:
         return replace(
             self,
             _unretried=None,
-            _seen=(None, None, None),
+            _seen=(),
             _lock=threading.Lock(),
             _targets={},
             **changes,
         )
 
 
-def _settings(client: Any) -> tuple[Any, Any, Any]:
-    """The client's URL and credentials, as objects: assigning one makes a new object, so
-    comparing them by identity tells a setting that was set since (a cheap check on every
-    guarded call; a copy of the client has its own objects, so it is never compared)."""
-    mine = vars(client)
-    return mine.get("_base_url"), mine.get("api_key"), mine.get("auth_token")  # Anthropic's
+_SETTINGS = (
+    "_base_url",
+    "api_key",
+    "auth_token",  # Anthropic's
+    "access_token",  # AnthropicVertex's (and its region, project and Google credentials)
+    "region",
+    "project_id",
+    "credentials",
+    "aws_access_key",  # AnthropicBedrock's
+    "aws_secret_key",
+    "aws_session_token",
+    "aws_region",
+    "aws_profile",
+)
+"""The attributes a plain copy of a client takes from it, which a caller may set on the
+client itself (a rotated key, a refreshed token): set since, the copy is made again."""
+
+
+def _settings(client: Any) -> tuple[Any, ...]:
+    """The client's URL and credentials (:data:`_SETTINGS`), compared on every guarded
+    call: unchanged, they are the same objects, which a tuple compares without calling
+    their ``__eq__`` (a copy of the client has its own objects, so it is never compared)."""
+    return tuple(map(vars(client).get, _SETTINGS))
+
+
+def sdk_copy(base: type, client: Any, **options: Any) -> Any:
+    """``base.copy(client, **options)`` on the client's own HTTP client, unless ``options``
+    name one: the SDK's ``copy`` shares it, except ``AnthropicBedrock``'s in anthropic
+    1.0.0, which makes a new default one (the copy loses the caller's transport, proxy)."""
+    if options.get("http_client") is None:
+        options["http_client"] = client._client
+    return base.copy(client, **options)  # type: ignore[attr-defined]
 
 
 def state_of(resource: Any) -> ClientState:
@@ -340,7 +367,7 @@ def unmetered_tree(
 def _copy(base: type) -> Callable[..., Any]:
     def copy(self: Any, **options: Any) -> Any:
         """Like the SDK's ``copy`` / ``with_options``, and still guarded."""
-        new = base.copy(self, **options)  # type: ignore[attr-defined]  # builds self.__class__(...)
+        new = sdk_copy(base, self, **options)  # builds self.__class__(...)
         new._guardrail = client_state(self).fresh()
         return new
 
@@ -420,6 +447,6 @@ def wrap_client(
 ) -> Any:
     """A guarded copy of ``client``, of the class ``guarded_class_of(type(client))``."""
     _warn_if_calls_outlive_holds(client, guard.engine.policy.reservation_ttl_seconds)
-    fresh = type(client).copy(client)
+    fresh = sdk_copy(type(client), client)
     state = ClientState(guard, None, client, extra_state)
     return guard_instance(fresh, guarded_class_of(type(client)), "_guardrail", state)

@@ -1,4 +1,5 @@
-"""Guarded ``Anthropic`` / ``AsyncAnthropic`` clients.
+"""Guarded ``Anthropic`` / ``AsyncAnthropic`` clients, and the platforms' (``AnthropicBedrock``,
+``AnthropicVertex`` and their async twins: the same resources, built in ``__init__``).
 
 ``guard.wrap(Anthropic())`` returns a copy of the client whose class is a subclass of its
 own (``isinstance(guarded, anthropic.Anthropic)`` holds), in which ``messages.create``
@@ -25,13 +26,14 @@ counts of a prompt:
 
 The reservation is ``max(estimate, exact)``; the window is checked against both. A failed
 count (network, rate limit, a gateway without the endpoint) keeps the estimate. Exact
-counting is on by default; ``guard.wrap(client, exact_count=False)`` turns it off.
-See ``docs/anthropic.md`` for why.
+counting is on by default (``AnthropicBedrock``'s SDK cannot count: off there);
+``guard.wrap(client, exact_count=False)`` turns it off. See ``docs/anthropic.md`` for why.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,7 +82,7 @@ def _counting(state: ClientState) -> _Counting:
 
 
 def _count_failed(state: ClientState, exc: Exception) -> None:
-    """A client without the endpoint (Bedrock, a gateway answering 404) stops asking;
+    """A client without the endpoint (a gateway answering 404) stops asking;
     a passing failure (a timeout, a 429, a 5xx) only costs this call its exact count."""
     adapter = _counting(state).adapter
     if adapter.exact_count and no_count_endpoint(exc):
@@ -285,6 +287,36 @@ def guarded_anthropic_class(base: type) -> type:
     return guarded_client_class(base, ANTHROPIC_TREE, FREE_WRITES, extra)
 
 
+def _counts_tokens(client: Any) -> bool:
+    """Whether the client's SDK can send ``messages.count_tokens``: ``AnthropicBedrock``'s
+    refuses it without a request ("Token counting is not supported in Bedrock yet")."""
+    from anthropic import AnthropicBedrock, AsyncAnthropicBedrock
+
+    return not isinstance(client, (AnthropicBedrock, AsyncAnthropicBedrock))
+
+
+def _warn_if_regional_vertex(client: Any) -> None:
+    """Vertex AI bills its regional and multi-region endpoints 10% above its global one,
+    from Claude Sonnet 4.5 on; the price data (and so the guard) has its global prices."""
+    from anthropic import AnthropicVertex, AsyncAnthropicVertex
+
+    if not isinstance(client, (AnthropicVertex, AsyncAnthropicVertex)):
+        return
+    region = vars(client).get("region")
+    if isinstance(region, str) and region != "global":
+        warnings.warn(
+            f"this {type(client).__name__}'s region is {region!r}: Vertex AI bills regional "
+            "endpoints 10% above the global one from Claude Sonnet 4.5 on, and guardrail "
+            "prices Vertex calls at the global prices (the model id does not say the region), "
+            "so their spend is recorded up to 10% low. Use region='global', or register "
+            "the regional prices of the models you call (docs/anthropic.md): "
+            "guardrail.register_model('claude-sonnet-4-5@20250929', input_usd_per_mtok='3.30', "
+            "output_usd_per_mtok='16.50', cached_input_usd_per_mtok='0.33')",
+            UserWarning,
+            stacklevel=4,  # guard.wrap's caller
+        )
+
+
 def wrap_anthropic(
     client: Any,
     guard: Guard,
@@ -292,15 +324,18 @@ def wrap_anthropic(
     exact_count: bool = True,
     count_cache: TokenCountCache | None = None,
 ) -> Any:
-    """``client`` (an ``Anthropic`` or ``AsyncAnthropic``) as a guarded copy.
+    """``client`` (an ``Anthropic``, ``AnthropicBedrock``, ``AnthropicVertex``, or the async
+    twin of one) as a guarded copy.
 
     ``exact_count`` (default True): ask ``messages.count_tokens`` for each new prompt
     (cached per content) and reserve ``max(estimate, exact)``; False uses the local
-    estimate alone and makes no extra request. A client that turns out to have no count
-    endpoint (``AnthropicBedrock``, a gateway answering 404) switches to False by itself,
-    with one warning.
+    estimate alone and makes no extra request. ``AnthropicBedrock`` cannot count (its SDK
+    refuses the call): False there. A client that turns out to have no count endpoint (a
+    gateway answering 404) switches to False by itself, with one warning.
     """
+    _warn_if_regional_vertex(client)
     counting = _Counting(
-        AnthropicAdapter(exact_count=exact_count), count_cache or TokenCountCache()
+        AnthropicAdapter(exact_count=exact_count and _counts_tokens(client)),
+        count_cache or TokenCountCache(),
     )
     return wrap_client(client, guard, guarded_anthropic_class, counting)
