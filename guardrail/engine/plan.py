@@ -68,6 +68,11 @@ class Plan:
     settled at the whole reserved output."""
     uncounted_parts: int = 0
     """Parts of the prompt reserved by ``Policy.file_id_tokens`` instead of counted."""
+    server_input: int = 0
+    """Input held for the passes the provider may add server-side (``server_passes``),
+    included in ``reserved_prompt``; no count of the request replaces it."""
+    exact_replaces_bound: bool = False
+    """The provider's count reads the uncounted parts: it replaces their bound."""
 
     @property
     def prompt_held(self) -> int:
@@ -261,7 +266,8 @@ class Planner:
         )
         final = list(messages) if trim else view.messages
         uncounted = _uncountable(adapter, view, final)
-        held = _held_prompt(prompt, uncounted, info, policy, reserved)
+        server_input = view.server_passes * info.context_window
+        held = _held_prompt(prompt, uncounted, info, policy, reserved) + server_input
         priced, money = True, any(s.money_limited for s in scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
@@ -304,6 +310,8 @@ class Planner:
             reserved_prompt=None if held == prompt else held,
             hidden_output=view.hidden_reasoning,
             uncounted_parts=len(uncounted),
+            server_input=server_input,
+            exact_replaces_bound=getattr(adapter, "exact_count_covers_uncountable", False),
             reserved_file_searches=view.reserved_file_searches,
             reserved_containers=view.reserved_containers,
             server_state=view.server_state,
