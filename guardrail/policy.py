@@ -103,7 +103,8 @@ class Policy:
     # -- what cannot be counted
     file_id_tokens: int | Literal["window", "refuse"] = "window"
     """How to reserve a document guardrail cannot read (a Chat Completions ``file`` part
-    given by ``file_id``, or a PDF whose pages cannot be seen): ``"window"`` reserves the
+    given by ``file_id``, a Claude ``document`` by ``file_id`` or URL, or a PDF whose pages
+    cannot be seen; for Claude, until the exact count answers): ``"window"`` reserves the
     prompt as the whole context window less the reserved output (the provider bills no
     prompt beyond that: a true upper bound), an int reserves that many tokens per such
     part (a figure of your own: usage beyond it is charged and flagged as an overrun),

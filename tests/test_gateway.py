@@ -91,10 +91,9 @@ def test_the_tenant_comes_from_the_key_not_the_body(gateway) -> None:
         ("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}),
         ("/v1/responses", {"model": "gpt-4o", "input": "hi"}),
         ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}),
-        ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": HELLO}),
     ],
 )
-def test_fields_the_gateway_does_not_know_are_relayed(gateway, server, fake, path, body) -> None:
+def test_fields_the_gateway_does_not_know_are_relayed(gateway, server, path, body) -> None:
     # A newer API field than the installed SDK knows is the caller's business: the
     # gateway forwards JSON, it is not the SDK (whose signature the library checks).
     base, app = gateway
@@ -102,8 +101,25 @@ def test_fields_the_gateway_does_not_know_are_relayed(gateway, server, fake, pat
     headers = {"authorization": f"Bearer {TENANT_KEY}", "x-api-key": TENANT_KEY}
     answer = httpx.post(f"{base}{path}", json=sent, headers=headers)
     assert answer.status_code == 200, answer.text
-    upstream = (fake.requests if path == "/v1/messages" else server.requests)[-1]
-    assert upstream.json["brand_new_field"] == {"x": [1, 2]}
+    assert server.requests[-1].json["brand_new_field"] == {"x": [1, 2]}
+    assert app.state.guard.usage("team-a").requests == 1
+
+
+def test_a_messages_field_guardrail_does_not_know_is_refused_under_a_money_limit(
+    gateway, fake
+) -> None:
+    """Unlike OpenAI's, a Messages field guardrail does not meter may bill what the request
+    does not show (the beta fields: a server-held thread, fallbacks): under the gateway's
+    money limit it is a 403 naming it, and the fields it knows are relayed."""
+    base, app = gateway
+    body = {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": HELLO}
+    headers = {"x-api-key": TENANT_KEY}
+    answer = httpx.post(f"{base}/v1/messages", json={**body, "brand_new_field": 1}, headers=headers)
+    assert answer.status_code == 403 and "'brand_new_field'" in answer.text
+    assert fake.requests == []
+    answer = httpx.post(f"{base}/v1/messages", json={**body, "top_k": 5}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert fake.message_requests[-1].json["top_k"] == 5
     assert app.state.guard.usage("team-a").requests == 1
 
 
@@ -147,6 +163,21 @@ def test_an_option_guardrail_cannot_price_is_a_403_naming_it(gateway, server, fa
     assert shape["type"] == "error" and shape["error"]["type"] == "permission_error"
     assert "inference_geo='us'" in shape["error"]["message"]
     assert server.requests == [] and fake.message_requests == []
+
+
+def test_a_body_field_guardrail_does_not_meter_is_a_403_naming_it(gateway, fake) -> None:
+    """A server-held thread (a beta field) in the JSON body: refused under the gateway's
+    money limit, as through the guarded client."""
+    base, _ = gateway
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        an(base).messages.create(
+            model="claude-opus-4-6",
+            max_tokens=20,
+            messages=HELLO,
+            extra_body={"thread": {"type": "continue", "previous_message_id": "msg_1"}},
+        )
+    assert "'thread'" in refused.value.response.json()["error"]["message"]
+    assert fake.requests == []
 
 
 def test_a_prompt_over_the_window_is_a_context_length_error(gateway, server) -> None:

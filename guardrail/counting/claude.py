@@ -27,7 +27,6 @@ from guardrail.counting.text import CLAUDE_SAFETY_MARGIN, estimate_margin
 from guardrail.errors import InvalidRequestError
 
 __all__ = [
-    "DOCUMENT_ASSUMED_PAGES",
     "PDF_PAGE_TOKENS",
     "REQUEST_OVERHEAD_TOKENS",
     "TOKENS_PER_MESSAGE",
@@ -37,6 +36,7 @@ __all__ = [
     "pdf_page_tokens",
     "plain",
     "request_tokens",
+    "uncountable_documents",
 ]
 
 TOKENS_PER_MESSAGE = 4
@@ -53,9 +53,6 @@ PDF_PAGE_TOKENS = 4_600
 and the page as an image (at most 1,568 tokens on the standard tier), so 3,000 + 1,600
 errs high. Models with a larger image tier or text margin pay :func:`pdf_page_tokens`."""
 _PDF_PAGE_TEXT_TOKENS = 3_000
-DOCUMENT_ASSUMED_PAGES = 20
-"""Pages assumed for a PDF guardrail cannot read (a URL or file id, or no page objects
-found): an assumption, not a bound. The exact count replaces it when it is on."""
 
 _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 
@@ -167,10 +164,57 @@ def _document(counter: TokenCounter, block: Mapping[str, Any], where: str) -> in
         return total + (counter.text(data) if isinstance(data, str) else 0)
     if kind == "content":
         return total + _content(counter, source.get("content"), f"{where}.source")
-    pages = DOCUMENT_ASSUMED_PAGES
-    if kind == "base64":
-        pages = _pdf_pages(source.get("data"), where) or DOCUMENT_ASSUMED_PAGES
+    # A URL or file id, or a PDF whose pages cannot be seen: not counted here, but
+    # reserved as Policy.file_id_tokens says (uncountable_documents finds them).
+    pages = _pdf_pages(source.get("data"), where) if kind == "base64" else 0
     return total + pages * pdf_page_tokens(counter)
+
+
+def _unread(block: Any) -> str | None:
+    """What makes a ``document`` block one guardrail cannot read, or None."""
+    source = plain(field_of(block, "source"))
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    if kind in ("text", "content"):
+        return None
+    if kind == "base64":
+        data = source.get("data")
+        if isinstance(data, str) and _pdf_pages(data, "document") > 0:
+            return None
+        return "a PDF whose pages cannot be seen"
+    if kind == "file":
+        return "a document by file_id"
+    if kind == "url":
+        return "a document by URL"
+    return "a document guardrail cannot read"
+
+
+def uncountable_documents(messages: Sequence[Any]) -> list[str]:
+    """Where the documents are whose size the local estimate cannot know (a ``file_id``,
+    a URL, a PDF whose pages cannot be seen), in a message or a tool result: their places
+    (``messages[i].content[k]``), for the error or the reservation. Messages that are
+    plain strings are skipped without a look."""
+    found: list[str] = []
+    for i, message in enumerate(messages):
+        content = field_of(message, "content")
+        if not isinstance(content, (list, tuple)):
+            continue
+        for k, block in enumerate(content):
+            block = plain(block)
+            if not isinstance(block, Mapping):
+                continue
+            kind = block.get("type")
+            if kind == "document":
+                why = _unread(block)
+                if why is not None:
+                    found.append(f"messages[{i}].content[{k}] ({why})")
+            elif kind == "tool_result" and isinstance(block.get("content"), (list, tuple)):
+                for j, inner in enumerate(block["content"]):
+                    inner = plain(inner)
+                    if isinstance(inner, Mapping) and inner.get("type") == "document":
+                        why = _unread(inner)
+                        if why is not None:
+                            found.append(f"messages[{i}].content[{k}].content[{j}] ({why})")
+    return found
 
 
 def pdf_page_tokens(counter: TokenCounter) -> int:

@@ -66,6 +66,11 @@ class RequestView:
     Anthropic SDK refuses a non-streaming ``max_tokens`` that implies over 10 minutes)."""
     reserved_searches: int = 0
     """Server-side web searches the request allows (billed per search): reserved too."""
+    server_passes: int = 0
+    """Sampling passes the provider may add server-side after the first (Anthropic's
+    server-tool loop: each reads the whole context again, with what the tools added, and
+    bills it as input): each is reserved at the model's whole context window, on top of
+    the prompt, and no count of the request replaces that."""
     hidden_reasoning: bool = False
     """The model reasons in tokens it bills as output but does not stream (OpenAI's
     o-series and gpt-5, Claude with ``thinking``): a call whose usage never arrives is
@@ -115,7 +120,8 @@ class ProviderAdapter(Protocol):
     ``fit`` method (:class:`FitsMessages`) trims its provider's conversations itself; one
     with ``uncountable(view, messages)`` returns where the parts are that it cannot bound
     (documents by ``file_id``), which the planner reserves as ``Policy.file_id_tokens``
-    says.
+    says (``exact_count_covers_uncountable = True``: the provider's count reads them, and
+    replaces that bound when it answers).
     """
 
     provider: str

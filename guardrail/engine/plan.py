@@ -72,6 +72,11 @@ class Plan:
     service_tier: str | None = None
     """The tier the reservation is priced at (None: the standard rates); a call whose
     response does not say which tier it was billed at is settled at it."""
+    server_input: int = 0
+    """Input held for the passes the provider may add server-side (``server_passes``),
+    included in ``reserved_prompt``; no count of the request replaces it."""
+    exact_replaces_bound: bool = False
+    """The provider's count reads the uncounted parts: it replaces their bound."""
 
     @property
     def prompt_held(self) -> int:
@@ -265,7 +270,8 @@ class Planner:
         )
         final = list(messages) if trim else view.messages
         uncounted = _uncountable(adapter, view, final)
-        held = _held_prompt(prompt, uncounted, info, policy, reserved)
+        server_input = view.server_passes * info.context_window
+        held = _held_prompt(prompt, uncounted, info, policy, reserved) + server_input
         priced, money = True, any(s.money_limited for s in scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
@@ -310,6 +316,8 @@ class Planner:
             reserved_prompt=None if held == prompt else held,
             hidden_output=view.hidden_reasoning,
             uncounted_parts=len(uncounted),
+            server_input=server_input,
+            exact_replaces_bound=getattr(adapter, "exact_count_covers_uncountable", False),
             reserved_file_searches=view.reserved_file_searches,
             reserved_containers=view.reserved_containers,
             server_state=view.server_state,
@@ -370,8 +378,6 @@ class Planner:
                 continue
             if candidate.cost_usd < plan.cost_usd:
                 yield candidate
-
-    # -- the call
 
 
 def worst_case_cost(

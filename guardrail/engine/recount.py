@@ -61,9 +61,11 @@ def count_exactly(
             raise refused
         return plan, reservation
     plan = replace(plan, exact_prompt_tokens=exact)
-    return (
-        yield from _grow(engine, plan, reservation, started, exact, "by the provider's own count")
-    )
+    how = "by the provider's own count"
+    # The count reads the parts the plan could only bound (Anthropic's documents by file_id
+    # or URL): it replaces their bound, the passes the provider may add staying held.
+    rebound = plan.exact_replaces_bound and plan.reserved_prompt is not None
+    return (yield from _grow(engine, plan, reservation, started, exact, how, rebound=rebound))
 
 
 def server_history(
@@ -154,11 +156,20 @@ def _grow(
     started: CallLog,
     prompt: int,
     how: str,
+    *,
+    rebound: bool = False,
 ) -> Generator[Op, Any, tuple[Plan, Reservation | None]]:
     """The plan and reservation for ``prompt`` tokens, if that is more than was reserved:
-    the window checked again, the old reservation swapped for a bigger one."""
-    if prompt <= plan.prompt_tokens:
+    the window checked again, the old reservation swapped for a bigger one. ``rebound``:
+    ``prompt`` covers the parts the plan held a bound for, which it replaces (the
+    reservation may shrink); the estimate stays held where it is higher."""
+    if prompt <= plan.prompt_tokens and not (rebound and plan.uncounted_parts):
         return plan, reservation
+    prompt = max(prompt, plan.prompt_tokens)
+    if rebound:
+        plan = replace(plan, uncounted_parts=0, reserved_prompt=None)
+    if plan.server_input:
+        plan = replace(plan, reserved_prompt=max(plan.prompt_held, prompt + plan.server_input))
     budget, limit_name = input_budget(
         plan.model, plan.policy, plan.reserved_output, plan.max_prompt_tokens
     )
@@ -180,7 +191,7 @@ def _grow(
         prompt_tokens=prompt,
         cost_usd=worst_case_cost(
             plan.model,
-            prompt,
+            prompt + plan.server_input,
             plan.reserved_output_total,
             plan.prompt_cache_write,
             plan.reserved_searches,

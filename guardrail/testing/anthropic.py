@@ -141,7 +141,8 @@ class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
         usage_patch: applied to every message's ``usage`` dict before it is sent (in the
             JSON body, and in ``message_start`` and ``message_delta`` when streaming): a
             mapping of fields to set, a field set to :data:`DROP` being removed. Plays a
-            provider answering malformed usage (negative or missing counts).
+            provider answering malformed usage (negative or missing counts), or more of it
+            (``server_tool_use``, ``iterations``: ``message_delta`` carries them too).
 
     All options are public attributes, and may be changed while the server runs.
     ``base_url`` is what ``anthropic.Anthropic(base_url=...)`` takes.

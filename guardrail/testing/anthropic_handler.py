@@ -239,6 +239,8 @@ def _events(message: dict[str, Any]) -> list[dict[str, Any]]:
             "cache_read_input_tokens",
             "output_tokens",
             "output_tokens_details",
+            "server_tool_use",
+            "iterations",
         )
         if name in usage
     }

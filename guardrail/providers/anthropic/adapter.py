@@ -1,16 +1,16 @@
-"""Reads and rewrites Messages API requests and responses for the engine."""
+"""Reads and rewrites Messages API requests and responses for the engine (what a request
+may bill beyond what it carries: :mod:`.bounds`; reading usage: :mod:`.usage`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from guardrail.catalog.pricing import TokenUsage
-from guardrail.counting.claude import message_tokens, plain, request_tokens
+from guardrail.counting.claude import message_tokens, plain, request_tokens, uncountable_documents
 from guardrail.counting.messages import TokenCounter, field_of
-from guardrail.engine.adapter import PartialUsage, RequestView
+from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
 from guardrail.engine.request_check import (
     check_body,
@@ -23,17 +23,17 @@ from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import InvalidRequestError, describe
 from guardrail.prompt.trimming import Summarizer, TrimResult
 from guardrail.prompt.turns import fit_turns
-from guardrail.providers.common import (
-    given,
-    model_and_messages,
-    request_id_of,
-    token_count,
-    usage_of,
+from guardrail.providers.anthropic.bounds import (
+    allowed_searches,
+    refused_tool,
+    server_passes,
+    unmetered_field,
 )
+from guardrail.providers.anthropic.usage import field, final_usage, input_count, read_usage
+from guardrail.providers.common import given, model_and_messages, request_id_of
 
 __all__ = [
     "NONSTREAMING_MAX_TOKENS",
-    "WEB_SEARCH_ASSUMED_USES",
     "AnthropicAdapter",
     "AnthropicView",
     "materialized",
@@ -44,26 +44,10 @@ NONSTREAMING_MAX_TOKENS = 21_333
 timeout (it refuses a request it expects to take over 10 minutes: 60 min * n / 128,000).
 Used as the bound guardrail chooses when the caller set none on a non-streaming call."""
 
-WEB_SEARCH_ASSUMED_USES = 10
-"""Searches reserved for a web-search server tool without ``max_uses`` (an assumption:
-set ``max_uses`` to make the bound exact). Actual searches are settled at their price."""
-
-
-def _allowed_searches(tools: Any) -> int:
-    """Web searches a request's server tools allow: their ``max_uses``, or the assumption."""
-    total = 0
-    for tool in tools or ():
-        kind = _field(tool, "type")
-        if isinstance(kind, str) and kind.startswith("web_search"):
-            uses = _field(tool, "max_uses")
-            ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
-            total += uses if ok else WEB_SEARCH_ASSUMED_USES
-    return total
-
 
 def _thinks(thinking: Any) -> bool:
     """Extended thinking is on: Claude 4 models stream a summary of it but bill it whole."""
-    kind = _field(thinking, "type") if given(thinking) else None
+    kind = field(thinking, "type") if given(thinking) else None
     return isinstance(kind, str) and kind != "disabled"
 
 
@@ -138,6 +122,9 @@ class AnthropicAdapter:
     the provider's ``count_tokens`` (a :class:`~guardrail.engine.operations.CountTokens` step)."""
 
     provider = "anthropic"
+    exact_count_covers_uncountable = True
+    """``count_tokens`` reads what the local estimate cannot (documents by ``file_id`` or
+    URL, PDFs): its count replaces their ``Policy.file_id_tokens`` bound."""
 
     def __init__(self, *, exact_count: bool = True) -> None:
         self.exact_count = exact_count
@@ -174,9 +161,14 @@ class AnthropicAdapter:
             prompt_cache_write=_cache_write(
                 kwargs.get("cache_control"), system, messages, tools if given(tools) else None
             ),
-            reserved_searches=_allowed_searches(tools if given(tools) else None),
+            reserved_searches=allowed_searches(tools if given(tools) else None),
+            server_passes=server_passes(tools if given(tools) else None),
             hidden_reasoning=_thinks(kwargs.get("thinking")),
-            unpriced=_premium(kwargs),
+            unpriced=(
+                _premium(kwargs)
+                or unmetered_field(kwargs)
+                or refused_tool(tools if given(tools) else None)
+            ),
         )
 
     def rewrite(
@@ -199,6 +191,12 @@ class AnthropicAdapter:
         for i, message in enumerate(messages):
             total += message_tokens(counter, message, f"messages[{i}]")
         return total
+
+    def uncountable(self, view: RequestView, messages: Sequence[Any]) -> list[str]:
+        """The documents guardrail cannot read (by ``file_id`` or URL, a PDF whose pages
+        cannot be seen), reserved as ``Policy.file_id_tokens`` says until the provider's
+        own count (when it is on and answers) replaces that bound."""
+        return uncountable_documents(messages)
 
     def fit(
         self,
@@ -234,7 +232,7 @@ class AnthropicAdapter:
     def usage(self, response: Any) -> TokenUsage | None:
         if hasattr(response, "parse") and not hasattr(response, "usage"):
             response = parsed_raw(response)  # with_raw_response: the SDK caches the parse
-        return _read_usage(getattr(response, "usage", None))
+        return read_usage(getattr(response, "usage", None))
 
     def request_id(self, response: Any) -> str | None:
         rid = request_id_of(response, "request-id")
@@ -265,107 +263,17 @@ class AnthropicAdapter:
         elif kind == "message_start":
             message = chunk.message
             tally.request_id = tally.request_id or getattr(message, "id", None)
-            tally.input_usage = _read_usage(getattr(message, "usage", None))
+            # The prompt side: the passes usage.iterations adds come with message_delta.
+            tally.input_usage = read_usage(getattr(message, "usage", None), iterations=False)
         elif kind == "message_delta":
             usage = getattr(chunk, "usage", None)
             # Without the prompt side (no readable message_start, no input in the delta)
             # this would bill the prompt as 0: leave it to the engine's local settlement.
             if usage is not None and (
-                tally.input_usage is not None or _input_count(usage) is not None
+                tally.input_usage is not None or input_count(usage) is not None
             ):
-                tally.usage = _final_usage(tally.input_usage, usage)
+                tally.usage = final_usage(tally.input_usage, usage)
         return True
-
-
-def _field(obj: Any, name: str) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # an SDK object missing a required field
-        return None
-
-
-def _count(value: Any) -> int | None:
-    """A token count from the provider, clamped to >= 0; None when it is not a number.
-    The call was made and billed: a malformed usage must never fail its settlement."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return max(0, int(value))
-
-
-def _input_count(usage: Any) -> int | None:
-    """``usage.input_tokens``; None when missing, unreadable or negative (a prompt of 0
-    would be billed as free: the engine bills its own count of the prompt instead)."""
-    return token_count(_field(usage, "input_tokens"))
-
-
-def _read_usage(usage: Any) -> TokenUsage | None:
-    """An Anthropic ``usage`` (a response's, or ``message_start``'s) as a :class:`TokenUsage`:
-    ``input_tokens`` excludes cache reads and writes, which are added; the 1-hour writes come
-    from ``cache_creation``. Cache, thinking and search counts are clamped to >= 0 (a
-    missing one is 0). A missing, unreadable or negative ``input_tokens`` or
-    ``output_tokens`` is flagged (a :class:`PartialUsage` keeping the readable fields): the
-    engine bills its own count of the prompt, or the reserved output, never 0."""
-    if usage is None:
-        return None
-    creation = _field(usage, "cache_creation")
-    details = _field(usage, "output_tokens_details")
-    uncached = _input_count(usage)
-    read = _count(_field(usage, "cache_read_input_tokens")) or 0
-    written = _count(_field(usage, "cache_creation_input_tokens")) or 0
-    output = token_count(_field(usage, "output_tokens"))
-    w5 = _count(_field(creation, "ephemeral_5m_input_tokens")) or 0
-    w1 = _count(_field(creation, "ephemeral_1h_input_tokens")) or 0
-    # The total and its split disagreeing (or the total missing): bill the larger.
-    written = max(written, w5 + w1)
-    thinking = _count(_field(details, "thinking_tokens")) or 0
-    searches = _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0
-    return usage_of(
-        None if uncached is None else uncached + read + written,
-        output,
-        cached_input_tokens=read,
-        cache_write_tokens=written,
-        cache_write_1h_tokens=min(w1, written),
-        reasoning_tokens=thinking if output is None else min(thinking, output),
-        web_searches=searches,
-    )
-
-
-def _final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
-    """``message_delta`` usage (cumulative) over ``message_start``'s: the delta's fields
-    win where it has them; the 1-hour cache-write split only comes with the start. Cache,
-    thinking and search counts are clamped to >= 0; an input count neither gives, or an
-    unreadable output count, is flagged as :func:`_read_usage` does."""
-    start = start or TokenUsage()
-
-    def get(name: str) -> int | None:
-        return _count(_field(usage, name))
-
-    cached = get("cache_read_input_tokens")
-    cached = start.cached_input_tokens if cached is None else cached
-    written = get("cache_creation_input_tokens")
-    written = start.cache_write_tokens if written is None else written
-    uncached = _input_count(usage)
-    if uncached is None and not (isinstance(start, PartialUsage) and start.input_unread):
-        uncached = max(0, start.input_tokens - start.cached_input_tokens - start.cache_write_tokens)
-    output = token_count(_field(usage, "output_tokens"))
-    thinking = _count(_field(_field(usage, "output_tokens_details"), "thinking_tokens"))
-    thinking = start.reasoning_tokens if thinking is None else thinking
-    return usage_of(
-        None if uncached is None else uncached + cached + written,
-        output,
-        cached_input_tokens=cached,
-        cache_write_tokens=written,
-        cache_write_1h_tokens=min(start.cache_write_1h_tokens, written),
-        reasoning_tokens=thinking if output is None else min(thinking, output),
-        web_searches=max(
-            start.web_searches,
-            _count(_field(_field(usage, "server_tool_use"), "web_search_requests")) or 0,
-        ),
-    )
 
 
 def _cache_write(*parts: Any) -> Literal["5m", "1h"] | None:
