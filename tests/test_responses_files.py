@@ -58,3 +58,27 @@ def test_a_fixed_reservation_per_file(oai) -> None:
     )
     (record,) = records
     assert record.extra["reserved_prompt_tokens"] >= 5_000
+
+
+def test_history_grows_the_reservation_on_top_of_a_files_bound(oai) -> None:
+    """A stored response's history (recorded when it settled) is added to what the request
+    holds, the file's bound included: not to the count alone, which would hold less than
+    the bound plus the history."""
+    records: list[guardrail.UsageRecord] = []
+    policy = Policy(daily_spend_usd=100, loop_limit=None, file_id_tokens=5_000)
+    guard = Guard(policy, sinks=[records.append])
+    client = guard.wrap(openai.OpenAI(base_url=oai.base_url, api_key="x"))
+    first = client.responses.create(
+        model="gpt-4o", input="word " * 3_000, max_output_tokens=16, store=True
+    )
+    history = records[0].input_tokens + records[0].output_tokens
+    assert history > 3_000
+    client.responses.create(
+        model="gpt-4o",
+        input=_input({"file_id": "file-abc"}),
+        previous_response_id=first.id,
+        max_output_tokens=16,
+    )
+    second = records[1]
+    assert second.extra["uncounted_parts"] == 1
+    assert second.extra["reserved_prompt_tokens"] >= 5_000 + history

@@ -166,13 +166,19 @@ def _grow(
     if prompt <= plan.prompt_tokens and not (rebound and plan.uncounted_parts):
         return plan, reservation
     prompt = max(prompt, plan.prompt_tokens)
-    if rebound:
-        plan = replace(plan, uncounted_parts=0, reserved_prompt=None)
-    if plan.server_input:
-        plan = replace(plan, reserved_prompt=max(plan.prompt_held, prompt + plan.server_input))
     budget, limit_name = input_budget(
         plan.model, plan.policy, plan.reserved_output, plan.max_prompt_tokens
     )
+    if rebound:
+        plan = replace(plan, uncounted_parts=0, reserved_prompt=None)
+    elif plan.reserved_prompt is not None:
+        # The parts the plan holds a bound for stay held, the growth on top of them (a
+        # prompt is never billed past the window less the output bound, as "window" holds).
+        bounded = plan.reserved_prompt - plan.server_input + prompt - plan.prompt_tokens
+        held = min(bounded, max(budget, prompt)) + plan.server_input
+        plan = replace(plan, reserved_prompt=held)
+    if plan.server_input:
+        plan = replace(plan, reserved_prompt=max(plan.prompt_held, prompt + plan.server_input))
     if prompt > budget:
         yield from release(reservation)
         refused = ContextWindowExceeded(
@@ -191,7 +197,7 @@ def _grow(
         prompt_tokens=prompt,
         cost_usd=worst_case_cost(
             plan.model,
-            prompt + plan.server_input,
+            max(plan.prompt_held, prompt + plan.server_input),
             plan.reserved_output_total,
             plan.prompt_cache_write,
             plan.reserved_searches,
