@@ -118,7 +118,7 @@ def run(
             return action
         attempts += 1
         try:
-            response = yield Send(plan.kwargs)
+            response = yield Send(plan.kwargs, reservation, plan.policy.reservation_ttl_seconds)
         except BaseException as exc:
             billed = _billed_usage(adapter, plan, exc)
             if billed is None:

@@ -15,7 +15,7 @@ from guardrail.stores.base import Reservation, ReservationRequest
 if TYPE_CHECKING:
     from guardrail.engine.core import Engine
 
-__all__ = ["extend", "release", "renew_at", "reserve"]
+__all__ = ["extend", "not_renewed", "release", "renew_at", "renewal_failed", "reserve"]
 
 _log = logging.getLogger("guardrail")
 
@@ -90,12 +90,22 @@ def extend(reservation: Reservation, ttl_seconds: float) -> Generator[Op, Any, R
     try:
         renewed: Reservation | None = yield Extend(reservation, ttl_seconds)
     except Exception as exc:
-        _log.error("guardrail: could not renew reservation %s: %r", reservation.id, exc)
+        renewal_failed(reservation, exc)
         return None
     if renewed is None:
-        _log.warning(
-            "guardrail: reservation %s could not be renewed (expired already, or the store "
-            "cannot renew holds); the call goes on without it",
-            reservation.id,
-        )
+        not_renewed(reservation)
     return renewed
+
+
+def renewal_failed(reservation: Reservation, exc: BaseException) -> None:
+    """Log a renewal the store failed (the call goes on; its hold may expire meanwhile)."""
+    _log.error("guardrail: could not renew reservation %s: %r", reservation.id, exc)
+
+
+def not_renewed(reservation: Reservation) -> None:
+    """Log a hold the store no longer had to renew (the call goes on without it)."""
+    _log.warning(
+        "guardrail: reservation %s could not be renewed (expired already, or the store "
+        "cannot renew holds); the call goes on without it",
+        reservation.id,
+    )

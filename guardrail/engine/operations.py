@@ -61,7 +61,13 @@ class Settle:
 
 @dataclass(frozen=True)
 class Send:
+    """Send the request. ``reservation``: the call's hold (None when nothing is held),
+    kept by the driver while the call is in flight: renewed half a TTL (``ttl_seconds``)
+    before it would expire, until the call settles (a stream's, until the stream ends)."""
+
     kwargs: dict[str, Any]
+    reservation: Reservation | None = None
+    ttl_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
