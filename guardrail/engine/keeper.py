@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from guardrail.engine.holds import not_renewed, renewal_failed
+from guardrail.engine.holds import not_renewed, renew_at, renewal_failed
 from guardrail.stores.base import Reservation, Store
 
 __all__ = ["AsyncKeeper", "Kept", "SyncKeeper", "async_keeper", "async_keepers", "sync_keeper"]
@@ -55,7 +55,7 @@ class Kept:
     ) -> None:
         self.keeper, self.store, self.reservation, self.ttl = keeper, store, reservation, ttl
         self.renew, self.suspends = renew, suspends
-        self.due = _renew_at(reservation, ttl)
+        self.due = renew_at(reservation, ttl)
         self.busy = False  # being renewed
 
     def drop(self) -> None:
@@ -69,11 +69,6 @@ def _now(store: Store) -> float:
         return store.now()
     except Exception:
         return -math.inf
-
-
-def _renew_at(reservation: Reservation, ttl: float) -> float:
-    """When a hold is renewed: half its TTL before it would expire (``holds.renew_at``)."""
-    return reservation.expires_at - ttl / 2
 
 
 def _holds(reservation: Reservation | None, ttl: float) -> bool:
@@ -139,7 +134,7 @@ def _outcome(kept: Kept, renewed: Any, error: Exception | None, tracked: bool) -
         not_renewed(kept.reservation)
         return False
     kept.reservation = renewed
-    kept.due = _renew_at(renewed, kept.ttl)
+    kept.due = renew_at(renewed, kept.ttl)
     return True
 
 
