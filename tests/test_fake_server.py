@@ -378,6 +378,45 @@ def test_delay_then_normal_answer(server: FakeOpenAIServer, client: OpenAI) -> N
     assert chat(client).choices[0].message.content == REPLY
 
 
+def test_a_hold_answers_once_released(server: FakeOpenAIServer, client: OpenAI) -> None:
+    hold = server.enqueue_hold()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(chat, client)
+        hold.wait_held()
+        assert not answer.done()  # held: the request waits for the test
+        hold.release()
+        assert answer.result(timeout=10).choices[0].message.content == REPLY
+
+
+def test_a_held_stream_falls_silent_after_its_chunks(
+    server: FakeOpenAIServer, client: OpenAI
+) -> None:
+    hold = server.enqueue_hold(after_chunks=2)
+    chunks = iter(chat(client, stream=True))
+    first = [next(chunks), next(chunks)]  # sent before the hold
+    with ThreadPoolExecutor(1) as pool:
+        rest = pool.submit(lambda: list(chunks))
+        hold.wait_held()
+        assert not rest.done()
+        hold.release()
+        text = "".join(c.choices[0].delta.content or "" for c in first + rest.result(10))
+    assert text == REPLY
+
+
+def test_stop_ends_a_hold() -> None:
+    server = FakeOpenAIServer(prompt_tokens=1).start()
+    hold = server.enqueue_hold()
+    with (
+        ThreadPoolExecutor(1) as pool,
+        OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as c,
+    ):
+        answer = pool.submit(chat, c)
+        hold.wait_held()
+        server.stop()  # never released: the server stopping ends it
+        with pytest.raises(openai.APIConnectionError):
+            answer.result(timeout=10)
+
+
 def test_stop_does_not_wait_for_a_delay() -> None:
     server = FakeOpenAIServer(prompt_tokens=1).start()
     server.enqueue_delay(60)

@@ -18,7 +18,6 @@ from typing import Any
 import openai
 import pytest
 
-from guardrail.errors import ConfigurationError
 from guardrail.server import app as app_module
 from guardrail.server.config import parse_config
 from guardrail.server.token_service import SERVICES
@@ -336,36 +335,26 @@ def test_a_json_answer_to_a_stream_request_without_usage_is_charged_its_bound() 
         assert spent.reserved_usd == 0 and spent.spent_usd > 0
 
 
-# -- reservations outliving calls -----------------------------------------------------------
+# -- reservations shorter than a call's wait -------------------------------------------------
 
 
-def test_a_reservation_ttl_not_longer_than_the_timeout_is_a_config_error() -> None:
+def test_a_reservation_ttl_shorter_than_the_timeout_is_fine() -> None:
+    # A call in flight keeps its hold (the gateway renews it): no TTL is too short for it.
     data: dict[str, Any] = {
         "upstream": {"openai": {"timeout_seconds": 600}},
         "policy": {"reservation_ttl_seconds": 300},
+        "keys": [{"key": "k", "tenant": "a", "policy": {"reservation_ttl_seconds": 60}}],
     }
-    with pytest.raises(ConfigurationError) as info:
-        parse_config(data)
-    message = str(info.value)
-    assert message.startswith("policy.reservation_ttl_seconds") and "300" in message
-    assert "upstream.openai.timeout_seconds (600 s)" in message
-    data["keys"] = [{"key": "k", "tenant": "a", "policy": {"reservation_ttl_seconds": 60}}]
-    data["policy"] = {}
-    with pytest.raises(ConfigurationError, match=r"^keys\[0\]\.policy\.reservation_ttl"):
-        parse_config(data)
-    data["upstream"]["openai"]["timeout_seconds"] = 30
-    assert parse_config(data).upstreams["openai"].timeout_seconds == 30
+    config = parse_config(data)
+    assert config.policy.reservation_ttl_seconds == 300
+    assert config.upstreams["openai"].timeout_seconds == 600
 
 
-def test_the_admin_api_refuses_a_ttl_a_call_could_outlive(server) -> None:
+def test_the_admin_api_takes_a_ttl_shorter_than_the_timeout(server) -> None:
     with running(config_for(server.base_url)) as (base, _):
         url = "/admin/tenants/team-a/policy"
-        for ttl, expected in ((60, 400), (3600, 200)):
+        for ttl in (60, 3600):
             data = json.dumps({"reservation_ttl_seconds": ttl}).encode()
             request = urllib.request.Request(base + url, data=data, headers=ADMIN, method="PUT")
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            assert status == expected, (ttl, status)
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200, ttl

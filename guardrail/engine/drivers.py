@@ -3,7 +3,9 @@
 These are the only places where sync and async differ, and they hold no decisions:
 each operation is executed and its result (or exception) is sent back into the flow.
 A stream parks the flow; the guarded stream resumes it when the stream ends, however
-it ends (exhausted, closed, broken out of, errored, cancelled).
+it ends (exhausted, closed, broken out of, errored, cancelled). While a call is in flight
+(its ``Send`` awaited, its stream open) a keeper (:mod:`guardrail.engine.keeper`) keeps
+its hold, until the call settles.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ from collections.abc import (
 from typing import Any
 
 from guardrail.engine.adapter import ProviderAdapter
+from guardrail.engine.keeper import Kept, async_keeper, sync_keeper
 from guardrail.engine.operations import (
     CountTokens,
-    Extend,
     OpenStream,
-    Parked,
     Recall,
     Release,
     Remember,
-    RenewHold,
     Reserve,
     ReserveOffline,
     Send,
@@ -75,14 +75,23 @@ class SyncDriver:
     def run(
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
     ) -> Any:
+        kept: Kept | None = None  # the hold of the call being sent, kept until its next op
         while True:
             try:
                 op = flow.throw(exc) if exc is not None else flow.send(value)
             except StopIteration as stop:
+                _drop(kept)  # the flow ended (or raised): nothing left to keep
                 return stop.value
+            except BaseException:
+                _drop(kept)
+                raise
+            if kept is not None and not isinstance(op, OpenStream):
+                kept.drop()  # answered (or failed): the flow settles it now
+                kept = None
             value, exc = None, None
             try:
                 if isinstance(op, Send):
+                    kept = sync_keeper().track(self.store, op.reservation, op.ttl_seconds)
                     value = self.send(op.kwargs)
                 elif isinstance(op, Reserve):
                     value = self.store.reserve(op.request)
@@ -100,12 +109,9 @@ class SyncDriver:
                     value = self.store.recall(op.scope, op.key)
                 elif isinstance(op, Remember):
                     self.store.remember(op.scope, op.key, op.value, op.ttl_seconds)
-                elif isinstance(op, Extend):
-                    value = _extender(self.store)(op.reservation, op.ttl_seconds)
-                elif isinstance(op, OpenStream):
-                    return hand_over(GuardedStream(op, flow, self, plan))
-                elif isinstance(op, Parked):
-                    return op
+                elif isinstance(op, OpenStream):  # the stream keeps the hold from here
+                    stream, kept = GuardedStream(op, flow, self, plan, kept), None
+                    return hand_over(stream)
             except BaseException as error:  # sent into the flow, which decides
                 exc = error
 
@@ -140,16 +146,25 @@ class AsyncDriver:
         self, flow: Flow, plan: Plan, value: Any = None, exc: BaseException | None = None
     ) -> Any:
         deferred: asyncio.CancelledError | None = None
+        kept: Kept | None = None  # as in SyncDriver.run
         while True:
             try:
                 op = flow.throw(exc) if exc is not None else flow.send(value)
             except StopIteration as stop:
+                _drop(kept)
                 if deferred is not None:
                     raise deferred from None
                 return stop.value
+            except BaseException:
+                _drop(kept)
+                raise
+            if kept is not None and not isinstance(op, OpenStream):
+                kept.drop()
+                kept = None
             value, exc = None, None
             try:
                 if isinstance(op, Send):
+                    kept = async_keeper().track(self.store, op.reservation, op.ttl_seconds)
                     value = await self.send(op.kwargs)
                 elif isinstance(op, Reserve):
                     if self.inline:
@@ -175,16 +190,9 @@ class AsyncDriver:
                     value = await self.store.arecall(op.scope, op.key)
                 elif isinstance(op, Remember):
                     await self.store.aremember(op.scope, op.key, op.value, op.ttl_seconds)
-                elif isinstance(op, Extend):
-                    if self.inline:
-                        value = _extender(self.store)(op.reservation, op.ttl_seconds)
-                    else:
-                        extend = _aextender(self.store)
-                        value = await extend(op.reservation, op.ttl_seconds)
                 elif isinstance(op, OpenStream):
-                    return hand_over(AsyncGuardedStream(op, flow, self, plan))
-                elif isinstance(op, Parked):
-                    return op
+                    stream, kept = AsyncGuardedStream(op, flow, self, plan, kept), None
+                    return hand_over(stream)
             except BaseException as error:
                 exc = error
 
@@ -205,21 +213,10 @@ async def _shielded(store: Store, write: Coroutine[Any, Any, Any]) -> Any:
     return await asyncio.shield(write)
 
 
-def _extender(store: Store) -> Callable[[Any, float], Any]:
-    """The store's ``extend``; a store without one renews nothing."""
-    found: Callable[[Any, float], Any] | None = getattr(store, "extend", None)
-    return found if found is not None else (lambda reservation, ttl: None)
-
-
-def _aextender(store: Store) -> Callable[[Any, float], Awaitable[Any]]:
-    found: Callable[[Any, float], Awaitable[Any]] | None = getattr(store, "aextend", None)
-    if found is not None:
-        return found
-
-    async def none(reservation: Any, ttl: float) -> None:
-        return None
-
-    return none
+def _drop(kept: Kept | None) -> None:
+    """Stop keeping a call's hold (the call settles, or ends)."""
+    if kept is not None:
+        kept.drop()
 
 
 def _offline(store: Store, name: str) -> Callable[[Any], Any]:
@@ -236,10 +233,17 @@ def _counter(count: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[st
 
 
 class _StreamBase:
-    """What the sync and async guarded streams share: chunk filtering and the end-state."""
+    """What the sync and async guarded streams share: chunk filtering and the end-state.
+    ``kept``: the call's hold, kept while the stream is open, however long it is silent."""
 
     def __init__(
-        self, op: OpenStream, flow: Flow, plan: Plan, store: Store, adapter: ProviderAdapter
+        self,
+        op: OpenStream,
+        flow: Flow,
+        plan: Plan,
+        store: Store,
+        adapter: ProviderAdapter,
+        kept: Kept | None,
     ) -> None:
         stream = op.stream
         self._raw = None
@@ -254,10 +258,12 @@ class _StreamBase:
         self._flow: Flow | None = flow
         self._plan = plan
         self._adapter = adapter
-        self._renew_at, self._now = op.renew_at, store.now
+        self._kept = kept
         # A stream dropped half-read (no close, no loop end) is settled when it is
         # garbage-collected: the finaliser holds the flow, so the flow outlives the stream.
-        self._abandoned = weakref.finalize(self, _settle_abandoned, flow, store, adapter, plan)
+        self._abandoned = weakref.finalize(
+            self, _settle_abandoned, flow, store, adapter, plan, kept
+        )
 
     @property
     def tally(self) -> StreamTally:
@@ -271,16 +277,6 @@ class _StreamBase:
             model = getattr(chunk, "model", None)
             tally.response_model = model if isinstance(model, str) else None
         return self._adapter.observe_chunk(chunk, tally)
-
-    def _renewal_due(self) -> bool:
-        """Whether the stream has run so long that its hold must be renewed (by the store's
-        clock, half a TTL before it would expire)."""
-        return self._renew_at is not None and self._now() >= self._renew_at
-
-    def _parked(self, parked: Any) -> None:
-        self._renew_at = parked.renew_at if isinstance(parked, Parked) else None
-        if isinstance(parked, Parked) and parked.error is not None:
-            raise parked.error  # the stream ends with it, and is settled
 
     def _overran(self) -> bool:
         """Whether to stop because the output overran its reservation (or raise, per policy)."""
@@ -299,9 +295,12 @@ class _StreamBase:
         )
 
     def _take_flow(self) -> Flow | None:
+        """The parked flow, once (the stream ended: its hold is no longer kept)."""
         flow, self._flow = self._flow, None
         if flow is not None:
             self._abandoned.detach()
+            if self._kept is not None:
+                self._kept.drop()
         return flow
 
     @property
@@ -336,10 +335,14 @@ class _ClosingResponse:
         return getattr(self._response, name)
 
 
-def _settle_abandoned(flow: Flow, store: Store, adapter: ProviderAdapter, plan: Plan) -> None:
+def _settle_abandoned(
+    flow: Flow, store: Store, adapter: ProviderAdapter, plan: Plan, kept: Kept | None
+) -> None:
     """Settle a stream nobody finished, from what it counted. Only store writes remain in
     the flow, so the sync face of the store serves sync and async streams alike."""
     with contextlib.suppress(Exception):  # a finaliser must never raise
+        if kept is not None:
+            kept.drop()
         SyncDriver(store, adapter, _no_send).run(flow, plan, StreamEnd("stream_closed"))
 
 
@@ -350,8 +353,10 @@ def _no_send(kwargs: dict[str, Any]) -> Any:
 class GuardedStream(_StreamBase):
     """An ``openai.Stream`` look-alike that settles the call when the stream ends."""
 
-    def __init__(self, op: OpenStream, flow: Flow, driver: SyncDriver, plan: Plan) -> None:
-        super().__init__(op, flow, plan, driver.store, driver.adapter)
+    def __init__(
+        self, op: OpenStream, flow: Flow, driver: SyncDriver, plan: Plan, kept: Kept | None
+    ) -> None:
+        super().__init__(op, flow, plan, driver.store, driver.adapter, kept)
         self._driver = driver
         self._chunks = self._generate()
 
@@ -365,8 +370,6 @@ class GuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             for chunk in self._stream:
-                if self._renewal_due() and self._flow is not None:
-                    self._parked(self._driver.run(self._flow, self._plan, RenewHold()))
                 if self._observe(chunk):
                     yield chunk
                 if self._overran():
@@ -407,8 +410,10 @@ class GuardedStream(_StreamBase):
 class AsyncGuardedStream(_StreamBase):
     """An ``openai.AsyncStream`` look-alike that settles the call when the stream ends."""
 
-    def __init__(self, op: OpenStream, flow: Flow, driver: AsyncDriver, plan: Plan) -> None:
-        super().__init__(op, flow, plan, driver.store, driver.adapter)
+    def __init__(
+        self, op: OpenStream, flow: Flow, driver: AsyncDriver, plan: Plan, kept: Kept | None
+    ) -> None:
+        super().__init__(op, flow, plan, driver.store, driver.adapter, kept)
         self._driver = driver
         self._chunks = self._generate()
         self._closing = False
@@ -423,8 +428,6 @@ class AsyncGuardedStream(_StreamBase):
         error: BaseException | None = None
         try:
             async for chunk in self._stream:
-                if self._renewal_due() and self._flow is not None:
-                    self._parked(await self._driver.run(self._flow, self._plan, RenewHold()))
                 if self._observe(chunk):
                     yield chunk
                 if self._overran():

@@ -23,12 +23,10 @@ from guardrail.counting.messages import counter_for
 from guardrail.counting.text import estimate_margin
 from guardrail.engine import recount
 from guardrail.engine.adapter import PartialUsage, ProviderAdapter
-from guardrail.engine.holds import extend, release, renew_at, reserve
+from guardrail.engine.holds import release, reserve
 from guardrail.engine.operations import (
     Op,
     OpenStream,
-    Parked,
-    RenewHold,
     Send,
     Settle,
     Sleep,
@@ -119,7 +117,7 @@ def run(
             return action
         attempts += 1
         try:
-            response = yield Send(plan.kwargs)
+            response = yield Send(plan.kwargs, reservation, plan.policy.reservation_ttl_seconds)
         except BaseException as exc:
             billed = _billed_usage(adapter, plan, exc)
             if billed is None:
@@ -183,17 +181,9 @@ def run(
     # and a raw response held here would keep itself (and its stream) from being dropped.
     handed = [response]
     del response
-    ttl = plan.policy.reservation_ttl_seconds
-    end: StreamEnd | RenewHold = yield OpenStream(handed.pop(), tally, renew_at(reservation, ttl))
-    while isinstance(end, RenewHold):  # a long stream keeps its hold while it runs
-        renewed, stopped = None, None
-        try:
-            if reservation is not None:
-                renewed = yield from extend(reservation, ttl)
-        except BaseException as exc:  # cancelled or interrupted while renewing: the
-            stopped = exc  # stream raises it, and ends (and settles) as any stream does
-        reservation = renewed or reservation  # settled by id: the old one does as well
-        end = yield Parked(renew_at(renewed, ttl), stopped)
+    # While the caller has the stream its hold is kept (renewed) by the driver's keeper;
+    # settled by id, the reservation here settles the renewed hold as well.
+    end: StreamEnd = yield OpenStream(handed.pop(), tally)
     started.first_chunk_at, started.response_model = tally.first_chunk_at, tally.response_model
     source: Literal["provider", "local_count"] = "provider"
     if tally.usage is not None:

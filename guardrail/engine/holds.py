@@ -8,14 +8,14 @@ import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from guardrail.engine.operations import Extend, Op, Release, Reserve, ReserveOffline
+from guardrail.engine.operations import Op, Release, Reserve, ReserveOffline
 from guardrail.errors import BudgetExceeded, GuardrailError, StoreUnavailable
 from guardrail.stores.base import Reservation, ReservationRequest
 
 if TYPE_CHECKING:
     from guardrail.engine.core import Engine
 
-__all__ = ["extend", "release", "renew_at", "reserve"]
+__all__ = ["not_renewed", "release", "renew_at", "renewal_failed", "reserve"]
 
 _log = logging.getLogger("guardrail")
 
@@ -77,25 +77,22 @@ def release(reservation: Reservation | None, *, failed: bool = False) -> Generat
         _log.error("guardrail: could not release reservation %s: %r", reservation.id, exc)
 
 
-def renew_at(reservation: Reservation | None, ttl_seconds: float) -> float | None:
-    """When a live stream's hold is renewed: half its TTL before it would expire."""
-    return None if reservation is None else reservation.expires_at - ttl_seconds / 2
+def renew_at(reservation: Reservation, ttl_seconds: float) -> float:
+    """When a live call's hold is renewed (by its store's clock): half its TTL before it
+    would expire. A hold expires by itself only so that a crashed process gives its room
+    back; a call still running past it would let other calls spend that room."""
+    return reservation.expires_at - ttl_seconds / 2
 
 
-def extend(reservation: Reservation, ttl_seconds: float) -> Generator[Op, Any, Reservation | None]:
-    """Keep a live call's hold: it expires by itself only so that a crashed process gives
-    its room back, and a call still running past it would let other calls spend that room.
-    The reservation as renewed; None when the store could not renew it (logged once: the
-    hold may expire while the call runs; its late settlement is still charged in full)."""
-    try:
-        renewed: Reservation | None = yield Extend(reservation, ttl_seconds)
-    except Exception as exc:
-        _log.error("guardrail: could not renew reservation %s: %r", reservation.id, exc)
-        return None
-    if renewed is None:
-        _log.warning(
-            "guardrail: reservation %s could not be renewed (expired already, or the store "
-            "cannot renew holds); the call goes on without it",
-            reservation.id,
-        )
-    return renewed
+def renewal_failed(reservation: Reservation, exc: BaseException) -> None:
+    """Log a renewal the store failed (the call goes on; its hold may expire meanwhile)."""
+    _log.error("guardrail: could not renew reservation %s: %r", reservation.id, exc)
+
+
+def not_renewed(reservation: Reservation) -> None:
+    """Log a hold the store no longer had to renew (the call goes on without it)."""
+    _log.warning(
+        "guardrail: reservation %s could not be renewed (expired already, or the store "
+        "cannot renew holds); the call goes on without it",
+        reservation.id,
+    )

@@ -15,14 +15,11 @@ from guardrail.stores.base import Reservation, ReservationRequest, Settlement
 
 __all__ = [
     "CountTokens",
-    "Extend",
     "Op",
     "OpenStream",
-    "Parked",
     "Recall",
     "Release",
     "Remember",
-    "RenewHold",
     "Reserve",
     "ReserveOffline",
     "Send",
@@ -61,7 +58,13 @@ class Settle:
 
 @dataclass(frozen=True)
 class Send:
+    """Send the request. ``reservation``: the call's hold (None when nothing is held),
+    kept by the driver while the call is in flight: renewed half a TTL (``ttl_seconds``)
+    before it would expire, until the call settles (a stream's, until the stream ends)."""
+
     kwargs: dict[str, Any]
+    reservation: Reservation | None = None
+    ttl_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,38 +74,11 @@ class Sleep:
 
 @dataclass(frozen=True)
 class OpenStream:
-    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd` (or a
-    :class:`RenewHold`). ``renew_at``: when (by the store's clock) the stream should have
-    its hold renewed, None when nothing is held."""
+    """Hand the caller a guarded stream; the flow resumes with a :class:`StreamEnd` once
+    the stream ends (its hold kept meanwhile, see :class:`Send`)."""
 
     stream: Any
     tally: StreamTally
-    renew_at: float | None = None
-
-
-@dataclass(frozen=True)
-class RenewHold:
-    """Sent into a parked flow by a stream still running at its ``renew_at``: the flow
-    extends its hold (:class:`Extend`) and parks again (:class:`Parked`)."""
-
-
-@dataclass(frozen=True)
-class Parked:
-    """The flow is waiting for its stream again; ``renew_at`` as in :class:`OpenStream`;
-    ``error``: what interrupted the renewal (a cancellation), for the stream to raise."""
-
-    renew_at: float | None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class Extend:
-    """Keep a live call's hold ``ttl_seconds`` more from now (the store's ``extend``); the
-    flow resumes with the renewed reservation, or None when the store no longer holds it
-    (or cannot extend holds)."""
-
-    reservation: Reservation
-    ttl_seconds: float
 
 
 @dataclass(frozen=True)
@@ -146,8 +122,6 @@ Op = (
     | Send
     | Sleep
     | OpenStream
-    | Parked
-    | Extend
     | CountTokens
     | Recall
     | Remember

@@ -424,19 +424,24 @@ def guarded_client_class(
     return guarded_class(base, tree, "", attrs)
 
 
-def _warn_if_calls_outlive_holds(client: Any, ttl: float) -> None:
-    """A call waiting longer than its hold lives loses the hold while it waits (other calls
-    may spend that room): say so when the client's read timeout (or its absence) allows it.
-    Streams renew their holds on every chunk; a plain request has nothing to renew on."""
+def _warn_if_calls_outlive_holds(client: Any, guard: Guard) -> None:
+    """A call in flight keeps its hold (the drivers' keeper renews it) when the store can
+    renew holds (``extend``). With a store that cannot, a call waiting longer than its hold
+    lives loses the hold while it waits (other calls may spend that room): say so when the
+    client's read timeout (or its absence) allows it."""
+    if getattr(guard.store, "extend", None) is not None:
+        return
+    ttl = guard.engine.policy.reservation_ttl_seconds
     timeout = getattr(client, "timeout", None)
     read = timeout if isinstance(timeout, (int, float)) else getattr(timeout, "read", 0)
     if read is None or (isinstance(read, (int, float)) and read >= ttl):
         warnings.warn(
             f"this client waits up to {'no limit' if read is None else f'{read:g} s'} for an "
             f"answer, and the guard's reservations live {ttl:g} s "
-            "(Policy.reservation_ttl_seconds): a request still waiting when its hold expires "
-            "lets other calls spend its room. Give the client a shorter timeout, or the "
-            "policy a longer reservation_ttl_seconds.",
+            f"(Policy.reservation_ttl_seconds), which {type(guard.store).__name__} cannot "
+            "renew (it has no extend): a request still waiting when its hold expires lets "
+            "other calls spend its room. Give the client a shorter timeout, or the policy a "
+            "longer reservation_ttl_seconds.",
             UserWarning,
             stacklevel=5,  # guard.wrap's caller
         )
@@ -446,7 +451,7 @@ def wrap_client(
     client: Any, guard: Guard, guarded_class_of: Callable[[type], type], extra_state: Any = None
 ) -> Any:
     """A guarded copy of ``client``, of the class ``guarded_class_of(type(client))``."""
-    _warn_if_calls_outlive_holds(client, guard.engine.policy.reservation_ttl_seconds)
+    _warn_if_calls_outlive_holds(client, guard)
     fresh = sdk_copy(type(client), client)
     state = ClientState(guard, None, client, extra_state)
     return guard_instance(fresh, guarded_class_of(type(client)), "_guardrail", state)

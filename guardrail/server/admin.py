@@ -18,7 +18,7 @@ from guardrail.errors import ConfigurationError, GuardrailError
 from guardrail.guard import Guard
 from guardrail.ledger.database import DatabaseError
 from guardrail.server.bodies import parse_object, presented_key, read_body
-from guardrail.server.config import GatewayConfig, check_hold_outlasts_calls
+from guardrail.server.config import GatewayConfig
 from guardrail.server.shapes import error
 from guardrail.server.tenants import Tenants, policy_from_json, policy_to_json
 from guardrail.stores.base import Store
@@ -102,7 +102,6 @@ def admin_routes(config: GatewayConfig, guard: Guard, tenants: Tenants) -> list[
         policy = None
         if "policy" in body:
             policy = policy_from_json(body["policy"])
-            check_hold_outlasts_calls(policy, config.upstreams, "policy")
         key, key_id = await tenants.create_key(
             str(body["tenant"]),
             parents,
@@ -127,7 +126,6 @@ def admin_routes(config: GatewayConfig, guard: Guard, tenants: Tenants) -> list[
         if bad is not None:
             return bad
         policy = policy_from_json(body)
-        check_hold_outlasts_calls(policy, config.upstreams, "policy")
         await tenants.set_policy(tenant, policy)
         return JSONResponse({"tenant": tenant, "policy": policy_to_json(policy)})
 

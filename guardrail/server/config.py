@@ -26,7 +26,6 @@ __all__ = [
     "KeyConfig",
     "LedgerConfig",
     "UpstreamConfig",
-    "check_hold_outlasts_calls",
     "load_config",
     "parse_config",
 ]
@@ -172,23 +171,6 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_hold_outlasts_calls(
-    policy: Policy, upstreams: Mapping[str, UpstreamConfig], where: str
-) -> None:
-    """Refuse a policy whose reservations expire before a call can time out: the store
-    drops an expired hold (it is meant for a worker that died), so a call still running
-    past ``reservation_ttl_seconds`` would let other calls spend the budget it holds."""
-    ttl = policy.reservation_ttl_seconds
-    for name, upstream in upstreams.items():
-        if upstream.timeout_seconds >= ttl:
-            raise _fail(
-                f"{where}.reservation_ttl_seconds",
-                f"{ttl:g} s is not longer than upstream.{name}.timeout_seconds "
-                f"({upstream.timeout_seconds:g} s): a call could outlive its reservation; "
-                "raise the TTL or lower the timeout",
-            )
-
-
 def _upstreams(value: Any) -> dict[str, UpstreamConfig]:
     table = _table(value, "upstream")
     found = {}
@@ -267,12 +249,6 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         for name, spec in _table(data.get("tenants", {}), "tenants").items()
     }
     policy = _policy(data.get("policy", {}), "policy")
-    check_hold_outlasts_calls(policy, upstreams, "policy")
-    for name, spec in tenants.items():
-        check_hold_outlasts_calls(spec, upstreams, f"tenants.{name}")
-    for index, key in enumerate(keys):
-        if key.policy is not None:
-            check_hold_outlasts_calls(key.policy, upstreams, f"keys[{index}].policy")
     limit = data.get("max_body_bytes", 32 * 1024 * 1024)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1024:
         raise _fail("max_body_bytes", "must be an integer of at least 1024")

@@ -72,8 +72,28 @@ class DelayScript:
     seconds: float
 
 
-Script: TypeAlias = ErrorScript | DisconnectScript | StreamCutScript | DelayScript
-SCRIPT_TYPES: Final = (ErrorScript, DisconnectScript, StreamCutScript, DelayScript)
+@dataclass(frozen=True, eq=False)
+class HoldScript:
+    """Hold the answer until :meth:`release` (or until the server stops): a provider still
+    working, for as long as the test wants. ``held`` is set once the request waits. On a
+    chat-completion stream, ``after_chunks`` SSE chunks are sent first: the stream is open,
+    then silent until released."""
+
+    after_chunks: int = 0
+    held: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_held(self, timeout: float = 10.0) -> None:
+        """Return once the request is being held; raise if it is not within ``timeout``."""
+        if not self.held.wait(timeout):
+            raise TimeoutError(f"no request was held within {timeout:g} s")
+
+
+Script: TypeAlias = ErrorScript | DisconnectScript | StreamCutScript | DelayScript | HoldScript
+SCRIPT_TYPES: Final = (ErrorScript, DisconnectScript, StreamCutScript, DelayScript, HoldScript)
 
 
 def non_negative(value: float, name: str) -> None:
@@ -209,8 +229,20 @@ class FakeHandler(BaseHTTPRequestHandler):
     def _scripted_error(self, script: ErrorScript) -> None:
         raise NotImplementedError
 
+    def _hold(self, script: HoldScript) -> bool:
+        """Wait until ``script`` is released; True when the server stopped first."""
+        script.held.set()
+        stopping = self._delay_event()
+        while not script.released.wait(POLL_INTERVAL):
+            if stopping.is_set():
+                self.close_connection = True
+                return True
+        return False
+
     def _apply(self, script: Script | None) -> tuple[bool, int | None]:
         """(answered already?, events to send before cutting the stream)."""
+        if isinstance(script, HoldScript):
+            return self._hold(script), None
         if isinstance(script, DelayScript):
             if self._delay_event().wait(script.seconds):
                 self.close_connection = True

@@ -32,12 +32,12 @@ bill the history the server kept), ``POST /v1/responses/input_tokens``,
 function may return :class:`ToolCall` objects instead of text, for agents' tool loops.
 
 Faults are scripted per request with :meth:`FakeOpenAIServer.enqueue_error`,
-:meth:`~FakeOpenAIServer.enqueue_disconnect`, :meth:`~FakeOpenAIServer.enqueue_stream_cut` and
-:meth:`~FakeOpenAIServer.enqueue_delay` (or :meth:`~FakeOpenAIServer.enqueue` with script
-objects). Each chat-completion or Responses request (create or compact) consumes the
-oldest script, if any; other endpoints never consume scripts. Every request that reaches
-the server is recorded in :attr:`FakeOpenAIServer.requests`, including those answered by a
-scripted fault.
+:meth:`~FakeOpenAIServer.enqueue_disconnect`, :meth:`~FakeOpenAIServer.enqueue_stream_cut`,
+:meth:`~FakeOpenAIServer.enqueue_delay` and :meth:`~FakeOpenAIServer.enqueue_hold` (or
+:meth:`~FakeOpenAIServer.enqueue` with script objects). Each chat-completion or Responses
+request (create or compact) consumes the oldest script, if any; other endpoints never
+consume scripts. Every request that reaches the server is recorded in
+:attr:`FakeOpenAIServer.requests`, including those answered by a scripted fault.
 
 The reply configuration (``reply``, ``prompt_tokens``, ``cached_tokens``, ``reasoning_tokens``,
 ``models``) is plain instance attributes and can be changed between requests.
@@ -57,6 +57,7 @@ from guardrail.testing.http import (
     ErrorScript,
     FakeHTTPServer,
     FakeServerBase,
+    HoldScript,
     Script,
     StreamCutScript,
     non_negative,
@@ -82,6 +83,7 @@ __all__ = [
     "DisconnectScript",
     "ErrorScript",
     "FakeOpenAIServer",
+    "HoldScript",
     "ReceivedRequest",
     "ReplyFunc",
     "Script",
@@ -254,6 +256,15 @@ class FakeOpenAIServer(FakeServerBase[ReceivedRequest]):
         """Answer the next chat request normally, but only after ``seconds``."""
         non_negative(seconds, "seconds")
         self.enqueue(DelayScript(seconds))
+
+    def enqueue_hold(self, after_chunks: int = 0) -> HoldScript:
+        """Hold the answer to the next chat request until the returned script's
+        ``release()`` (a provider still working): ``script.wait_held()`` returns once the
+        request waits. A stream sends ``after_chunks`` chunks first, then falls silent."""
+        non_negative(after_chunks, "after_chunks")
+        script = HoldScript(after_chunks)
+        self.enqueue(script)
+        return script
 
     @property
     def pending_scripts(self) -> list[Script]:

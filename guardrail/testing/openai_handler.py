@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from guardrail.testing.http import ErrorScript, FakeHandler, Script, dumps
+from guardrail.testing.http import ErrorScript, FakeHandler, HoldScript, Script, dumps
 from guardrail.testing.openai_responses import (
     answer_compact,
     answer_input_tokens,
@@ -172,6 +172,10 @@ class OpenAIHandler(FakeHandler):
         )
 
     def _chat(self, request: Any, script: Script | None) -> None:
+        streamed = isinstance(request, dict) and request.get("stream") is True
+        hold = script if isinstance(script, HoldScript) and script.after_chunks else None
+        if hold is not None and streamed:  # held mid-stream, by _stream
+            script = None
         answered, cut_after = self._apply(script)
         if answered:
             return
@@ -205,8 +209,8 @@ class OpenAIHandler(FakeHandler):
             return
 
         completion = self.server.fake._complete(request, model, limit, n)
-        if request.get("stream") is True:
-            self._stream(request, completion, n, cut_after)
+        if streamed:
+            self._stream(request, completion, n, cut_after, hold)
             return
         payload = {
             "id": completion.id,
@@ -232,7 +236,12 @@ class OpenAIHandler(FakeHandler):
         self._send_cut_json(payload)
 
     def _stream(
-        self, request: dict[str, Any], completion: Completion, n: int, cut_after: int | None
+        self,
+        request: dict[str, Any],
+        completion: Completion,
+        n: int,
+        cut_after: int | None,
+        hold: HoldScript | None = None,
     ) -> None:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -277,6 +286,8 @@ class OpenAIHandler(FakeHandler):
         for sent, event in enumerate(events):
             if cut_after is not None and sent >= cut_after:
                 break
+            if hold is not None and sent == hold.after_chunks and self._hold(hold):
+                return  # the server stopped while the stream was held
             self._write_chunk(b"data: " + dumps(event) + b"\n\n")
         if cut_after is not None:
             self.close_connection = True  # no [DONE], no terminating chunk: an abrupt EOF
