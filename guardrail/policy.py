@@ -109,6 +109,13 @@ class Policy:
     prompt beyond that: a true upper bound), an int reserves that many tokens per such
     part (a figure of your own: usage beyond it is charged and flagged as an overrun),
     ``"refuse"`` refuses the call with InvalidRequestError before anything is reserved."""
+    server_pass_tokens: int | Literal["window"] = "window"
+    """The input each further pass of a provider's server-side tool loop is held at (Claude's
+    web search, web fetch and tool search: every pass reads the context again, with what
+    the tools added, and bills it as input): ``"window"`` holds the model's whole context
+    window per pass (a true upper bound, large on 1M-token models), an int holds that many
+    tokens per pass (a figure of your own, at most the window: the prompt plus what the
+    tools may add; usage beyond it is charged and flagged as an overrun)."""
 
     # -- what the request does not say
     assume_service_tier: Literal["default", "priority"] | None = None
@@ -148,6 +155,8 @@ class Policy:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         if self.file_id_tokens not in ("window", "refuse"):
             _positive_int("file_id_tokens", self.file_id_tokens)
+        if self.server_pass_tokens != "window":
+            _positive_int("server_pass_tokens", self.server_pass_tokens)
         if self.output_over_cap not in ("clamp", "reject"):
             raise ConfigurationError("output_over_cap must be 'clamp' or 'reject'")
         if self.stream_overrun not in ("raise", "end"):

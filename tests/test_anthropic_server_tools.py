@@ -158,3 +158,40 @@ def test_the_passes_stay_held_when_the_exact_count_is_off(fake) -> None:
     extra = records[-1].extra
     local = extra["reserved_prompt_tokens"] - 2 * model_info(HAIKU).context_window
     assert 0 < local < 2_000  # the local estimate of the request, plus two passes
+
+
+def test_a_policy_figure_per_pass_holds_that_much_instead_of_the_window(fake) -> None:
+    """Policy(server_pass_tokens=N): each further pass is held at N tokens (the user's own
+    bound), so a searching call fits a cap the whole-window bound is far past."""
+    fake.prompt_tokens = COUNTED
+    tools = [{**SEARCH, "max_uses": 3}]
+    _, windowed, _ = make(fake, "0.20")
+    with pytest.raises(BudgetExceeded):  # three passes of a 200K window: about $0.60 held
+        windowed.messages.create(model=HAIKU, max_tokens=100, messages=ASK, tools=tools)
+    assert fake.message_requests == []
+    records: list[guardrail.UsageRecord] = []
+    policy = Policy(daily_spend_usd=Decimal("0.20"), loop_limit=None, server_pass_tokens=20_000)
+    guard = Guard(policy, sinks=[records.append])
+    raw = anthropic.Anthropic(base_url=fake.base_url, api_key="test", max_retries=0)
+    guard.wrap(raw).messages.create(model=HAIKU, max_tokens=100, messages=ASK, tools=tools)
+    held = COUNTED + 3 * 20_000
+    assert records[-1].extra["reserved_prompt_tokens"] == held
+    fees = usage_cost(HAIKU, TokenUsage(web_searches=3))
+    assert records[-1].reserved_usd == guardrail.estimate_cost(HAIKU, held, 100) + fees
+
+
+def test_a_figure_per_pass_is_never_above_the_window(fake) -> None:
+    fake.prompt_tokens = COUNTED
+    records: list[guardrail.UsageRecord] = []
+    guard = Guard(Policy(loop_limit=None, server_pass_tokens=10**9), sinks=[records.append])
+    raw = anthropic.Anthropic(base_url=fake.base_url, api_key="test", max_retries=0)
+    tools = [{**FETCH, "max_uses": 2}]
+    guard.wrap(raw).messages.create(model=HAIKU, max_tokens=100, messages=ASK, tools=tools)
+    window = model_info(HAIKU).context_window
+    assert records[-1].extra["reserved_prompt_tokens"] == COUNTED + 2 * window
+
+
+@pytest.mark.parametrize("figure", [0, -5, True, 1.5, "all"])
+def test_a_figure_per_pass_must_be_a_positive_int(figure: Any) -> None:
+    with pytest.raises(guardrail.GuardrailError, match="server_pass_tokens"):
+        Policy(server_pass_tokens=figure)

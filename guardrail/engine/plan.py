@@ -16,11 +16,11 @@ from guardrail.counting.messages import TokenCounter, counter_for, field_of
 from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
+from guardrail.engine.held import held_prompt, pass_tokens, uncountable
 from guardrail.engine.unpriced import refuse_unpriced, reserved_tier, warn_unpriced
 from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
-    InvalidRequestError,
     PriceUnavailable,
     UnpricedOption,
 )
@@ -269,9 +269,9 @@ class Planner:
             max_output=send_output,
         )
         final = list(messages) if trim else view.messages
-        uncounted = _uncountable(adapter, view, final)
-        server_input = view.server_passes * info.context_window
-        held = _held_prompt(prompt, uncounted, info, policy, reserved) + server_input
+        uncounted = uncountable(adapter, view, final)
+        server_input = view.server_passes * pass_tokens(info, policy)
+        held = held_prompt(prompt, uncounted, info, policy, reserved) + server_input
         priced, money = True, any(s.money_limited for s in scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
@@ -418,35 +418,6 @@ def worst_case_cost(
         if strict and isinstance(exc, PriceUnavailable):
             raise
         return plain
-
-
-def _uncountable(adapter: ProviderAdapter, view: RequestView, messages: Sequence[Any]) -> list[str]:
-    find = getattr(adapter, "uncountable", None)
-    return [] if find is None else list(find(view, messages))
-
-
-def _held_prompt(
-    prompt: int,
-    uncounted: list[str],
-    info: ModelInfo,
-    policy: Policy,
-    reserved_output: int,
-) -> int:
-    """The prompt tokens to reserve: the count, plus what ``Policy.file_id_tokens`` says
-    for the parts that could not be counted."""
-    if not uncounted:
-        return prompt
-    rule = policy.file_id_tokens
-    if rule == "refuse":
-        raise InvalidRequestError(
-            f"{uncounted[0]} is content guardrail cannot read (a file_id, a PDF whose "
-            "pages cannot be seen, or a stored prompt), and Policy(file_id_tokens='refuse') "
-            "refuses those; nothing was sent"
-        )
-    if rule == "window":
-        # The provider bills no prompt past its window less the output bound sent.
-        return max(prompt, info.context_window - reserved_output)
-    return prompt + rule * len(uncounted)
 
 
 def input_budget(
