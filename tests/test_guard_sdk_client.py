@@ -253,6 +253,9 @@ def test_an_azure_deployment_is_the_model_priced(server) -> None:
     )
     client = Guard(Policy(daily_spend_usd=5, loop_limit=None)).wrap(azure)
     before = len(server.requests)
-    with pytest.raises(guardrail.PriceUnavailable, match="prod-reasoner"):
+    with (
+        pytest.warns(UserWarning, match="does not know model 'prod-reasoner'"),
+        pytest.raises(guardrail.PriceUnavailable, match="prod-reasoner"),
+    ):
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert server.requests[before:] == []
