@@ -27,6 +27,7 @@ from guardrail.engine.keeper import async_keeper, async_keepers, sync_keeper
 from guardrail.testing import FakeOpenAIServer, HoldScript
 from tests._gateway import TENANT_KEY, UPSTREAM_KEY, config_for, running
 from tests._redis_helpers import KINDS, cleanup, make_store
+from tests._sdk_http import cut_stream_errors
 
 MODEL = "gpt-4o"
 MSG = [{"role": "user", "content": "Write a long essay."}]
@@ -370,7 +371,7 @@ def _ends(server: FakeOpenAIServer, client: Any, how: str) -> None:
             next(stream)
     elif how == "stream_cut":
         server.enqueue_stream_cut(3)
-        with pytest.raises(openai.APIError):
+        with pytest.raises(cut_stream_errors(openai)):
             for _ in _create(client, stream=True):
                 pass
     elif how == "stream_dropped":
@@ -441,7 +442,7 @@ async def _aends(server: FakeOpenAIServer, client: Any, how: str, hold: Any) -> 
         await stream.close()
     elif how == "stream_cut":
         server.enqueue_stream_cut(3)
-        with pytest.raises(openai.APIError):
+        with pytest.raises(cut_stream_errors(openai)):
             async for _ in await _create(client, stream=True):
                 pass
 
