@@ -126,9 +126,10 @@ class PriceUnavailable(GuardrailError, LookupError):
 class UnpricedOption(PriceUnavailable):
     """The request asks for something billed at a price guardrail does not know (OpenAI's
     ``service_tier="priority"``, audio, a chat web search, an image-generation tool;
-    Anthropic's ``speed="fast"``, ``inference_geo``), and a money limit applies to its
-    tenant: the reservation could not bound what the provider bills, so nothing was sent.
-    Without a money limit the call goes through, recorded with an unknown cost."""
+    Anthropic's ``speed="fast"``, an ``inference_geo`` but ``"global"`` and ``"us"``), and
+    a money limit applies to its tenant: the reservation could not bound what the provider
+    bills, so nothing was sent. Without a money limit the call goes through, recorded with
+    an unknown cost."""
 
     def __init__(
         self, option: str, *, model: str, tenant: str, scopes: tuple[str, ...] = ()

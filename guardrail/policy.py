@@ -126,6 +126,14 @@ class Policy:
     ones, never refused). Whatever this says, a call is settled at the tier its response
     reports, so without it a Priority-default project is still charged Priority prices,
     but reserved at the standard ones: one call may then go past the limit."""
+    assume_inference_geo: Literal["global", "us"] | None = None
+    """Where a Claude API request that names no ``inference_geo`` runs: the workspace's
+    default geo (``default_inference_geo``, set in the Claude Console), which the request
+    does not show. ``"us"`` reserves such calls at US-only inference's 1.1x prices. Whatever
+    this says, a call is settled at the geo its response's ``usage.inference_geo`` reports,
+    so without it a US-default workspace is still charged 1.1x, but reserved at 1.0x: one
+    call may then go past the limit (logged as an overrun). Not for Bedrock or Vertex,
+    whose endpoint sets where inference runs."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -165,6 +173,11 @@ class Policy:
             raise ConfigurationError(
                 "assume_service_tier must be None, 'default' or 'priority', got "
                 f"{describe(self.assume_service_tier)}"
+            )
+        if self.assume_inference_geo not in (None, "global", "us"):
+            raise ConfigurationError(
+                "assume_inference_geo must be None, 'global' or 'us', got "
+                f"{describe(self.assume_inference_geo)}"
             )
         if isinstance(self.fallback_models, str):
             raise ConfigurationError("fallback_models must be a list of model names, not a str")

@@ -290,15 +290,20 @@ async def test_async_clients_are_metered_and_refused_alike(
 # ---------------------------------------------------------------------------- pricing
 
 
-def test_vertex_regional_endpoints_are_warned_about(server: FakeAnthropicServer) -> None:
+def test_vertex_regional_endpoints_are_priced_not_warned_about(
+    server: FakeAnthropicServer,
+) -> None:
     """Vertex bills its regional endpoints 10% above the global one (from Sonnet 4.5 on):
-    the guard prices Vertex ids at the global price, and says so for a regional client."""
-    regional, _ = make_client("vertex", server, region="us-east5")
-    with pytest.warns(UserWarning, match=r"region is 'us-east5'.*10%.*register_model"):
-        Guard(Policy(loop_limit=None)).wrap(regional)
+    a regional client's calls are reserved and settled at that premium
+    (tests/test_inference_geo.py), so wrapping one warns no more."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Guard(Policy(loop_limit=None)).wrap(make_client("vertex", server)[0])
+        guard, client, _ = wrap("vertex", server)
+        regional = guard.wrap(make_client("vertex", server, region="us-east5")[0])
+    model = MODEL["vertex"][0]
+    message = client.messages.create(model=model, max_tokens=50, messages=HI)
+    regional.for_tenant("t").messages.create(model=model, max_tokens=50, messages=HI)
+    assert spent(guard) == price("vertex", message.usage) * Decimal("2.1")
 
 
 @pytest.mark.parametrize(
@@ -313,7 +318,7 @@ def test_vertex_regional_endpoints_are_warned_about(server: FakeAnthropicServer)
         ("global.anthropic.claude-haiku-4-5-20251001-v1:0", "1", "5"),
         ("us.anthropic.claude-opus-4-1-20250805-v1:0", "15", "75"),
         ("anthropic.claude-3-5-haiku-20241022-v1:0", "0.8", "4"),
-        # Vertex: the global endpoint's prices, whatever the region.
+        # Vertex ids: the global endpoint's prices (a regional client adds its premium).
         ("claude-haiku-4-5@20251001", "1", "5"),
         ("claude-opus-4-1@20250805", "15", "75"),
     ],

@@ -157,11 +157,11 @@ def test_an_option_guardrail_cannot_price_is_a_403_naming_it(gateway, server, fa
     assert "service_tier='priority'" in body["message"]
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
         an(base).messages.create(
-            model="claude-opus-4-6", max_tokens=20, messages=HELLO, inference_geo="us"
-        )
+            model="claude-opus-4-6", max_tokens=20, messages=HELLO, inference_geo="eu"
+        )  # a geo guardrail knows no price for ("us" is priced, at 1.1x)
     shape = refused.value.response.json()
     assert shape["type"] == "error" and shape["error"]["type"] == "permission_error"
-    assert "inference_geo='us'" in shape["error"]["message"]
+    assert "inference_geo='eu'" in shape["error"]["message"]
     assert server.requests == [] and fake.message_requests == []
 
 

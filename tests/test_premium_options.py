@@ -1,11 +1,12 @@
 """Request options billed above the price data's rates (an OpenAI ``service_tier`` such as
 ``"priority"`` on a model the price data has no Priority prices for, Chat Completions audio
 and web search, the Responses ``image_generation`` tool, Anthropic's ``speed="fast"`` and
-``inference_geo``) cannot be reserved at their price: under a money limit they are refused
-with :class:`~guardrail.UnpricedOption` before anything is sent; without one they go
-through, counted, with an unknown cost. (A tier the price data prices is reserved and
-settled at its prices: tests/test_service_tiers.py.) A stored prompt (``prompt={"id":
-...}``) is reserved as ``Policy.file_id_tokens`` says. The real SDKs over loopback, against
+an ``inference_geo`` other than ``"global"`` and ``"us"``) cannot be reserved at their
+price: under a money limit they are refused with :class:`~guardrail.UnpricedOption` before
+anything is sent; without one they go through, counted, with an unknown cost. (A tier the
+price data prices is reserved and settled at its prices: tests/test_service_tiers.py; US-only
+inference at 1.1x: tests/test_inference_geo.py.) A stored prompt (``prompt={"id": ...}``) is
+reserved as ``Policy.file_id_tokens`` says. The real SDKs over loopback, against
 guardrail.testing's fakes."""
 
 from __future__ import annotations
@@ -223,8 +224,10 @@ def test_a_stored_prompt_under_a_cap_that_holds_its_bound_is_sent(server) -> Non
 
 
 ANTHROPIC_PREMIUMS = {
-    "us_only": {"inference_geo": "us"},
-    "us_only_in_extra_body": {"extra_body": {"inference_geo": "us"}},
+    # US-only inference is priced (1.1x: tests/test_inference_geo.py); a geo guardrail
+    # knows no price for is refused.
+    "unknown_geo": {"inference_geo": "eu"},
+    "unknown_geo_in_extra_body": {"extra_body": {"inference_geo": "eu"}},
     "fast": {"extra_body": {"speed": "fast"}},
 }
 

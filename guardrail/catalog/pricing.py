@@ -6,14 +6,16 @@ and knows cached-input, cache-write and tiered (long-context) prices. We hand it
 extractors, so the meaning of every usage field stays the library's, not ours.
 Prices given to :func:`guardrail.register_model` take precedence. A usage billed at an
 OpenAI service tier (:attr:`TokenUsage.service_tier`) is priced at the price data's
-prices for that tier (its price variants), where it has them.
+prices for that tier (its price variants), where it has them; one billed at a premium
+(:mod:`guardrail.catalog.premiums`: US-only inference, a regional Vertex endpoint), at the
+standard token prices times its factor.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Literal
@@ -24,6 +26,7 @@ from genai_prices import data_snapshot
 from guardrail._frozen import quick_init
 from guardrail.catalog.fees import check_fees, registered_cost
 from guardrail.catalog.models import ModelInfo, model_info
+from guardrail.catalog.premiums import PREMIUM, PREMIUM_RATIO, is_premium, premium_of
 from guardrail.catalog.price_cache import (
     _MAX_CACHED,
     CHEAPER_TIERS,
@@ -75,7 +78,9 @@ class TokenUsage:
     service_tier: str | None = None
     """The OpenAI processing tier the call was billed at (``"priority"``, ``"flex"``...: a
     response's ``service_tier``); priced at the model's prices for it where the price data
-    has them (:func:`tier_unpriced`), else at the standard ones. None: the standard tier."""
+    has them (:func:`tier_unpriced`), else at the standard ones. None: the standard tier.
+    Or a premium of :mod:`guardrail.catalog.premiums` (``"inference_geo=us"``,
+    ``"vertex=regional"``): the token prices times its factor, where it applies."""
 
     def to_genai(self) -> genai_prices.Usage:
         values: dict[str, int] = {
@@ -178,7 +183,23 @@ def _tier_rates_of(info: ModelInfo, tier: str) -> _Rates | None:
     return rates
 
 
+def _premium_rates(info: ModelInfo, tier: str) -> _Rates | None:
+    """A premium's rates: the standard ones times its factor, where every product is a whole
+    number of pico-dollars (else None: the Decimal way prices it, exactly)."""
+    rates = _rates_of(info)
+    if rates is None or not premium_of(info, tier):
+        return rates
+    num, den = PREMIUM_RATIO
+    scaled = [r * num for r in (rates.input, rates.output, rates.cached or 0)]
+    if any(r % den for r in scaled):
+        return None
+    input_rate, output_rate, cached_rate = (r // den for r in scaled)
+    return _Rates(input_rate, output_rate, None if rates.cached is None else cached_rate)
+
+
 def _resolve_rates(info: ModelInfo, tier: str | None = None) -> _Rates | None:
+    if tier is not None and is_premium(tier):
+        return _premium_rates(info, tier)
     if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         prices: tuple[object, object, object] = (
@@ -236,7 +257,22 @@ def checked_usage_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     return _cost(info, usage)
 
 
+def _premium_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
+    """A usage billed at a premium: its standard cost, plus the premium on its tokens (not
+    on its fees)."""
+    standard = replace(usage, service_tier=None)
+    cost = _token_cost(info, standard)
+    if not premium_of(info, usage.service_tier):
+        return cost
+    tokens = cost
+    if usage.web_searches or usage.file_searches:
+        tokens = _token_cost(info, replace(standard, web_searches=0, file_searches=0))
+    return cost + tokens * (PREMIUM - 1)
+
+
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
+    if usage.service_tier is not None and is_premium(usage.service_tier):
+        return _premium_cost(info, usage)
     ref = info.price_ref or info.name
     provider = _provider_id(info)
     extras = usage.cache_write_tokens or usage.web_searches or usage.file_searches
@@ -316,8 +352,8 @@ def tier_unpriced(model: str | ModelInfo, tier: str | None) -> bool:
     which it has no prices of the model's (a model registered with its own prices has
     standard ones only). The standard tiers and ``"flex"`` are always priced (flex without
     its own prices at the standard ones, an upper bound)."""
-    if tier is None or tier in STANDARD_TIERS or tier in CHEAPER_TIERS:
-        return False
+    if tier is None or tier in STANDARD_TIERS or tier in CHEAPER_TIERS or is_premium(tier):
+        return False  # a premium is priced by its factor (guardrail.catalog.premiums)
     info = model if isinstance(model, ModelInfo) else model_info(model)
     if info.prices_set and info.input_usd_per_mtok is not None:
         return True

@@ -107,7 +107,10 @@ class RequestView:
     service_tier: str | None = None
     """The OpenAI processing tier the request asks for (``"auto"`` when it names none: the
     project's default tier, which ``Policy.assume_service_tier`` may say); reserved at that
-    tier's prices. None for an API without tiers."""
+    tier's prices. None for an API without tiers. Or a premium on the token prices
+    (:mod:`guardrail.catalog.premiums`: Claude's US-only inference, a regional Vertex
+    endpoint, or ``WORKSPACE_GEO``: a Claude request naming no geo, reserved as
+    ``Policy.assume_inference_geo`` says)."""
 
 
 class ProviderAdapter(Protocol):

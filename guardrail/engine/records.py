@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from guardrail._clock import Clock
+from guardrail.catalog.premiums import is_premium
 from guardrail.catalog.pricing import STANDARD_TIERS, TokenUsage, tier_unpriced
 from guardrail.engine.plan import Plan
 from guardrail.errors import GuardrailError
@@ -159,9 +160,14 @@ class Recorder:
             extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         tier = usage.service_tier
         if tier is not None:  # the tier it was billed at (as reported, else as reserved)
-            extra["service_tier"] = tier
-            if tier not in STANDARD_TIERS and plan.priced and tier_unpriced(plan.model, tier):
-                extra["service_tier_unpriced"] = True  # charged at the standard rates
+            if tier in STANDARD_TIERS:
+                extra["service_tier"] = tier
+            elif is_premium(tier):  # "inference_geo=us", "vertex=regional"
+                extra["premium"] = tier
+            else:
+                extra["service_tier"] = tier
+                if plan.priced and tier_unpriced(plan.model, tier):
+                    extra["service_tier_unpriced"] = True  # charged at the standard rates
         log = started if isinstance(started, CallLog) else CallLog(plan.model.provider, started)
         first = log.first_chunk_at
         emit(

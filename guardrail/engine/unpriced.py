@@ -12,6 +12,13 @@ import threading
 import warnings
 
 from guardrail.catalog.models import ModelInfo
+from guardrail.catalog.premiums import (
+    WORKSPACE_GEO,
+    assumed_geo,
+    describe_premium,
+    is_premium,
+    known_premium,
+)
 from guardrail.catalog.pricing import STANDARD_TIERS, tier_unpriced
 from guardrail.errors import UnpricedOption, describe
 from guardrail.policy import Policy
@@ -82,7 +89,9 @@ def reserved_tier(
     is a premium the price data has no prices for on this model (then refused under a
     money limit, else sent with an unknown cost). ``tier`` is the request's (``"auto"``:
     none named, so ``policy.assume_service_tier``, which is never refused: a model without
-    Priority prices is reserved at the standard ones and settled at what is reported)."""
+    Priority prices is reserved at the standard ones and settled at what is reported;
+    :data:`~guardrail.catalog.premiums.WORKSPACE_GEO`: a Claude request naming no geo, so
+    ``policy.assume_inference_geo``). A premium (guardrail.catalog.premiums) is priced."""
     if tier == "auto":
         tier = policy.assume_service_tier
         if tier is None or tier in STANDARD_TIERS or tier_unpriced(info, tier):
@@ -90,6 +99,8 @@ def reserved_tier(
         return tier, False
     if tier is None or tier in STANDARD_TIERS:
         return None, False
+    if tier == WORKSPACE_GEO:
+        return assumed_geo(policy.assume_inference_geo), False
     if tier_unpriced(info, tier):
         refuse_unpriced(f"service_tier={describe(tier)}", info, binding, scopes)
         return tier, True
@@ -107,26 +118,49 @@ def billed_tier_note(billed: str | None, reserved: str | None) -> str:
         billed = None
     if billed == reserved:
         return ""
-    at = "the standard rates" if reserved is None else f"service_tier {reserved!r}"
-    said = "the standard tier" if billed is None else f"service_tier {billed!r}"
+    at = "the standard rates" if reserved is None else _tier_name(reserved)
+    said = "the standard tier" if billed is None else _tier_name(billed)
     return f"; the provider reports {said}, charged at its prices (reserved at {at})"
+
+
+def _tier_name(tier: str) -> str:
+    return describe_premium(tier) if is_premium(tier) else f"service_tier {tier!r}"
 
 
 def check_billed_tier(info: ModelInfo, tier: str, tenant: str) -> None:
     """A call the provider reports billed at the non-standard ``tier``: if the price data
     has no prices for it on this model, it is charged at the standard rates, and that is
-    logged (once per model and tier), since the bill may be higher."""
+    logged (once per model and tier), since the bill may be higher. Likewise a premium
+    whose factor is not published (an ``inference_geo`` guardrail does not know), charged
+    at 1.1x."""
+    if is_premium(tier):
+        if not known_premium(tier):
+            _warn_billed_once(
+                info,
+                tier,
+                "guardrail: %s was billed with %s (tenant %s), a geo guardrail has no price "
+                "for: charged at 1.1x the standard rates (US-only inference's), which may be "
+                "below the bill (logged once per model and geo)",
+                describe_premium(tier),
+                tenant,
+            )
+        return
     if not tier_unpriced(info, tier):
         return
+    _warn_billed_once(
+        info,
+        tier,
+        "guardrail: %s was billed at service_tier %r (tenant %s), which the price data has "
+        "no prices for: charged at the standard rates, which may be below the bill (logged "
+        "once per model and tier; each record's extra says service_tier_unpriced)",
+        tier,
+        tenant,
+    )
+
+
+def _warn_billed_once(info: ModelInfo, tier: str, message: str, *args: object) -> None:
     with _unpriced_lock:
         if (info.name, tier) in _tiers_warned:
             return
         _tiers_warned.add((info.name, tier))
-    _log.warning(
-        "guardrail: %s was billed at service_tier %r (tenant %s), which the price data has "
-        "no prices for: charged at the standard rates, which may be below the bill (logged "
-        "once per model and tier; each record's extra says service_tier_unpriced)",
-        info.name,
-        tier,
-        tenant,
-    )
+    _log.warning(message, info.name, *args)

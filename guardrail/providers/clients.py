@@ -168,13 +168,14 @@ def is_async(function: Callable[..., Any]) -> bool:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One guarded endpoint: its adapter (``adapter``, or ``adapter_of(state)`` when the
-    client's state holds it), how its kwargs are read once (``prepare``), and how the
-    provider counts its prompt (``count`` / ``acount``: ``(state, plain client) ->
-    counter``, for adapters that ask; ``billed_model``: see below)."""
+    """One guarded endpoint: its adapter (``adapter``, or ``adapter_of(state, client)`` when
+    the client's state holds it, for the client the call is made on), how its kwargs are
+    read once (``prepare``), and how the provider counts its prompt (``count`` /
+    ``acount``: ``(state, plain client) -> counter``, for adapters that ask;
+    ``billed_model``: see below)."""
 
     adapter: ProviderAdapter | None = None
-    adapter_of: Callable[[ClientState], ProviderAdapter] | None = None
+    adapter_of: Callable[[ClientState, Any], ProviderAdapter] | None = None
     prepare: Callable[[dict[str, Any]], dict[str, Any]] = dict
     count: Callable[[ClientState, Any], Counter | None] | None = None
     acount: Callable[[ClientState, Any], Callable[[dict[str, Any]], Awaitable[int]]] | None = None
@@ -182,9 +183,9 @@ class Endpoint:
     """The model the provider bills whatever the body's ``model`` says, from the client
     (an Azure client made for one deployment), None when the body's is."""
 
-    def adapter_for(self, state: ClientState) -> ProviderAdapter:
+    def adapter_for(self, state: ClientState, client: Any) -> ProviderAdapter:
         if self.adapter_of is not None:
-            return self.adapter_of(state)
+            return self.adapter_of(state, client)
         assert self.adapter is not None
         return self.adapter
 
@@ -228,8 +229,8 @@ def guarded(endpoint: Endpoint) -> Any:
 
             async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
                 _keywords(path, name, args)
-                state = state_of(self)
-                target = state.target(self._client, path, name)
+                state, client = state_of(self), self._client
+                target = state.target(client, path, name)
 
                 async def send(kw: dict[str, Any]) -> Any:
                     response = await target(**kw)
@@ -238,10 +239,10 @@ def guarded(endpoint: Endpoint) -> Any:
 
                 count = None
                 if endpoint.acount is not None:
-                    count = endpoint.acount(state, state.unretried(self._client))
-                adapter = endpoint.adapter_for(state)
+                    count = endpoint.acount(state, state.unretried(client))
+                adapter = endpoint.adapter or endpoint.adapter_for(state, client)
                 kwargs = sdk_request(
-                    endpoint.prepare(_billed(endpoint, self._client, kwargs)), parameters, api
+                    endpoint.prepare(_billed(endpoint, client, kwargs)), parameters, api
                 )
                 return await run_async(state.guard, adapter, state.binding, kwargs, send, count)
 
@@ -249,14 +250,14 @@ def guarded(endpoint: Endpoint) -> Any:
 
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             _keywords(path, name, args)
-            state = state_of(self)
-            target = state.target(self._client, path, name)
+            state, client = state_of(self), self._client
+            target = state.target(client, path, name)
             count = None
             if endpoint.count is not None:
-                count = endpoint.count(state, state.unretried(self._client))
-            adapter = endpoint.adapter_for(state)
+                count = endpoint.count(state, state.unretried(client))
+            adapter = endpoint.adapter or endpoint.adapter_for(state, client)
             kwargs = sdk_request(
-                endpoint.prepare(_billed(endpoint, self._client, kwargs)), parameters, api
+                endpoint.prepare(_billed(endpoint, client, kwargs)), parameters, api
             )
             return run_sync(
                 state.guard, adapter, state.binding, kwargs, lambda kw: target(**kw), count

@@ -143,6 +143,10 @@ class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
             mapping of fields to set, a field set to :data:`DROP` being removed. Plays a
             provider answering malformed usage (negative or missing counts), or more of it
             (``server_tool_use``, ``iterations``: ``message_delta`` carries them too).
+        inference_geo: The workspace's default geo: every message's ``usage.inference_geo``
+            is the request's ``inference_geo``, or this when the request names none (in
+            the JSON body and ``message_start``). None: reported only when the request
+            names one.
 
     All options are public attributes, and may be changed while the server runs.
     ``base_url`` is what ``anthropic.Anthropic(base_url=...)`` takes.
@@ -166,6 +170,7 @@ class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
         tokens_per_delta: int = 3,
         usage_patch: Mapping[str, Any] | None = None,
         models: Iterable[str] = DEFAULT_ANTHROPIC_MODELS,
+        inference_geo: str | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         self.reply: str | ReplyFunc = reply
@@ -179,6 +184,7 @@ class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
         self.tokens_per_delta = tokens_per_delta
         self.usage_patch: Mapping[str, Any] | None = usage_patch
         self.models: list[str] = list(models)
+        self.inference_geo = inference_geo
         super().__init__(host, ("messages", "count_tokens"))
         self._wake = threading.Event()  # ends scripted delays (stop or reset)
 
@@ -324,6 +330,9 @@ class FakeAnthropicServer(FakeServerBase[RecordedRequest]):
         }
         if thinking_tokens:
             usage["output_tokens_details"] = {"thinking_tokens": len(thinking_tokens)}
+        geo = request.get("inference_geo") or self.inference_geo
+        if geo is not None:
+            usage["inference_geo"] = geo
         for name, value in (self.usage_patch or {}).items():
             if value is DROP:
                 usage.pop(name, None)

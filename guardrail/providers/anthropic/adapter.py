@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from guardrail.catalog.premiums import US_INFERENCE, WORKSPACE_GEO
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.claude import message_tokens, plain, request_tokens, uncountable_documents
 from guardrail.counting.messages import TokenCounter, field_of
@@ -105,13 +106,13 @@ def _fixed_tokens(counter: TokenCounter, view: RequestView) -> int:
 
 
 def _premium(kwargs: Mapping[str, Any]) -> str | None:
-    """An option billed above the price data's rates (refused under a money limit):
-    ``speed="fast"`` (fast mode), an ``inference_geo`` other than ``"global"`` (US-only
-    inference, 1.1x)."""
+    """An option billed above the rates guardrail knows (refused under a money limit):
+    ``speed="fast"`` (fast mode), an ``inference_geo`` other than ``"global"`` and ``"us"``
+    (US-only inference is priced: :mod:`guardrail.catalog.premiums`)."""
     if kwargs.get("speed") == "fast":
         return "speed='fast'"
     geo = kwargs.get("inference_geo")
-    if given(geo) and geo != "global":
+    if given(geo) and geo not in ("global", "us"):
         return f"inference_geo={describe(geo)}"
     return None
 
@@ -126,8 +127,31 @@ class AnthropicAdapter:
     """``count_tokens`` reads what the local estimate cannot (documents by ``file_id`` or
     URL, PDFs): its count replaces their ``Policy.file_id_tokens`` bound."""
 
-    def __init__(self, *, exact_count: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        exact_count: bool = True,
+        first_party: bool = True,
+        endpoint_premium: str | None = None,
+    ) -> None:
         self.exact_count = exact_count
+        self.first_party = first_party
+        """Anthropic's own API: a request naming no ``inference_geo`` runs in its
+        workspace's default geo (``Policy.assume_inference_geo``). Not Bedrock or Vertex."""
+        self.endpoint_premium = endpoint_premium
+        """The premium the client's endpoint bills every call at (a regional Vertex
+        endpoint: :data:`~guardrail.catalog.premiums.VERTEX_REGIONAL`), None for none."""
+
+    def _tier(self, kwargs: Mapping[str, Any]) -> str | None:
+        """The premium the request is reserved at (``RequestView.service_tier``): US-only
+        inference when it asks for it; else the endpoint's; else, on Anthropic's API, the
+        workspace default's when it names no geo."""
+        geo = kwargs.get("inference_geo")
+        if geo == "us":
+            return US_INFERENCE
+        if self.endpoint_premium is not None or given(geo):
+            return self.endpoint_premium  # "global", or a geo refused as unpriced
+        return WORKSPACE_GEO if self.first_party else None
 
     def read(self, kwargs: Mapping[str, Any]) -> AnthropicView:
         model, messages = model_and_messages(kwargs)
@@ -164,6 +188,7 @@ class AnthropicAdapter:
             reserved_searches=allowed_searches(tools if given(tools) else None),
             server_passes=server_passes(tools if given(tools) else None),
             hidden_reasoning=_thinks(kwargs.get("thinking")),
+            service_tier=self._tier(kwargs),
             unpriced=(
                 _premium(kwargs)
                 or unmetered_field(kwargs)

@@ -33,11 +33,11 @@ counting is on by default (``AnthropicBedrock``'s SDK cannot count: off there);
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from guardrail.catalog.premiums import VERTEX_REGIONAL
 from guardrail.providers.anthropic.adapter import AnthropicAdapter, materialized
 from guardrail.providers.anthropic.exact_count import (
     TokenCountCache,
@@ -70,10 +70,13 @@ _log = logging.getLogger("guardrail")
 @dataclass
 class _Counting:
     """Shared by a guarded client and every copy of it: the adapter (a client found to
-    have no count endpoint stops asking, in every copy) and the exact counts."""
+    have no count endpoint stops asking, in every copy) and the exact counts. A Vertex
+    client has a second adapter, for its calls on a regional endpoint (a copy may have
+    another region than the client it was made from)."""
 
     adapter: AnthropicAdapter
     cache: TokenCountCache
+    regional: AnthropicAdapter | None = None
 
 
 def _counting(state: ClientState) -> _Counting:
@@ -81,12 +84,30 @@ def _counting(state: ClientState) -> _Counting:
     return found
 
 
+def _regional(client: Any) -> bool:
+    """Whether a Vertex client's ``region`` is not the global endpoint (a region, or the
+    ``"us"`` / ``"eu"`` multi-regions): Vertex bills those 10% more from Claude Sonnet 4.5
+    on (:mod:`guardrail.catalog.premiums`)."""
+    return bool(vars(client).get("region") != "global")
+
+
+def _adapter(state: ClientState, client: Any) -> AnthropicAdapter:
+    """The adapter of a call made on ``client`` (its region, read per call)."""
+    counting = _counting(state)
+    if counting.regional is not None and _regional(client):
+        return counting.regional
+    return counting.adapter
+
+
 def _count_failed(state: ClientState, exc: Exception) -> None:
     """A client without the endpoint (a gateway answering 404) stops asking;
     a passing failure (a timeout, a 429, a 5xx) only costs this call its exact count."""
-    adapter = _counting(state).adapter
+    counting = _counting(state)
+    adapter = counting.adapter
     if adapter.exact_count and no_count_endpoint(exc):
         adapter.exact_count = False
+        if counting.regional is not None:
+            counting.regional.exact_count = False
         _log.warning(
             "guardrail: %s cannot count tokens (%r); its prompts are counted locally "
             "from now on (guard.wrap(client, exact_count=False) says so up front)",
@@ -135,7 +156,7 @@ def _acounter(state: ClientState, client: Any) -> Callable[[dict[str, Any]], Any
 
 
 MESSAGES = Endpoint(
-    adapter_of=lambda state: _counting(state).adapter,
+    adapter_of=_adapter,
     prepare=materialized,
     count=_counter,
     acount=_acounter,
@@ -169,7 +190,7 @@ class MessageStreamManager:
             return plain.messages.stream(**kw).__enter__()._raw_stream
 
         kwargs = materialized({**self._kwargs, "stream": True})
-        adapter = MESSAGES.adapter_for(state)
+        adapter = MESSAGES.adapter_for(state, self._resource._client)
         return run_sync(state.guard, adapter, state.binding, kwargs, send, _counter(state, plain))
 
     def __enter__(self) -> Any:
@@ -201,7 +222,7 @@ class AsyncMessageStreamManager:
             return (await plain.messages.stream(**kw).__aenter__())._raw_stream
 
         kwargs = materialized({**self._kwargs, "stream": True})
-        adapter = MESSAGES.adapter_for(state)
+        adapter = MESSAGES.adapter_for(state, self._resource._client)
         count = _acounter(state, plain)
         guarded_stream = await run_async(state.guard, adapter, state.binding, kwargs, send, count)
         self._stream = AsyncMessageStream(
@@ -295,28 +316,6 @@ def _counts_tokens(client: Any) -> bool:
     return not isinstance(client, (AnthropicBedrock, AsyncAnthropicBedrock))
 
 
-def _warn_if_regional_vertex(client: Any) -> None:
-    """Vertex AI bills its regional and multi-region endpoints 10% above its global one,
-    from Claude Sonnet 4.5 on; the price data (and so the guard) has its global prices."""
-    from anthropic import AnthropicVertex, AsyncAnthropicVertex
-
-    if not isinstance(client, (AnthropicVertex, AsyncAnthropicVertex)):
-        return
-    region = vars(client).get("region")
-    if isinstance(region, str) and region != "global":
-        warnings.warn(
-            f"this {type(client).__name__}'s region is {region!r}: Vertex AI bills regional "
-            "endpoints 10% above the global one from Claude Sonnet 4.5 on, and guardrail "
-            "prices Vertex calls at the global prices (the model id does not say the region), "
-            "so their spend is recorded up to 10% low. Use region='global', or register "
-            "the regional prices of the models you call (docs/anthropic.md): "
-            "guardrail.register_model('claude-sonnet-4-5@20250929', input_usd_per_mtok='3.30', "
-            "output_usd_per_mtok='16.50', cached_input_usd_per_mtok='0.33')",
-            UserWarning,
-            stacklevel=4,  # guard.wrap's caller
-        )
-
-
 def wrap_anthropic(
     client: Any,
     guard: Guard,
@@ -333,9 +332,16 @@ def wrap_anthropic(
     refuses the call): False there. A client that turns out to have no count endpoint (a
     gateway answering 404) switches to False by itself, with one warning.
     """
-    _warn_if_regional_vertex(client)
+    from anthropic import AnthropicVertex, AsyncAnthropicVertex
+
+    counts = exact_count and _counts_tokens(client)
+    vertex = isinstance(client, (AnthropicVertex, AsyncAnthropicVertex))
+    first_party = not vertex and _counts_tokens(client)  # neither Vertex nor Bedrock
     counting = _Counting(
-        AnthropicAdapter(exact_count=exact_count and _counts_tokens(client)),
+        AnthropicAdapter(exact_count=counts, first_party=first_party),
         count_cache or TokenCountCache(),
+        AnthropicAdapter(exact_count=counts, first_party=False, endpoint_premium=VERTEX_REGIONAL)
+        if vertex
+        else None,
     )
     return wrap_client(client, guard, guarded_anthropic_class, counting)

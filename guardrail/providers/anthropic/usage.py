@@ -8,7 +8,8 @@ fields", the SDK says), an ``advisor_message`` (the advisor tool's own inference
 other type but ``message`` and ``fallback_message`` (the passes the top level sums). They
 are counted at the call's model: the calls that make them (compaction, the advisor tool,
 fallbacks) are refused under a money limit, and go through without one at an unknown cost,
-so only their tokens are at stake.
+so only their tokens are at stake. ``usage.inference_geo`` other than ``"global"`` (where
+inference ran: US-only inference, 1.1x) is the usage's premium (``service_tier``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from guardrail.catalog.premiums import geo_premium
 from guardrail.catalog.pricing import TokenUsage
 from guardrail.engine.adapter import PartialUsage
 from guardrail.providers.common import token_count, usage_of
@@ -125,14 +127,23 @@ def read_usage(usage: Any, *, iterations: bool = True) -> TokenUsage | None:
         cache_write_1h_tokens=min(w1, written),
         reasoning_tokens=thinking if output is None else min(thinking, output),
         web_searches=_get(field(usage, "server_tool_use"), "web_search_requests"),
+        service_tier=geo_premium(field(usage, "inference_geo")),
     )
     return _plus(read_back, _unsummed(usage)) if iterations else read_back
+
+
+def _geo(usage: Any, start: TokenUsage) -> str | None:
+    """The premium of where inference ran: the delta's ``inference_geo`` when it says, else
+    ``message_start``'s."""
+    geo = field(usage, "inference_geo")
+    return start.service_tier if geo is None else geo_premium(geo)
 
 
 def final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
     """``message_delta`` usage (cumulative) over ``message_start``'s: the delta's fields
     win where it has them; the 1-hour cache-write split only comes with the start; the
-    passes its ``iterations`` add are added. Cache, thinking and search counts are clamped
+    passes its ``iterations`` add are added; ``inference_geo`` as :func:`read_usage`.
+    Cache, thinking and search counts are clamped
     to >= 0; an input count neither gives, or an unreadable output count, is flagged as
     :func:`read_usage` does."""
     start = start or TokenUsage()
@@ -160,5 +171,6 @@ def final_usage(start: TokenUsage | None, usage: Any) -> TokenUsage:
         web_searches=max(
             start.web_searches, _get(field(usage, "server_tool_use"), "web_search_requests")
         ),
+        service_tier=_geo(usage, start),
     )
     return _plus(final, _unsummed(usage))
