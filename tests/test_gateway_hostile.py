@@ -189,6 +189,44 @@ def test_a_deep_body_is_a_400_in_anthropics_shape_and_on_the_admin_api(server, f
         assert status == 400, (status, body)
 
 
+SURROGATES = {
+    "embeddings input": (
+        "/v1/embeddings",
+        b'{"model": "text-embedding-3-small", "input": "hello \\ud800"}',
+        "input has a lone surrogate",
+    ),
+    "embeddings input list": (
+        "/v1/embeddings",
+        b'{"model": "text-embedding-3-small", "input": ["ok", [1, 2], "\\udfff"]}',
+        "input[2] has a lone surrogate",
+    ),
+    "chat body key": (
+        "/v1/chat/completions",
+        b'{"model": "gpt-4o", "\\ud800": 1, "messages": [{"role": "user", "content": "hi"}]}',
+        "a field name of the request has a lone surrogate",
+    ),
+    "nested key": (
+        "/v1/chat/completions",
+        b'{"model": "gpt-4o", "metadata": {"\\ud800": "x"}, '
+        b'"messages": [{"role": "user", "content": "hi"}]}',
+        "a key of metadata has a lone surrogate",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SURROGATES))
+def test_a_lone_surrogate_anywhere_is_a_400_naming_it(server, case) -> None:
+    """JSON may carry ``"\\ud800"``, UTF-8 cannot: refused before the reservation, not a
+    500 from the upstream post's encode."""
+    path, body, says = SURROGATES[case]
+    with running(config_for(server.base_url)) as (base, app):
+        status, answer = post(base, path, body)
+        assert status == 400, (case, status, answer[:200])
+        assert says in json.loads(answer)["error"]["message"]
+        assert app.state.guard.usage("team-a").reserved_usd == 0
+    assert not server.requests
+
+
 # -- the admin API --------------------------------------------------------------------------
 
 
