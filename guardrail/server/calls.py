@@ -70,6 +70,11 @@ class Calls:
             message = f"this key may not use model {model!r}"
             return error(provider, 403, message, type="permission_error", code="model_not_allowed")
         try:
+            binding = principal.binding
+        except GuardrailError as exc:  # a key stored with scopes no call can bind
+            message = f"this key cannot be used: {exc} (revoke it and make a new one)"
+            return error(provider, 403, message, type="permission_error", code="invalid_key")
+        try:
             await self.tenants.refresh((principal.tenant, *principal.parents))
         except Exception as exc:  # the store failed: whose policy applies is unknown
             return error(
@@ -93,7 +98,6 @@ class Calls:
                 reply = await upstream.post(count_path, params, incoming)
                 return int(reply.input_tokens)  # type: ignore[union-attr]
 
-        binding = principal.binding
         try:
             result = await run_async(self.guard, route.adapter, binding, kwargs, send, count)
         except GuardrailError as exc:
