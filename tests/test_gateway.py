@@ -340,6 +340,28 @@ def test_remaining_budget_headers(gateway) -> None:
     assert Decimal(0) < left < Decimal(5) and int(raw.headers["x-guardrail-reset-day"]) > 0
 
 
+def test_remaining_headers_are_the_least_left_under_any_scope_of_the_call(server) -> None:
+    """team-a ($5 a day, no monthly cap) charges org-1 ($0.001 a day) and the global
+    policy ($2 a month): the headers say what the tightest of them leaves, as the next
+    reservation will find it, not only the tenant's own cap."""
+    config = config_for(
+        server.base_url,
+        tenants={"org-1": {"daily_spend_usd": "0.001"}},
+        global_policy={"monthly_spend_usd": 2},
+    )
+    with running(config) as (base, app):
+        raw = oa(base).chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, max_tokens=20
+        )
+        guard = app.state.guard
+        org, everyone = guard.usage("org-1"), guard.store.usage("_global")
+    assert org.spent_usd > 0 and org.reserved_usd == 0
+    assert Decimal(raw.headers["x-guardrail-remaining-usd-day"]) == Decimal("0.001") - org.spent_usd
+    month = Decimal(raw.headers["x-guardrail-remaining-usd-month"])
+    assert month == Decimal(2) - everyone.month_spent_usd
+    assert int(raw.headers["x-guardrail-reset-month"]) >= int(raw.headers["x-guardrail-reset-day"])
+
+
 def test_health(gateway) -> None:
     base, _ = gateway
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}

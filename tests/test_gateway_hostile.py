@@ -5,6 +5,7 @@ request, and a config whose reservations expire before its calls time out."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import socket
@@ -18,8 +19,10 @@ from typing import Any
 import openai
 import pytest
 
+from guardrail import ConfigurationError, MemoryStore
 from guardrail.server import app as app_module
 from guardrail.server.config import parse_config
+from guardrail.server.tenants import digest
 from guardrail.server.token_service import SERVICES
 from guardrail.server.upstream import Upstream
 from tests._gateway import (
@@ -189,6 +192,44 @@ def test_a_deep_body_is_a_400_in_anthropics_shape_and_on_the_admin_api(server, f
         assert status == 400, (status, body)
 
 
+SURROGATES = {
+    "embeddings input": (
+        "/v1/embeddings",
+        b'{"model": "text-embedding-3-small", "input": "hello \\ud800"}',
+        "input has a lone surrogate",
+    ),
+    "embeddings input list": (
+        "/v1/embeddings",
+        b'{"model": "text-embedding-3-small", "input": ["ok", [1, 2], "\\udfff"]}',
+        "input[2] has a lone surrogate",
+    ),
+    "chat body key": (
+        "/v1/chat/completions",
+        b'{"model": "gpt-4o", "\\ud800": 1, "messages": [{"role": "user", "content": "hi"}]}',
+        "a field name of the request has a lone surrogate",
+    ),
+    "nested key": (
+        "/v1/chat/completions",
+        b'{"model": "gpt-4o", "metadata": {"\\ud800": "x"}, '
+        b'"messages": [{"role": "user", "content": "hi"}]}',
+        "a key of metadata has a lone surrogate",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SURROGATES))
+def test_a_lone_surrogate_anywhere_is_a_400_naming_it(server, case) -> None:
+    """JSON may carry ``"\\ud800"``, UTF-8 cannot: refused before the reservation, not a
+    500 from the upstream post's encode."""
+    path, body, says = SURROGATES[case]
+    with running(config_for(server.base_url)) as (base, app):
+        status, answer = post(base, path, body)
+        assert status == 400, (case, status, answer[:200])
+        assert says in json.loads(answer)["error"]["message"]
+        assert app.state.guard.usage("team-a").reserved_usd == 0
+    assert not server.requests
+
+
 # -- the admin API --------------------------------------------------------------------------
 
 
@@ -206,6 +247,61 @@ def test_admin_key_lists_must_be_lists_of_strings(server, field, value) -> None:
         assert status == 201
         created = json.dumps({"tenant": "team-y", "parents": ["org1"], "models": ["gpt-4o"]})
         assert post(base, "/admin/keys", created.encode(), ADMIN)[0] == 201
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"tenant": "t-x", "parents": ["t-x"]}, {"tenant": "t-z", "parents": ["org-9", "org-9"]}],
+    ids=["parent-is-the-tenant", "repeated-parent"],
+)
+def test_a_key_whose_scopes_repeat_is_refused_when_it_is_made(server, body) -> None:
+    """The rule every call with the key applies (TenantBinding.of), applied at creation:
+    else the key is made (201) and every call with it fails."""
+    with running(config_for(server.base_url)) as (base, app):
+        status, answer = post(base, "/admin/keys", json.dumps(body).encode(), ADMIN)
+        assert status == 400, (status, answer)
+        assert json.loads(answer)["error"]["message"].startswith("parents: ")
+        assert "repeat an id" in json.loads(answer)["error"]["message"]
+        assert asyncio.run(app.state.guard.store.alist_records("keys")) == {}
+
+
+@pytest.mark.parametrize("tenant", [None, 5, "", ["t"], {"id": "t"}])
+def test_a_key_tenant_that_is_not_a_string_is_a_400(server, tenant) -> None:
+    """Not ``str(tenant)``: a null tenant made a key charged to a tenant named "None"."""
+    with running(config_for(server.base_url)) as (base, app):
+        status, answer = post(base, "/admin/keys", json.dumps({"tenant": tenant}).encode(), ADMIN)
+        assert status == 400, (status, answer)
+        assert json.loads(answer)["error"]["message"].startswith("tenant: must be a non-empty")
+        status, answer = post(base, "/admin/keys", b'{"tenant": "t-1", "label": 5}', ADMIN)
+        assert status == 400 and b"label: must be a string" in answer, (status, answer)
+        assert asyncio.run(app.state.guard.store.alist_records("keys")) == {}
+        status, answer = post(base, "/admin/keys", b'{"tenant": "t-1", "label": null}', ADMIN)
+        assert status == 201 and json.loads(answer)["tenant"] == "t-1"
+
+
+def test_a_stored_key_no_call_can_bind_is_a_403_not_a_500(server) -> None:
+    """A key stored before its scopes were checked (repeating its tenant) is refused
+    clearly on each call, before anything is reserved or sent."""
+    store = MemoryStore()
+    record = {"tenant": "t-x", "parents": ["t-x"], "models": None, "label": ""}
+    asyncio.run(store.aput_record("keys", digest("sk-old-key"), json.dumps(record)))
+    with running(config_for(server.base_url), store=store) as (base, _):
+        status, answer = post(
+            base,
+            "/v1/chat/completions",
+            json.dumps(CHAT).encode(),
+            {"authorization": "Bearer sk-old-key"},
+        )
+    assert status == 403, (status, answer)
+    error = json.loads(answer)["error"]
+    assert error["code"] == "invalid_key" and "repeat an id" in error["message"]
+    assert not server.requests
+
+
+def test_a_config_key_whose_scopes_repeat_is_a_configuration_error() -> None:
+    key = {"key": "k", "tenant": "t-x", "parents": ["org", "org"]}
+    with pytest.raises(ConfigurationError, match=r"keys\[0\]\.parents: scopes of 't-x' repeat"):
+        parse_config({"upstream": {"openai": {"api_key_env": "X"}}, "keys": [key]})
 
 
 # -- the token service ----------------------------------------------------------------------

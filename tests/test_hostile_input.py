@@ -85,6 +85,31 @@ def test_openai_refuses_before_anything_is_held_or_sent(
     assert usage.reserved_usd == 0 and usage.requests == 0
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"input": "hello \ud800"}, "input has a lone surrogate '\\ud800' at position 6"),
+        ({"input": ["ok", "\udfff"]}, "input[1] has a lone surrogate"),
+        ({"input": ["ok", [1, 2], "x\ud801"]}, "input[2] has a lone surrogate"),
+        ({"extra_body": {"\ud800": 1}}, "a key of extra_body has a lone surrogate"),
+    ],
+)
+def test_openai_embeddings_refuse_a_lone_surrogate(
+    server: Any, change: dict[str, Any], says: str
+) -> None:
+    """The SDK serialises with ensure_ascii=False and encodes to UTF-8: a lone surrogate
+    would fail inside it, after the reservation, as a UnicodeEncodeError."""
+    guard = Guard(Policy(daily_spend_usd=1))
+    client = guard.wrap(openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+    with pytest.raises(InvalidRequestError) as info:
+        client.for_tenant("t1").embeddings.create(
+            **{"model": "text-embedding-3-small", "input": "hi", **change}
+        )
+    assert says in str(info.value)
+    assert server.requests == []
+    assert guard.usage("t1").reserved_usd == 0
+
+
 ANTHROPIC_CASES: list[tuple[dict[str, Any], str]] = [
     ({"messages": []}, "messages is empty"),
     ({"messages": [{"role": "system", "content": "hi"}]}, "messages[0].role"),

@@ -290,6 +290,38 @@ def test_monthly_caps_and_reads_of_the_store_between_refreshes(
     alerts.close()
 
 
+def test_daily_and_monthly_caps_fire_apart(store: Any, clock: ManualClock) -> None:
+    """Each cap's thresholds are its own: a month already past 80% (claimed) does not hide
+    a day crossing 50% of its daily cap, every day of the rest of the month."""
+    caps = {"daily_nanos": usd_to_nanos(Decimal(5)), "monthly_nanos": usd_to_nanos(Decimal(100))}
+    limits = (ScopeLimits("u-1", **caps),)
+    alerts, inbox = alerts_on(store, SpendThresholdRule())
+
+    def call(cost: str) -> list[tuple[Any, ...]]:
+        spend(store, "u-1", cost)
+        feed(alerts, record(clock, "u-1", cost_usd=Decimal(cost), limits=limits))
+        fired = [(e.figures["limit"], e.figures["threshold"], e.window) for e in inbox.events]
+        inbox.events.clear()
+        return fired
+
+    # One record past both caps: the day's 100% and the month's 80%, both.
+    assert call("85") == [
+        ("daily_spend_usd", 1.0, "2026-11-23"),
+        ("monthly_spend_usd", 0.8, "2026-11"),
+    ]
+    clock.advance(86_400)  # a new day, the same month
+    assert call("3") == [("daily_spend_usd", 0.5, "2026-11-24")]  # $3 of $5; the month's 88%
+    assert call("0.5") == []  # 70% of the day: its 50% fired already, the month's 80% too
+    assert call("1") == [("daily_spend_usd", 0.8, "2026-11-24")]
+    assert call("11") == [  # the day past 100%, the month at $100.5
+        ("daily_spend_usd", 1.0, "2026-11-24"),
+        ("monthly_spend_usd", 1.0, "2026-11"),
+    ]
+    clock.advance(86_400)
+    assert call("2.5") == [("daily_spend_usd", 0.5, "2026-11-25")]  # the month's 100%: claimed
+    alerts.close()
+
+
 def test_a_loop_detected(store: Any, clock: ManualClock, server: Any) -> None:
     alerts, inbox = alerts_on(store, LoopRule(), RefusalRule())
     client = _client(_guard(store, alerts, clock, loop_limit=2, max_attempts=1), server)

@@ -29,6 +29,7 @@ __all__ = [
     "check_number",
     "check_roles",
     "check_stream",
+    "check_texts",
     "from_body",
     "plain_messages",
     "skipped",
@@ -83,6 +84,14 @@ def _check_strings(strings: list[str], where: list[str]) -> None:
             strings[index].encode("utf-8")
         except UnicodeEncodeError:
             raise _bad_string(strings[index], where[index]) from None
+
+
+def check_texts(texts: list[str], where: str) -> None:
+    """Each of ``texts`` (named ``where[i]``) is valid UTF-8: one C-level ASCII pass over
+    the list, and only the non-ASCII strings encoded (an embeddings ``input`` of many
+    long strings is not serialised again to find out)."""
+    if not all(map(str.isascii, texts)):
+        _check_strings(texts, [f"{where}[{i}]" for i in range(len(texts))])
 
 
 def _json_default(item: Any) -> Any:
@@ -143,7 +152,10 @@ def _explain(value: Any, where: str) -> None:
             raise InvalidRequestError(f"{at} is nested more than {MAX_JSON_DEPTH} levels deep")
         if is_map:
             for key, inner in item.items():
-                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                if isinstance(key, str):
+                    strings.append(key)
+                    places.append(f"a key of {at}")
+                elif not isinstance(key, (int, float, bool)) and key is not None:
                     raise InvalidRequestError(f"{at} has a key {describe(key)} that is not a str")
                 stack.append((inner, f"{at}.{key}" if len(at) < 200 else at, depth + 1))
         elif is_list:
@@ -238,8 +250,12 @@ def check_names(kwargs: Mapping[str, Any], allowed: frozenset[str] | None, api: 
 
 
 def check_body(kwargs: Mapping[str, Any], *, skip: str = "") -> None:
-    """Every body value is sendable JSON (:func:`check_json`). ``skip`` names a parameter
-    already checked (the messages, on their fast path)."""
+    """Every body field is sendable JSON: its name valid UTF-8 (a gateway body's keys are
+    whatever the client sent) and its value per :func:`check_json`. ``skip`` names a
+    parameter its adapter checks itself (the messages on their fast path, the embeddings
+    ``input``)."""
     for name, value in kwargs.items():
+        if type(name) is str and not name.isascii():
+            _check_strings([name], ["a field name of the request"])
         if name not in _TRANSPORT and name != skip and not skipped(value):
             check_json(value, name)

@@ -8,8 +8,9 @@ puts it on a bounded queue (a full queue drops it and counts the drop), so a cal
 waits for an alert. One worker thread evaluates the rules (:mod:`guardrail.observe.rules`)
 and claims each event in the store (``Store.claim_once``: ``SET NX`` with a TTL in the
 scope's hash slot on Redis), so **each rule fires once per scope per window across every
-process sharing the store**; each destination then has its own worker, with retries and
-backoff (:mod:`guardrail.observe.delivery`). :attr:`Alerts.stats` counts what happened.
+process sharing the store** (a spend threshold: once per cap and threshold); each
+destination then has its own worker, with retries and backoff
+(:mod:`guardrail.observe.delivery`). :attr:`Alerts.stats` counts what happened.
 """
 
 from __future__ import annotations

@@ -288,8 +288,10 @@ class OverrunRule(Rule):
 @dataclass(frozen=True)
 class SpendThresholdRule(Rule):
     """Soft thresholds on every money cap: a scope's settled spend reached ``shares`` of
-    its ``daily_spend_usd`` or ``monthly_spend_usd``. Each threshold fires once per cap
-    window (the day, the month); a jump past several fires the highest."""
+    its ``daily_spend_usd`` or ``monthly_spend_usd``. Each threshold of each cap fires once
+    per that cap's window (the day, the month): the caps are checked apart, so a month
+    already past 80% does not hide a day crossing 50% of its own cap. A jump past several
+    thresholds of one cap fires the highest."""
 
     shares: tuple[float, ...] = (0.5, 0.8, 1.0)
     name: ClassVar[str] = "spend_threshold"
@@ -297,7 +299,7 @@ class SpendThresholdRule(Rule):
     def check(self, record: UsageRecord, ctx: RuleContext) -> Iterable[AlertEvent]:
         if record.cost_usd <= 0:
             return []
-        events = []
+        events: list[AlertEvent] = []
         for limits in record.limits:
             caps = (
                 ("daily_spend_usd", limits.daily_nanos),
@@ -305,14 +307,26 @@ class SpendThresholdRule(Rule):
             )
             if all(cap is None for _, cap in caps):
                 continue
-            event = self._check_scope(record, ctx, limits.scope, caps)
-            if event is not None:
-                events.append(event)
+            events.extend(self._check_scope(record, ctx, limits.scope, caps))
         return events
 
     def _crossed(self, spent: Decimal, cap: Decimal) -> float | None:
         reached = [s for s in self.shares if cap > 0 and spent >= cap * Decimal(repr(s))]
         return max(reached) if reached else None
+
+    def _reached(
+        self, caps: tuple[tuple[str, int | None], ...], spend: tuple[Decimal, Decimal]
+    ) -> list[tuple[str, float, Decimal, Decimal]]:
+        """(limit, the highest share crossed, spent, cap) of each cap past a threshold."""
+        found = []
+        for (limit, nanos), spent in zip(caps, spend, strict=True):
+            if nanos is None:
+                continue
+            cap = nanos_to_usd(nanos)
+            share = self._crossed(spent, cap)
+            if share is not None:
+                found.append((limit, share, spent, cap))
+        return found
 
     def _check_scope(
         self,
@@ -320,46 +334,38 @@ class SpendThresholdRule(Rule):
         ctx: RuleContext,
         scope: str,
         caps: tuple[tuple[str, int | None], ...],
-    ) -> AlertEvent | None:
-        fresh = False
-        while True:
-            spend = ctx.spend(scope, record.timestamp, fresh=fresh)
-            if spend is None:
-                return None
-            best: tuple[float, str, Decimal, Decimal] | None = None
-            for (limit, nanos), spent in zip(caps, spend, strict=True):
-                if nanos is None:
-                    continue
-                cap = nanos_to_usd(nanos)
-                share = self._crossed(spent, cap)
-                if share is not None and (best is None or share > best[0]):
-                    best = (share, limit, spent, cap)
-            if best is None:
-                return None
-            if fresh:
-                break
-            fresh = True  # an estimate crossed: confirm it with a fresh read first
-        share, limit, spent, cap = best
-        text = (
-            f"{scope}: spent {_usd(spent)} of its {limit} of {_usd(cap)} "
-            f"({spent / cap:.0%}, past {share:.0%})"
-        )
-        figures: dict[str, Figure] = {
-            "limit": limit,
-            "spent_usd": str(spent),
-            "cap_usd": str(cap),
-            "threshold": share,
-        }
-        return ctx.event(
-            self,
-            scope,
-            record.timestamp,
-            text,
-            figures,
-            detail=f"{limit}:{round(share * 100)}",
-            tenant=record.tenant,
-            every="day" if limit == "daily_spend_usd" else "month",
-        )
+    ) -> list[AlertEvent]:
+        spend = ctx.spend(scope, record.timestamp)
+        if spend is None or not self._reached(caps, spend):
+            return []
+        spend = ctx.spend(scope, record.timestamp, fresh=True)  # an estimate crossed: confirm
+        if spend is None:
+            return []
+        events = []
+        for limit, share, spent, cap in self._reached(caps, spend):
+            text = (
+                f"{scope}: spent {_usd(spent)} of its {limit} of {_usd(cap)} "
+                f"({spent / cap:.0%}, past {share:.0%})"
+            )
+            figures: dict[str, Figure] = {
+                "limit": limit,
+                "spent_usd": str(spent),
+                "cap_usd": str(cap),
+                "threshold": share,
+            }
+            events.append(
+                ctx.event(
+                    self,
+                    scope,
+                    record.timestamp,
+                    text,
+                    figures,
+                    detail=f"{limit}:{round(share * 100)}",
+                    tenant=record.tenant,
+                    every="day" if limit == "daily_spend_usd" else "month",
+                )
+            )
+        return events
 
 
 @dataclass(frozen=True)

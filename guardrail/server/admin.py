@@ -14,7 +14,7 @@ from starlette.routing import Route as Path
 
 from guardrail.dashboard.app import CHALLENGE, DashboardSource, admin_key_matches
 from guardrail.dashboard.app import HEADERS as PAGE_HEADERS
-from guardrail.errors import ConfigurationError, GuardrailError
+from guardrail.errors import ConfigurationError, GuardrailError, describe
 from guardrail.guard import Guard
 from guardrail.ledger.database import DatabaseError
 from guardrail.server.bodies import parse_object, presented_key, read_body
@@ -97,20 +97,23 @@ def admin_routes(config: GatewayConfig, guard: Guard, tenants: Tenants) -> list[
         assert body is not None
         if "tenant" not in body:
             raise ConfigurationError('give {"tenant": ..., "parents"?: [...], "models"?: [...]}')
+        tenant = body["tenant"]
+        if not isinstance(tenant, str) or not tenant:  # not str(...): null is no tenant "None"
+            raise ConfigurationError(f"tenant: must be a non-empty string, got {describe(tenant)}")
+        label = _or_empty_str(body.get("label"))
+        if not isinstance(label, str):
+            raise ConfigurationError(f"label: must be a string, got {describe(label)}")
         models = body.get("models")
         parents = _strings(_or_empty(body.get("parents")), "parents")
         policy = None
         if "policy" in body:
             policy = policy_from_json(body["policy"])
         key, key_id = await tenants.create_key(
-            str(body["tenant"]),
-            parents,
-            None if models is None else _strings(models, "models"),
-            str(body.get("label", "")),
+            tenant, parents, None if models is None else _strings(models, "models"), label
         )
         if policy is not None:
-            await tenants.set_policy(str(body["tenant"]), policy)
-        return JSONResponse({"key": key, "id": key_id, "tenant": body["tenant"]}, status_code=201)
+            await tenants.set_policy(tenant, policy)
+        return JSONResponse({"key": key, "id": key_id, "tenant": tenant}, status_code=201)
 
     async def keys(request: Request) -> Response:
         return JSONResponse({"data": await tenants.list_keys()})
@@ -183,3 +186,7 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
 
 def _or_empty(value: Any) -> Any:
     return [] if value is None else value
+
+
+def _or_empty_str(value: Any) -> Any:
+    return "" if value is None else value

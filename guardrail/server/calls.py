@@ -10,6 +10,7 @@ settled from what was counted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from guardrail.providers.common import given, run_async
 from guardrail.server.shapes import Provider, error, refusal, remaining_headers
 from guardrail.server.tenants import Principal, Tenants
 from guardrail.server.upstream import NotAStream, Upstream, UpstreamError, UpstreamUnreachable
+from guardrail.stores.base import UsageSummary
+from guardrail.tenancy import TenantBinding
 
 __all__ = ["Calls", "Route"]
 
@@ -70,6 +73,11 @@ class Calls:
             message = f"this key may not use model {model!r}"
             return error(provider, 403, message, type="permission_error", code="model_not_allowed")
         try:
+            binding = principal.binding
+        except GuardrailError as exc:  # a key stored with scopes no call can bind
+            message = f"this key cannot be used: {exc} (revoke it and make a new one)"
+            return error(provider, 403, message, type="permission_error", code="invalid_key")
+        try:
             await self.tenants.refresh((principal.tenant, *principal.parents))
         except Exception as exc:  # the store failed: whose policy applies is unknown
             return error(
@@ -93,7 +101,6 @@ class Calls:
                 reply = await upstream.post(count_path, params, incoming)
                 return int(reply.input_tokens)  # type: ignore[union-attr]
 
-        binding = principal.binding
         try:
             result = await run_async(self.guard, route.adapter, binding, kwargs, send, count)
         except GuardrailError as exc:
@@ -111,7 +118,7 @@ class Calls:
                 code="upstream_not_a_stream",
                 headers=exc.headers,
             )
-        headers = await self.remaining(principal)
+        headers = await self.remaining(binding)
         if isinstance(result, AsyncGuardedStream):
             relayed = {k: v for k, v in result.headers.items() if k.lower() in _RELAYED}
             return StreamingResponse(
@@ -127,19 +134,23 @@ class Calls:
             headers={**relayed, **headers},
         )
 
-    async def remaining(self, principal: Principal) -> dict[str, str]:
-        """Headers saying what the tenant has left (nothing when it has no money cap)."""
-        policy = self.guard.engine.policy_for(principal.tenant)
-        if policy.daily_spend_usd is None and policy.monthly_spend_usd is None:
+    async def remaining(self, binding: TenantBinding) -> dict[str, str]:
+        """Headers saying what the call's scopes have left: every scope its reservation
+        checks (the tenant, its parents, the global policy) that has a money cap (nothing
+        when none has)."""
+        engine = self.guard.engine
+        scopes = engine.scopes_for(binding, engine.policy_for(binding.tenant))
+        capped = [s for s in scopes if s.money_limited]
+        if not capped:
             return {}
         store = self.guard.store
-        try:
-            usage = await store.ausage(principal.tenant)
-        except Exception:  # the call went through: a missing header must not fail it
-            return {}
-        return remaining_headers(
-            usage, policy.daily_spend_usd, policy.monthly_spend_usd, self._resets_at(store)
+        found = await asyncio.gather(
+            *(store.ausage(s.scope) for s in capped), return_exceptions=True
         )
+        usages = [u for u in found if isinstance(u, UsageSummary)]
+        if len(usages) != len(capped):  # the call went through: a missing header must not fail it
+            return {}
+        return remaining_headers(list(zip(capped, usages, strict=True)), self._resets_at(store))
 
     def _resets_at(self, store: Any) -> dict[str, float]:
         """When the store's day and month next begin (POSIX seconds). Cached: within one

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, InvalidTenantError
 from guardrail.policy import Policy
-from guardrail.tenancy import validate_scope_id
+from guardrail.tenancy import TenantBinding, validate_scope_id
 
 __all__ = [
     "GatewayConfig",
@@ -214,11 +214,18 @@ def _key(value: Any, index: int) -> KeyConfig:
             raise _fail(f"{where}.key_sha256", "must be 64 hex digits")
     if "tenant" not in spec:
         raise _fail(f"{where}.tenant", "required")
-    parents = _strings(spec.get("parents", []), f"{where}.parents")
+    tenant = _scope(spec["tenant"], f"{where}.tenant")
+    parents = tuple(
+        _scope(p, f"{where}.parents") for p in _strings(spec.get("parents", []), f"{where}.parents")
+    )
+    try:  # the binding every call with the key makes: checked now, not on each call
+        TenantBinding.of(tenant, parents)
+    except InvalidTenantError as exc:
+        raise _fail(f"{where}.parents", str(exc)) from None
     return KeyConfig(
         sha256=digest,
-        tenant=_scope(spec["tenant"], f"{where}.tenant"),
-        parents=tuple(_scope(p, f"{where}.parents") for p in parents),
+        tenant=tenant,
+        parents=parents,
         models=_strings(spec["models"], f"{where}.models") if "models" in spec else None,
         policy=_policy(spec["policy"], f"{where}.policy") if "policy" in spec else None,
         label=str(spec.get("label", "")),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -29,7 +29,7 @@ from guardrail.errors import (
     UnmeteredCall,
     UnpricedOption,
 )
-from guardrail.stores.base import UsageSummary
+from guardrail.stores.base import ScopeLimits, UsageSummary, nanos_to_usd
 
 __all__ = ["Provider", "error", "refusal", "remaining_headers"]
 
@@ -117,20 +117,26 @@ def refusal(provider: Provider, exc: GuardrailError) -> Response:
 
 
 def remaining_headers(
-    usage: UsageSummary,
-    daily_cap: Decimal | None,
-    monthly_cap: Decimal | None,
-    resets: Mapping[str, float],
+    scopes: Sequence[tuple[ScopeLimits, UsageSummary]], resets: Mapping[str, float]
 ) -> dict[str, str]:
-    """What the tenant has left: ``x-guardrail-remaining-usd-day`` / ``-month`` and when each
-    window resets (POSIX seconds), for the limits it has."""
+    """What the call's scopes have left: ``x-guardrail-remaining-usd-day`` / ``-month``, the
+    least left under any of the scopes' daily (monthly) caps, as a reservation checks every
+    one of them (the tenant's, its parents', the global policy's), and when each window
+    resets (POSIX seconds); a header only for a window some scope caps."""
+    day: Decimal | None = None
+    month: Decimal | None = None
+    for limits, usage in scopes:
+        if limits.daily_nanos is not None:
+            left = nanos_to_usd(limits.daily_nanos) - usage.spent_usd - usage.reserved_usd
+            day = left if day is None else min(day, left)
+        if limits.monthly_nanos is not None:
+            left = nanos_to_usd(limits.monthly_nanos) - usage.month_spent_usd - usage.reserved_usd
+            month = left if month is None else min(month, left)
     headers: dict[str, str] = {}
-    if daily_cap is not None:
-        left = max(Decimal(0), daily_cap - usage.spent_usd - usage.reserved_usd)
-        headers["x-guardrail-remaining-usd-day"] = f"{left:f}"
+    if day is not None:
+        headers["x-guardrail-remaining-usd-day"] = f"{max(Decimal(0), day):f}"
         headers["x-guardrail-reset-day"] = str(int(resets["day"]))
-    if monthly_cap is not None:
-        left = max(Decimal(0), monthly_cap - usage.month_spent_usd - usage.reserved_usd)
-        headers["x-guardrail-remaining-usd-month"] = f"{left:f}"
+    if month is not None:
+        headers["x-guardrail-remaining-usd-month"] = f"{max(Decimal(0), month):f}"
         headers["x-guardrail-reset-month"] = str(int(resets["month"]))
     return headers

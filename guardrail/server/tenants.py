@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guardrail.errors import ConfigurationError
+from guardrail.errors import ConfigurationError, InvalidTenantError
 from guardrail.policy import Policy
 from guardrail.server.config import POLICY_FIELDS, GatewayConfig
 from guardrail.stores.base import Store
@@ -139,10 +139,13 @@ class Tenants:
         models: tuple[str, ...] | None = None,
         label: str = "",
     ) -> tuple[str, str]:
-        """A new key for ``tenant``: (the key, shown once; its id)."""
+        """A new key for ``tenant``: (the key, shown once; its id). Its scopes are checked
+        as every call with it will bind them (:meth:`TenantBinding.of`)."""
         validate_scope_id(tenant)
-        for parent in parents:
-            validate_scope_id(parent, what="parent scope id")
+        try:
+            TenantBinding.of(tenant, parents)
+        except InvalidTenantError as exc:
+            raise InvalidTenantError(f"parents: {exc}") from None
         key = new_key()
         key_hash = digest(key)
         record = {

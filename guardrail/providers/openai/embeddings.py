@@ -19,7 +19,7 @@ from guardrail.catalog.pricing import TokenUsage
 from guardrail.counting.messages import TokenCounter
 from guardrail.engine.adapter import RequestView
 from guardrail.engine.drivers import parsed_raw
-from guardrail.engine.request_check import check_body
+from guardrail.engine.request_check import check_body, check_json, check_texts
 from guardrail.engine.stream_tally import StreamTally
 from guardrail.errors import ContextWindowExceeded, InvalidRequestError
 from guardrail.providers.common import given, request_id_of, usage_field, usage_of
@@ -31,8 +31,10 @@ MAX_TOKENS_PER_REQUEST = 300_000
 
 
 def _inputs(value: Any) -> list[str | list[int]]:
-    """``input`` as a list of strings and token arrays, checked."""
+    """``input`` as a list of strings and token arrays, checked (each string valid UTF-8:
+    the SDK and the gateway send it as such)."""
     if isinstance(value, str):
+        check_json(value, "input")
         return [value]
     if not isinstance(value, Sequence) or isinstance(value, bytes) or not value:
         raise InvalidRequestError(
@@ -53,6 +55,13 @@ def _inputs(value: Any) -> list[str | list[int]]:
             raise InvalidRequestError(
                 f"input[{i}] must be a string or a token array, got {type(item).__name__}"
             )
+    texts = [item for item in items if type(item) is str]
+    if len(texts) == len(items):
+        check_texts(texts, "input")
+    elif texts:  # strings and token arrays mixed: name each string by its own index
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                check_json(item, f"input[{i}]")
     return items
 
 
