@@ -8,7 +8,7 @@ policy and settled with the provider's actual usage.
 from guardrail import _moved
 from guardrail._clock import ManualClock
 from guardrail.catalog.models import ModelInfo, list_models, model_info, register_model
-from guardrail.catalog.pricing import TokenUsage, estimate_cost, usage_cost
+from guardrail.catalog.pricing import TokenUsage, estimate_cost
 from guardrail.counting.messages import count_messages, count_text
 from guardrail.engine.plan import TrimEvent
 from guardrail.errors import (
@@ -44,6 +44,7 @@ from guardrail.prompt.conversation import ConversationMemory, RedisConversationM
 from guardrail.prompt.packing import Document, PackResult, pack_documents
 from guardrail.prompt.trimming import TrimResult, fit_messages, trim_messages
 from guardrail.prompt.truncation import truncate_text
+from guardrail.providers.costs import usage_cost
 from guardrail.stores.base import Store, UsageRow, UsageSummary
 from guardrail.stores.memory import MemoryStore
 from guardrail.stores.redis import RedisStore
