@@ -10,7 +10,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     │   └── InvalidTenantError
     ├── UnknownModelError           (also KeyError)    strict lookup of a model we do not know
     ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
-    │   └── UnpricedOption          a premium option (priority tier, audio...) under a money limit
+    │   └── UnpricedOption          an option nothing prices (a tier, audio...) under a money limit
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
     ├── LoopDetected                the same request kept failing; nothing was sent
@@ -124,8 +124,9 @@ class PriceUnavailable(GuardrailError, LookupError):
 
 
 class UnpricedOption(PriceUnavailable):
-    """The request asks for something billed at a price guardrail does not know (OpenAI's
-    ``service_tier="priority"``, audio, a chat web search, an image-generation tool;
+    """The request asks for something billed at a price guardrail does not know (an OpenAI
+    ``service_tier`` the price data has no prices for on that model, such as ``"priority"``
+    on gpt-5-nano; audio, a chat web search, an image-generation tool;
     Anthropic's ``speed="fast"``, an ``inference_geo`` but ``"global"`` and ``"us"``), and
     a money limit applies to its tenant: the reservation could not bound what the provider
     bills, so nothing was sent. Without a money limit the call goes through, recorded with

@@ -165,3 +165,14 @@ def fake(_fake):  # type: ignore[no-untyped-def]
     ):
         setattr(_fake, name, getattr(defaults, name))
     return _fake
+
+
+@pytest.fixture
+def registered() -> Iterator[list[str]]:
+    """Names a test registers (``register_model``); unregistered afterwards whatever happens."""
+    from guardrail.catalog.models import unregister_model
+
+    names: list[str] = []
+    yield names
+    for name in names:
+        unregister_model(name)

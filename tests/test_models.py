@@ -5,7 +5,6 @@ from __future__ import annotations
 import typing
 import uuid
 import warnings
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -75,15 +74,6 @@ def _family_data(info: ModelInfo) -> dict[str, Any]:
 
 def _unique(prefix: str = "no-such-model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def registered() -> Iterator[list[str]]:
-    """Names registered by a test; unregistered afterwards whatever happens."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister_model(name)
 
 
 def _register(names: list[str], name: str, **kwargs: Any) -> ModelInfo:

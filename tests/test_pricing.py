@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import uuid
 import warnings
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +16,7 @@ from genai_prices.types import ModelPrice, TieredPrices
 from openai.types import CompletionUsage
 
 from guardrail.catalog import pricing
-from guardrail.catalog.models import list_models, model_info, register_model, unregister_model
+from guardrail.catalog.models import list_models, model_info, register_model
 from guardrail.catalog.pricing import (
     TokenUsage,
     estimate_cost,
@@ -45,14 +44,6 @@ def _flat(price: Any) -> Decimal:
 
 def _genai_total(model: str, provider: str, usage: TokenUsage) -> Decimal:
     return genai_prices.calc_price(usage.to_genai(), model, provider_id=provider).total_price
-
-
-@pytest.fixture
-def registered() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister_model(name)
 
 
 # --------------------------------------------------------------------------- estimate_cost

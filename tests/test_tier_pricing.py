@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from genai_prices import data_snapshot
 
 from guardrail.catalog import pricing
-from guardrail.catalog.models import model_info, register_model, unregister_model
+from guardrail.catalog.models import model_info, register_model
 from guardrail.catalog.pricing import TokenUsage, estimate_cost, tier_unpriced, usage_cost
 from guardrail.errors import InvalidRequestError
 
@@ -128,14 +127,6 @@ def test_estimate_cost_takes_a_tier() -> None:
         estimate_cost("gpt-5", 1, 1, service_tier=2)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestError, match="service_tier"):
         usage_cost("gpt-5", TokenUsage(input_tokens=1, service_tier=["priority"]))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def registered() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister_model(name)
 
 
 def test_a_model_registered_with_its_own_prices_has_no_tier_prices(

@@ -37,10 +37,11 @@ __all__ = ["CHEAPER_TIERS", "STANDARD_TIERS"]
 
 _MTOK = Decimal(1_000_000)
 
-STANDARD_TIERS = frozenset(("auto", "default", "scale"))
-"""OpenAI ``service_tier`` values billed at the standard token rates: ``auto`` (the
+STANDARD_TIERS = frozenset(("auto", "default", "scale", "standard"))
+"""``service_tier`` values billed at the standard token rates: OpenAI's ``auto`` (the
 project's default tier: a response says which it was), ``default``, and ``scale``
-(prepaid capacity, billed at most at the standard rates)."""
+(prepaid capacity, billed at most at the standard rates); and Anthropic's ``standard``
+(its usage reports one; not read today, and harmless if it ever is)."""
 
 CHEAPER_TIERS = frozenset(("flex",))
 """Tiers billed below the standard rates: priced at their own rates where the price data

@@ -161,7 +161,8 @@ class Recorder:
         tier = usage.service_tier
         if tier is not None:  # the tier it was billed at (as reported, else as reserved)
             if tier in STANDARD_TIERS:
-                extra["service_tier"] = tier
+                if tier != "default" or plan.service_tier is not None:  # not on every call
+                    extra["service_tier"] = tier
             elif is_premium(tier):  # "inference_geo=us", "vertex=regional"
                 extra["premium"] = tier
             else:

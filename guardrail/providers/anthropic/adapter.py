@@ -105,7 +105,7 @@ def _fixed_tokens(counter: TokenCounter, view: RequestView) -> int:
     return request_tokens(counter, system, view.tools)
 
 
-def _premium(kwargs: Mapping[str, Any]) -> str | None:
+def _unpriced_option(kwargs: Mapping[str, Any]) -> str | None:
     """An option billed above the rates guardrail knows (refused under a money limit):
     ``speed="fast"`` (fast mode), an ``inference_geo`` other than ``"global"`` and ``"us"``
     (US-only inference is priced: :mod:`guardrail.catalog.premiums`)."""
@@ -190,7 +190,7 @@ class AnthropicAdapter:
             hidden_reasoning=_thinks(kwargs.get("thinking")),
             service_tier=self._tier(kwargs),
             unpriced=(
-                _premium(kwargs)
+                _unpriced_option(kwargs)
                 or unmetered_field(kwargs)
                 or refused_tool(tools if given(tools) else None)
             ),

@@ -87,7 +87,7 @@ KNOWN_FIELDS = frozenset(
         "top_p",
         "cache_control",
         "service_tier",
-        "speed",  # refused under a money limit as a premium (the adapter's _premium)
+        "speed",  # refused under a money limit when unpriced (the adapter's _unpriced_option)
         "inference_geo",  # likewise, unless "global"
         "output_config",
         "output_format",  # messages.parse / stream: the SDK's form of output_config.format

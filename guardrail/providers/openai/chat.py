@@ -140,7 +140,7 @@ def _audio_input(messages: Sequence[Any]) -> bool:
     return False
 
 
-def _premium(
+def _unpriced_option(
     model: str, kwargs: Mapping[str, Any], messages: Sequence[Any], plain: bool
 ) -> str | None:
     """What a chat request asks for that the price data cannot price (refused under a
@@ -218,7 +218,7 @@ class OpenAIAdapter:
             tenant_hint=hint,
             choices=choices,
             hidden_reasoning=hidden_reasoning(model, kwargs),
-            unpriced=_premium(model, kwargs, messages, plain),
+            unpriced=_unpriced_option(model, kwargs, messages, plain),
             output_schema=_schema(kwargs.get("response_format")),
             service_tier=requested_tier(kwargs),
         )

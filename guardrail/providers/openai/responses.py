@@ -220,7 +220,7 @@ def _fees(tools: Sequence[Mapping[str, Any]], calls: int | None) -> tuple[int, i
     return web, file, containers
 
 
-def _premium(kwargs: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> str | None:
+def _unpriced_option(kwargs: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> str | None:
     """What the request asks for that the price data cannot price (refused under a money
     limit): the ``image_generation`` tool (each image is billed at the image model's rates,
     outside ``max_output_tokens``). A premium ``service_tier`` is the planner's to judge."""
@@ -305,7 +305,7 @@ class ResponsesAdapter:
             reserved_containers=containers,
             server_state=state,
             count_exactly=opaque_items or opaque_tools,
-            unpriced=_premium(kwargs, tools),
+            unpriced=_unpriced_option(kwargs, tools),
             stored_prompt=_stored_prompt(kwargs),
             output_bound_unsupported=self.compact,
             service_tier=requested_tier(kwargs),
