@@ -138,7 +138,23 @@ def _outcome(kept: Kept, renewed: Any, error: Exception | None, tracked: bool) -
     return True
 
 
-class SyncKeeper:
+class _Holds:
+    """What both keepers share: the set of holds they keep."""
+
+    _kept: set[Kept]
+
+    def drop(self, kept: Kept) -> None:
+        # Without a lock: a stream's finaliser drops its hold, and may run on any thread at
+        # any allocation, a keeper's own with its lock held included (a set's discard is
+        # atomic; whoever reads the set copies it first).
+        self._kept.discard(kept)
+
+    def tracked(self, store: Store | None = None) -> int:
+        """How many holds are kept (``store``'s only, when given)."""
+        return sum(1 for k in list(self._kept) if store is None or k.store is store)
+
+
+class SyncKeeper(_Holds):
     """Keeps the holds of the sync calls of this process (every store's): one daemon
     thread, started when a hold is tracked, sleeping until the earliest renewal is due;
     it ends once nothing was tracked for a whole wait."""
@@ -174,16 +190,6 @@ class SyncKeeper:
             elif at < self._wake_at:
                 self._cond.notify()
         return kept
-
-    def drop(self, kept: Kept) -> None:
-        # Without the lock: a stream's finaliser drops its hold, and may run on any thread
-        # at any allocation, the keeper's own with the lock held included (a set's discard
-        # is atomic; whoever reads the set copies it first).
-        self._kept.discard(kept)
-
-    def tracked(self, store: Store | None = None) -> int:
-        """How many holds are kept (``store``'s only, when given)."""
-        return sum(1 for k in list(self._kept) if store is None or k.store is store)
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -256,7 +262,7 @@ class SyncKeeper:
                     self._kept.discard(kept)
 
 
-class AsyncKeeper:
+class AsyncKeeper(_Holds):
     """Keeps the holds of the async calls of one event loop (every store's): one timer
     handle at the earliest renewal due. A store whose async writes never suspend (the
     memory store's) is renewed inline; any other in a task the keeper holds."""
@@ -287,12 +293,6 @@ class AsyncKeeper:
         if at < self._wake_at:
             self._schedule(at)
         return kept
-
-    def drop(self, kept: Kept) -> None:
-        self._kept.discard(kept)
-
-    def tracked(self, store: Store | None = None) -> int:
-        return sum(1 for k in list(self._kept) if store is None or k.store is store)
 
     @property
     def wakes_in(self) -> float | None:
