@@ -138,6 +138,9 @@ def test_only_a_hold_a_store_can_renew_is_kept() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+# The fork is the point: the keeper's own thread runs (3.12+ warns of fork with threads;
+# the child only reads the keeper and exits).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_keeps_none_of_its_parents_holds() -> None:
     store = MemoryStore(clock=ManualClock(datetime(2026, 3, 10, tzinfo=UTC)))
     kept = sync_keeper().track(store, _hold(store, 60), 60)
