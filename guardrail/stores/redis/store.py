@@ -315,7 +315,12 @@ class RedisStore(SpoolReplay):
 
     def extend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
         """Keep a live call's hold ``ttl_seconds`` more from now (every scope's); None
-        when it is not held (settled, released or expired already)."""
+        when it is not held (settled, released or expired already). A hold made while Redis
+        was down (fail-open: ``reserve_offline``) lives in this process's offline store and
+        is renewed there."""
+        offline = self.recovery.offline.extend(reservation, ttl_seconds)
+        if offline is not None:
+            return offline
         keys, args, renewed = self.codec.extend_call(reservation, self._clock(), ttl_seconds)
         return renewed if self._run("extend", keys, args) == 1 else None
 
@@ -395,6 +400,9 @@ class RedisStore(SpoolReplay):
         return "settled"
 
     async def aextend(self, reservation: Reservation, ttl_seconds: float) -> Reservation | None:
+        offline = self.recovery.offline.extend(reservation, ttl_seconds)  # as extend
+        if offline is not None:
+            return offline
         keys, args, renewed = self.codec.extend_call(reservation, self._clock(), ttl_seconds)
         return renewed if await self._arun("extend", keys, args) == 1 else None
 
