@@ -35,7 +35,8 @@ __all__ = ["AsyncKeeper", "Kept", "SyncKeeper", "async_keeper", "async_keepers",
 _log = logging.getLogger("guardrail")
 
 _MAX_WAIT = 3600.0  # the longest a keeper sleeps at once (a TTL may be longer)
-_LAST_TRY = 1.0  # a renewal that failed is tried again if its hold has this long left
+_LAST_TRY = 1.0  # a renewal that failed is tried again while its hold has this long left
+# (an eighth of its TTL when that is shorter: a TTL of a few seconds still gets its retries)
 
 
 class Kept:
@@ -126,7 +127,7 @@ def _outcome(kept: Kept, renewed: Any, error: Exception | None, tracked: bool) -
     if error is not None:
         now = _now(kept.store)
         left = kept.reservation.expires_at - now
-        if _LAST_TRY < left < math.inf:  # try again halfway to the expiry
+        if min(_LAST_TRY, kept.ttl / 8) < left < math.inf:  # again halfway to the expiry
             kept.due = now + left / 2
             return True
         return False
