@@ -2,9 +2,10 @@
 for (or ``Policy.assume_service_tier`` says, when it names none) and settled at the tier the
 response reports, at the price data's prices for that tier (its price variants). A premium
 tier the data does not price for the model is refused under a money limit; reported by a
-response, it is charged at the standard rates and logged. The real ``openai`` SDK over a
-loopback socket against guardrail.testing.FakeOpenAIServer; expected figures come from the
-price data itself (genai_prices.calc_price with the tier as its price context)."""
+response, it is charged at the standard rates times the tier's bound and logged. The real
+``openai`` SDK over a loopback socket against guardrail.testing.FakeOpenAIServer; expected
+figures come from the price data itself (genai_prices.calc_price with the tier as its price
+context)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 import guardrail
 from guardrail import Guard, Policy
-from guardrail.catalog.pricing import tier_unpriced
+from guardrail.catalog.pricing import tier_unpriced, unpriced_tier_bound
 from guardrail.counting import count_messages
 from guardrail.engine import unpriced
 from guardrail.providers.openai.responses import count_request_input
@@ -137,6 +138,15 @@ IDS = [f"{e}-{'stream' if s else 'json'}" for e, s in SHAPES]
 def _settled_at(record: guardrail.UsageRecord, tier: str | None, model: str = MODEL) -> None:
     assert record.cost_usd == price(model, tier, record.input_tokens, record.output_tokens)
     assert record.cost_usd > 0 and "cost_unknown" not in record.extra
+
+
+def _bounded(record: guardrail.UsageRecord, tier: str, model: str) -> None:
+    """Charged at the standard price times the tier's bound, above the standard price."""
+    standard = price(model, None, record.input_tokens, record.output_tokens)
+    factor = unpriced_tier_bound(model, tier)
+    assert factor >= Decimal("1.5")  # Priority is 1.67x-2x wherever the data prices it
+    assert record.cost_usd == standard * factor > standard
+    assert "cost_unknown" not in record.extra
 
 
 def _charged(guard: Guard, record: guardrail.UsageRecord) -> None:
@@ -322,7 +332,7 @@ def test_assume_service_tier_never_refuses_a_model_without_priority_prices(
     priority_project: FakeOpenAIServer, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # OpenAI serves gpt-5-nano at the default tier; were it billed at Priority, the price
-    # data could not say how much: charged at the standard rates, logged, flagged.
+    # data could not say how much: charged at Priority's bound, logged, flagged.
     monkeypatch.setattr(unpriced, "_tiers_warned", set())
     policy = Policy(daily_spend_usd=5, loop_limit=None, assume_service_tier="priority")
     guard, client, records = make(priority_project, policy)
@@ -331,7 +341,8 @@ def test_assume_service_tier_never_refuses_a_model_without_priority_prices(
             _chat(client, False, model=NO_PRIORITY)
     first, second = records
     assert first.reserved_usd == price(NO_PRIORITY, None, _prompt("chat", NO_PRIORITY), CHAT_OUT)
-    _settled_at(first, None, NO_PRIORITY)  # at least the standard cost
+    _bounded(first, "priority", NO_PRIORITY)  # not the standard cost
+    assert first.overrun_usd == first.cost_usd - first.reserved_usd > 0
     assert first.extra["service_tier"] == "priority"
     assert first.extra["service_tier_unpriced"] is True
     assert second.extra["service_tier_unpriced"] is True
@@ -339,7 +350,7 @@ def test_assume_service_tier_never_refuses_a_model_without_priority_prices(
     assert guard.usage("default").spent_usd >= first.cost_usd + second.cost_usd
 
 
-def test_a_reported_tier_the_data_does_not_price_is_charged_at_least_the_standard_cost(
+def test_a_reported_tier_the_data_does_not_price_is_charged_at_the_bound_of_any_tier(
     caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(unpriced, "_tiers_warned", set())
@@ -350,7 +361,9 @@ def test_a_reported_tier_the_data_does_not_price_is_charged_at_least_the_standar
         guard, client, records = make(fake)
         _responses(client, True, model="gpt-5.4")
     (record,) = records
-    _settled_at(record, None, "gpt-5.4")
+    _bounded(record, "ultrafast", "gpt-5.4")
+    known = max(unpriced_tier_bound(MODEL, tier) for tier in ("priority", "fast"))
+    assert unpriced_tier_bound("gpt-5.4", "ultrafast") == known  # the largest of any tier
     assert record.extra["service_tier_unpriced"] is True
     assert "'ultrafast'" in caplog.text and "gpt-5.4" in caplog.text
     _charged(guard, record)

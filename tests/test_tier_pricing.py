@@ -109,9 +109,11 @@ def test_the_standard_tiers_take_the_standard_path(
     assert estimate_cost("gpt-5", 1_000, 100, service_tier=tier) == usage_cost("gpt-5", usage)
 
 
-def test_a_tier_without_prices_is_priced_at_the_standard_ones() -> None:
+def test_a_tier_without_prices_is_priced_at_the_standard_ones_times_its_bound() -> None:
     usage = TokenUsage(input_tokens=1_000, output_tokens=100, service_tier="ultrafast")
-    assert usage_cost("gpt-5", usage) == _genai("gpt-5", usage, None)
+    bound = pricing.unpriced_tier_bound("gpt-5", "ultrafast")
+    assert bound > 1  # tests/test_tier_bounds.py: what the bound is
+    assert usage_cost("gpt-5", usage) == _genai("gpt-5", usage, None) * bound
     assert tier_unpriced("gpt-5", "ultrafast") and tier_unpriced("gpt-5-nano", "priority")
     # A cheaper tier without prices of its own is priced (at the standard ones: an upper
     # bound); a standard one always is.
@@ -137,4 +139,5 @@ def test_a_model_registered_with_its_own_prices_has_no_tier_prices(
     register_model(name, like="gpt-5", input_usd_per_mtok="1", output_usd_per_mtok="2")
     assert tier_unpriced(name, "priority") and not tier_unpriced(name, "flex")
     usage = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000, service_tier="priority")
-    assert usage_cost(name, usage) == Decimal(3)  # its own (standard) prices
+    # Its own (standard) prices, times Priority's bound: registered prices have no tiers.
+    assert usage_cost(name, usage) == Decimal(3) * pricing.unpriced_tier_bound(name, "priority")

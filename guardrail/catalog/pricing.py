@@ -35,6 +35,7 @@ from guardrail.catalog.price_cache import (
 )
 from guardrail.catalog.price_cache import fast_cost as _fast_cost
 from guardrail.catalog.price_cache import resolve_price as _resolve_price
+from guardrail.catalog.tier_bounds import unpriced_tier_factor
 from guardrail.errors import InvalidRequestError, PriceUnavailable, describe
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "estimate_cost",
     "prices_per_million",
     "tier_unpriced",
+    "unpriced_tier_bound",
     "usage_cost",
     "usage_from_sdk",
 ]
@@ -183,13 +185,11 @@ def _tier_rates_of(info: ModelInfo, tier: str) -> _Rates | None:
     return rates
 
 
-def _premium_rates(info: ModelInfo, tier: str) -> _Rates | None:
-    """A premium's rates: the standard ones times its factor, where every product is a whole
-    number of pico-dollars (else None: the Decimal way prices it, exactly)."""
-    rates = _rates_of(info)
-    if rates is None or not premium_of(info, tier):
-        return rates
-    num, den = PREMIUM_RATIO
+def _scaled_rates(rates: _Rates | None, num: int, den: int) -> _Rates | None:
+    """``rates`` times ``num / den``, where every product is a whole number of
+    pico-dollars (else None: the Decimal way prices it, exactly)."""
+    if rates is None:
+        return None
     scaled = [r * num for r in (rates.input, rates.output, rates.cached or 0)]
     if any(r % den for r in scaled):
         return None
@@ -197,9 +197,26 @@ def _premium_rates(info: ModelInfo, tier: str) -> _Rates | None:
     return _Rates(input_rate, output_rate, None if rates.cached is None else cached_rate)
 
 
+def _premium_rates(info: ModelInfo, tier: str) -> _Rates | None:
+    """A premium's rates: the standard ones times its factor."""
+    rates = _rates_of(info)
+    if rates is None or not premium_of(info, tier):
+        return rates
+    return _scaled_rates(rates, *PREMIUM_RATIO)
+
+
+def _bounded_tier_rates(info: ModelInfo, tier: str) -> _Rates | None:
+    """The rates of a tier the price data has no prices for on ``info``: the standard ones
+    times the tier's bound (:mod:`guardrail.catalog.tier_bounds`)."""
+    num, den = unpriced_tier_bound(info, tier).as_integer_ratio()
+    return _scaled_rates(_rates_of(info), num, den)
+
+
 def _resolve_rates(info: ModelInfo, tier: str | None = None) -> _Rates | None:
     if tier is not None and is_premium(tier):
         return _premium_rates(info, tier)
+    if tier is not None and tier_unpriced(info, tier):
+        return _bounded_tier_rates(info, tier)
     if info.prices_set and info.input_usd_per_mtok is not None:
         cached_price = info.cached_input_usd_per_mtok
         prices: tuple[object, object, object] = (
@@ -260,19 +277,28 @@ def checked_usage_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
 def _premium_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     """A usage billed at a premium: its standard cost, plus the premium on its tokens (not
     on its fees)."""
+    applies = premium_of(info, usage.service_tier)
+    return _scaled_cost(info, usage, PREMIUM if applies else Decimal(1))
+
+
+def _scaled_cost(info: ModelInfo, usage: TokenUsage, factor: Decimal) -> Decimal:
+    """``usage`` at the standard prices, its tokens (not its fees) times ``factor``."""
     standard = replace(usage, service_tier=None)
     cost = _token_cost(info, standard)
-    if not premium_of(info, usage.service_tier):
+    if factor == 1:
         return cost
     tokens = cost
     if usage.web_searches or usage.file_searches:
         tokens = _token_cost(info, replace(standard, web_searches=0, file_searches=0))
-    return cost + tokens * (PREMIUM - 1)
+    return cost + tokens * (factor - 1)
 
 
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
-    if usage.service_tier is not None and is_premium(usage.service_tier):
+    tier = usage.service_tier
+    if tier is not None and is_premium(tier):
         return _premium_cost(info, usage)
+    if tier is not None and tier_unpriced(info, tier):  # bounded: guardrail.catalog.tier_bounds
+        return _scaled_cost(info, usage, unpriced_tier_bound(info, tier))
     ref = info.price_ref or info.name
     provider = _provider_id(info)
     extras = usage.cache_write_tokens or usage.web_searches or usage.file_searches
@@ -358,6 +384,14 @@ def tier_unpriced(model: str | ModelInfo, tier: str | None) -> bool:
     if info.prices_set and info.input_usd_per_mtok is not None:
         return True
     return not _resolve_price(info.price_ref or info.name, _provider_id(info), tier).variant
+
+
+def unpriced_tier_bound(model: str | ModelInfo, tier: str) -> Decimal:
+    """The factor on the standard token prices that a call billed at ``tier``, which
+    :func:`tier_unpriced` says the price data does not price on ``model``, is charged at
+    (:mod:`guardrail.catalog.tier_bounds`)."""
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    return unpriced_tier_factor(_provider_id(info), tier)
 
 
 def _as_mapping(usage: Any) -> Mapping[str, Any]:

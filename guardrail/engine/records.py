@@ -168,7 +168,7 @@ class Recorder:
             else:
                 extra["service_tier"] = tier
                 if plan.priced and tier_unpriced(plan.model, tier):
-                    extra["service_tier_unpriced"] = True  # charged at the standard rates
+                    extra["service_tier_unpriced"] = True  # charged at the tier's bound
         log = started if isinstance(started, CallLog) else CallLog(plan.model.provider, started)
         first = log.first_chunk_at
         emit(

@@ -3,7 +3,8 @@ price data does not know (:attr:`RequestView.unpriced <guardrail.engine.adapter.
 or a premium ``service_tier`` the model has no prices for). Under a money limit they are
 refused; else they go through, counted, with an unknown cost, and a warning is given once
 per model or option. A call the provider reports billed at such a tier is charged at the
-standard rates, and logged once per model and tier."""
+standard rates times the tier's bound (:mod:`guardrail.catalog.tier_bounds`), and logged
+once per model and tier."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from guardrail.catalog.premiums import (
     is_premium,
     known_premium,
 )
-from guardrail.catalog.pricing import STANDARD_TIERS, tier_unpriced
+from guardrail.catalog.pricing import STANDARD_TIERS, tier_unpriced, unpriced_tier_bound
 from guardrail.errors import UnpricedOption, describe
 from guardrail.policy import Policy
 from guardrail.stores.base import ScopeLimits
@@ -129,8 +130,9 @@ def _tier_name(tier: str) -> str:
 
 def check_billed_tier(info: ModelInfo, tier: str, tenant: str) -> None:
     """A call the provider reports billed at the non-standard ``tier``: if the price data
-    has no prices for it on this model, it is charged at the standard rates, and that is
-    logged (once per model and tier), since the bill may be higher. Likewise a premium
+    has no prices for it on this model, it is charged at the standard rates times the
+    tier's bound (:func:`~guardrail.catalog.pricing.unpriced_tier_bound`), and that is
+    logged (once per model and tier), since the bill is not known. Likewise a premium
     whose factor is not published (an ``inference_geo`` guardrail does not know), charged
     at 1.1x."""
     if is_premium(tier):
@@ -151,10 +153,12 @@ def check_billed_tier(info: ModelInfo, tier: str, tenant: str) -> None:
         info,
         tier,
         "guardrail: %s was billed at service_tier %r (tenant %s), which the price data has "
-        "no prices for: charged at the standard rates, which may be below the bill (logged "
-        "once per model and tier; each record's extra says service_tier_unpriced)",
+        "no prices for: charged at %sx the standard rates (the largest factor of that tier "
+        "in the price data), a bound that may still be below the bill (logged once per "
+        "model and tier; each record's extra says service_tier_unpriced)",
         tier,
         tenant,
+        format(unpriced_tier_bound(info, tier).normalize(), "f"),
     )
 
 
