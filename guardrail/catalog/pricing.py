@@ -197,14 +197,6 @@ def _scaled_rates(rates: _Rates | None, num: int, den: int) -> _Rates | None:
     return _Rates(input_rate, output_rate, None if rates.cached is None else cached_rate)
 
 
-def _premium_rates(info: ModelInfo, tier: str) -> _Rates | None:
-    """A premium's rates: the standard ones times its factor."""
-    rates = _rates_of(info)
-    if rates is None or not premium_of(info, tier):
-        return rates
-    return _scaled_rates(rates, *PREMIUM_RATIO)
-
-
 def _bounded_tier_rates(info: ModelInfo, tier: str) -> _Rates | None:
     """The rates of a tier the price data has no prices for on ``info``: the standard ones
     times the tier's bound (:mod:`guardrail.catalog.tier_bounds`)."""
@@ -213,8 +205,9 @@ def _bounded_tier_rates(info: ModelInfo, tier: str) -> _Rates | None:
 
 
 def _resolve_rates(info: ModelInfo, tier: str | None = None) -> _Rates | None:
-    if tier is not None and is_premium(tier):
-        return _premium_rates(info, tier)
+    if tier is not None and is_premium(tier):  # the standard rates times its factor
+        rates = _rates_of(info)
+        return _scaled_rates(rates, *PREMIUM_RATIO) if premium_of(info, tier) else rates
     if tier is not None and tier_unpriced(info, tier):
         return _bounded_tier_rates(info, tier)
     if info.prices_set and info.input_usd_per_mtok is not None:
@@ -274,13 +267,6 @@ def checked_usage_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     return _cost(info, usage)
 
 
-def _premium_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
-    """A usage billed at a premium: its standard cost, plus the premium on its tokens (not
-    on its fees)."""
-    applies = premium_of(info, usage.service_tier)
-    return _scaled_cost(info, usage, PREMIUM if applies else Decimal(1))
-
-
 def _scaled_cost(info: ModelInfo, usage: TokenUsage, factor: Decimal) -> Decimal:
     """``usage`` at the standard prices, its tokens (not its fees) times ``factor``."""
     standard = replace(usage, service_tier=None)
@@ -295,8 +281,8 @@ def _scaled_cost(info: ModelInfo, usage: TokenUsage, factor: Decimal) -> Decimal
 
 def _token_cost(info: ModelInfo, usage: TokenUsage) -> Decimal:
     tier = usage.service_tier
-    if tier is not None and is_premium(tier):
-        return _premium_cost(info, usage)
+    if tier is not None and is_premium(tier):  # its tokens (not its fees) times its factor
+        return _scaled_cost(info, usage, PREMIUM if premium_of(info, tier) else Decimal(1))
     if tier is not None and tier_unpriced(info, tier):  # bounded: guardrail.catalog.tier_bounds
         return _scaled_cost(info, usage, unpriced_tier_bound(info, tier))
     ref = info.price_ref or info.name
