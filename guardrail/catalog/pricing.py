@@ -206,8 +206,8 @@ def _bounded_tier_rates(info: ModelInfo, tier: str) -> _Rates | None:
 
 def _resolve_rates(info: ModelInfo, tier: str | None = None) -> _Rates | None:
     if tier is not None and is_premium(tier):  # the standard rates times its factor
-        rates = _rates_of(info)
-        return _scaled_rates(rates, *PREMIUM_RATIO) if premium_of(info, tier) else rates
+        standard = _rates_of(info)
+        return _scaled_rates(standard, *PREMIUM_RATIO) if premium_of(info, tier) else standard
     if tier is not None and tier_unpriced(info, tier):
         return _bounded_tier_rates(info, tier)
     if info.prices_set and info.input_usd_per_mtok is not None:
