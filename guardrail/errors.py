@@ -11,6 +11,7 @@ provider failure (provider errors are re-raised as the SDK's own exceptions)::
     ├── UnknownModelError           (also KeyError)    strict lookup of a model we do not know
     ├── PriceUnavailable            (also LookupError) no price data for a model that must be priced
     │   └── UnpricedOption          an option nothing prices (a tier, audio...) under a money limit
+    │       └── UnboundedInput      input nothing counts (a server-held thread) under a token limit
     ├── ContextWindowExceeded       prompt + reserved output cannot fit; nothing was sent
     ├── BudgetExceeded              a tenant limit would be exceeded; nothing was sent
     ├── LoopDetected                the same request kept failing; nothing was sent
@@ -36,6 +37,7 @@ __all__ = [
     "LoopDetected",
     "PriceUnavailable",
     "StoreUnavailable",
+    "UnboundedInput",
     "UnknownModelError",
     "UnmeteredCall",
     "UnpricedOption",
@@ -145,6 +147,23 @@ class UnpricedOption(PriceUnavailable):
         return (
             f"{self.option} is billed at a price guardrail does not know (model "
             f"{self.model!r}), and {limited} has a money limit the reservation could not "
+            "bound, so it was refused (nothing was sent): send the call without it, or "
+            "through client.unwrapped (unmetered)"
+        )
+
+
+class UnboundedInput(UnpricedOption):
+    """The request makes the provider read input that guardrail can neither count nor bound
+    (a server-held ``thread``, ``mcp_servers``, a server tool it cannot bound...), and a
+    token limit applies to its tenant: the reservation could not hold the tokens the
+    provider bills, so nothing was sent. Under a money limit the same request is refused
+    as an :class:`UnpricedOption`; without any limit it goes through, recorded."""
+
+    def __str__(self) -> str:
+        limited = ", ".join(repr(s) for s in self.scopes) or repr(self.tenant)
+        return (
+            f"{self.option} makes the provider bill input guardrail cannot count (model "
+            f"{self.model!r}), and {limited} has a token limit the reservation could not "
             "bound, so it was refused (nothing was sent): send the call without it, or "
             "through client.unwrapped (unmetered)"
         )

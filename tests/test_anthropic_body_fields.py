@@ -182,3 +182,74 @@ def test_a_beta_messages_call_is_still_refused_on_its_own_namespace(fake) -> Non
     with pytest.raises(guardrail.GuardrailError):
         client.beta.messages.create(model=MODEL, max_tokens=100, messages=HI)
     assert fake.requests == []
+
+
+# -- token limits: input nothing counts cannot pass them either ---------------------------
+
+TOKEN_CAPPED = Policy(tokens_per_minute=50_000, loop_limit=None)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"thread": THREAD}, "'thread'"),
+        ({"mcp_servers": [{"type": "url", "url": "https://m.example", "name": "m"}]}, "mcp"),
+        ({"a_field_no_sdk_knows": {"x": 1}}, "a_field_no_sdk_knows"),
+    ],
+    ids=["thread", "mcp_servers", "unknown"],
+)
+def test_under_a_token_limit_input_nothing_counts_is_refused(fake, body, named) -> None:
+    # Without the refusal a held thread billed 900,000 tokens against a 50,000 per-minute
+    # limit that reserved 20.
+    fake.prompt_tokens = 900_000
+    guard, client = make(fake, TOKEN_CAPPED)
+    with pytest.raises(guardrail.UnboundedInput, match=named) as info:
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI, extra_body=body)
+    assert isinstance(info.value, UnpricedOption)  # caught where an unpriced option is
+    assert "token limit" in str(info.value) and "client.unwrapped" in str(info.value)
+    assert fake.requests == []
+    usage = guard.usage("default")
+    assert usage.requests == usage.input_tokens == 0
+
+
+def test_under_a_parents_token_limit_too(fake) -> None:
+    guard, client = make(fake, Policy(loop_limit=None), tenant_policies={"org": TOKEN_CAPPED})
+    with pytest.raises(guardrail.UnboundedInput) as info, guard.tenant("u1", parents=["org"]):
+        client.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={"thread": THREAD}
+        )
+    assert info.value.scopes == ("org",)
+    assert fake.requests == []
+
+
+def test_a_server_tool_nothing_bounds_is_refused_under_a_token_limit(fake) -> None:
+    _, client = make(fake, TOKEN_CAPPED)
+    tool = {"type": "mcp_toolset", "mcp_server_name": "big-mcp"}
+    with pytest.raises(guardrail.UnboundedInput, match="mcp_toolset"):
+        client.messages.create(model=MODEL, max_tokens=100, messages=HI, tools=[tool])
+    assert fake.requests == []
+
+
+def test_a_premium_option_is_only_a_price_so_a_token_limit_lets_it_through(fake) -> None:
+    # An inference_geo guardrail has no price for: its tokens are counted as any others.
+    records: list[guardrail.UsageRecord] = []
+    _, client = make(fake, TOKEN_CAPPED, sinks=[records.append])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={"inference_geo": "eu"}
+        )
+    assert records[-1].outcome == "ok" and records[-1].extra["cost_unknown"]
+
+
+def test_the_async_client_refuses_it_under_a_token_limit(fake) -> None:
+    _, client = make(fake, TOKEN_CAPPED, async_=True)
+
+    async def call() -> None:
+        await client.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={"thread": THREAD}
+        )
+
+    with pytest.raises(guardrail.UnboundedInput):
+        asyncio.run(call())
+    assert fake.requests == []

@@ -1,8 +1,8 @@
 """Sampling passes reported only in ``usage.iterations`` are charged: a compaction pass
 (``context_management``: "not included in the top-level usage fields") and the advisor
-tool's own inference. The calls that make them are refused under a money limit (their
-cost cannot be bounded before sending); without one they go through, at an unknown cost,
-with every billed token counted, streamed or not. The real SDK over loopback, against
+tool's own inference. The calls that make them are refused under a money or token limit
+(their cost cannot be bounded before sending); without one they go through, at an unknown
+cost, with every billed token counted, streamed or not. The real SDK over loopback, against
 guardrail.testing's fake (adapted from the review's reproductions)."""
 
 from __future__ import annotations
@@ -55,11 +55,16 @@ def call(client: Any, *, stream: bool, **request: Any) -> Any:
             return events.get_final_message()
 
 
-def test_compaction_and_the_advisor_are_refused_under_a_money_limit(fake) -> None:
+def test_compaction_and_the_advisor_are_refused_under_a_money_or_token_limit(fake) -> None:
     _, client, _ = make(fake, Policy(daily_spend_usd=Decimal("5"), loop_limit=None))
     with pytest.raises(UnpricedOption, match="'context_management'"):
         client.messages.create(model=OPUS, max_tokens=1_000, messages=HI, extra_body=COMPACT)
     with pytest.raises(UnpricedOption, match="'advisor_20260301'"):
+        client.messages.create(model=HAIKU, max_tokens=1_000, messages=HI, tools=[ADVISOR])
+    _, client, _ = make(fake, Policy(tokens_per_day=10_000_000, loop_limit=None))
+    with pytest.raises(guardrail.UnboundedInput, match="'context_management'"):
+        client.messages.create(model=OPUS, max_tokens=1_000, messages=HI, extra_body=COMPACT)
+    with pytest.raises(guardrail.UnboundedInput, match="'advisor_20260301'"):
         client.messages.create(model=HAIKU, max_tokens=1_000, messages=HI, tools=[ADVISOR])
     assert fake.requests == []
 
@@ -70,7 +75,7 @@ def test_a_compaction_pass_is_counted(fake, stream: bool) -> None:
     final = iteration("message", 3_000, 500)
     fake.prompt_tokens, fake.output_tokens = 3_000, 500
     fake.usage_patch = {"iterations": [compaction, final]}
-    _, client, records = make(fake, Policy(tokens_per_day=10_000_000, loop_limit=None))
+    _, client, records = make(fake, Policy(loop_limit=None))
     message = call(client, stream=stream, model=OPUS, extra_body=COMPACT)
     assert message.usage.input_tokens == 3_000  # the top level: the final pass only
     record = records[-1]
@@ -92,7 +97,7 @@ def test_the_advisors_inference_is_counted(fake, stream: bool) -> None:
             iteration("message", 1_100, 200, executor),
         ]
     }
-    guard, client, records = make(fake, Policy(tokens_per_day=10_000_000, loop_limit=None))
+    guard, client, records = make(fake, Policy(loop_limit=None))
     call(client, stream=stream, model=executor, tools=[ADVISOR])
     assert (records[-1].input_tokens, records[-1].output_tokens) == (2_000 + 1_100, 300 + 1_600)
     usage = guard.usage("default")

@@ -180,6 +180,22 @@ def test_a_body_field_guardrail_does_not_meter_is_a_403_naming_it(gateway, fake)
     assert fake.requests == []
 
 
+def test_under_a_token_limit_input_nothing_counts_is_a_403_unbounded_input(server, fake) -> None:
+    config = config_for(
+        server.base_url, fake.base_url, policy={"tokens_per_day": 100_000, "loop_limit": None}
+    )
+    with running(config) as (base, _), pytest.raises(anthropic.PermissionDeniedError) as refused:
+        an(base).messages.create(
+            model="claude-opus-4-6",
+            max_tokens=20,
+            messages=HELLO,
+            extra_body={"thread": {"type": "continue", "previous_message_id": "msg_1"}},
+        )
+    error = refused.value.response.json()["error"]
+    assert error["type"] == "permission_error" and "token limit" in error["message"]
+    assert fake.requests == []
+
+
 def test_a_prompt_over_the_window_is_a_context_length_error(gateway, server) -> None:
     base, _ = gateway
     huge = [{"role": "user", "content": "word " * 140_000}]

@@ -101,6 +101,11 @@ class RequestView:
     named for the error: refused under a money limit
     (:class:`~guardrail.errors.UnpricedOption`); else sent, with an unknown cost, as for a
     model nothing prices."""
+    unbounded_input: str | None = None
+    """Input the request makes the provider read that guardrail can neither count nor bound
+    (Anthropic's server-held ``thread``, ``mcp_servers``...), named for the error: refused
+    under a token limit too (:class:`~guardrail.errors.UnboundedInput`), where ``unpriced``
+    (which names it as well) is refused under a money limit only."""
     output_schema: Any = None
     """A structured-output JSON schema the model reads as prompt (Chat Completions'
     ``response_format``): counted with the prompt."""

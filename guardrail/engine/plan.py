@@ -17,7 +17,12 @@ from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
 from guardrail.engine.held import held_prompt, pass_tokens, uncountable
-from guardrail.engine.unpriced import refuse_unpriced, reserved_tier, warn_unpriced
+from guardrail.engine.unpriced import (
+    refuse_unbounded,
+    refuse_unpriced,
+    reserved_tier,
+    warn_unpriced,
+)
 from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
@@ -273,6 +278,8 @@ class Planner:
         server_input = view.server_passes * pass_tokens(info, policy)
         held = held_prompt(prompt, uncounted, info, policy, reserved) + server_input
         priced, money = True, any(s.money_limited for s in scopes)
+        if view.unbounded_input is not None:  # before the unpriced check, which may warn
+            refuse_unbounded(view.unbounded_input, info, binding, scopes)
         if view.unpriced is not None:
             refuse_unpriced(view.unpriced, info, binding, scopes)
         tier, unpriced_tier = reserved_tier(view.service_tier, policy, info, binding, scopes)

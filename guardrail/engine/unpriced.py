@@ -21,7 +21,7 @@ from guardrail.catalog.premiums import (
     known_premium,
 )
 from guardrail.catalog.pricing import STANDARD_TIERS, tier_unpriced, unpriced_tier_bound
-from guardrail.errors import UnpricedOption, describe
+from guardrail.errors import UnboundedInput, UnpricedOption, describe
 from guardrail.policy import Policy
 from guardrail.stores.base import ScopeLimits
 from guardrail.tenancy import TenantBinding
@@ -29,6 +29,7 @@ from guardrail.tenancy import TenantBinding
 __all__ = [
     "billed_tier_note",
     "check_billed_tier",
+    "refuse_unbounded",
     "refuse_unpriced",
     "reserved_tier",
     "warn_unpriced",
@@ -60,6 +61,18 @@ def refuse_unpriced(
         UserWarning,
         stacklevel=2,
     )
+
+
+def refuse_unbounded(
+    option: str, info: ModelInfo, binding: TenantBinding, scopes: tuple[ScopeLimits, ...]
+) -> None:
+    """Input the provider reads that guardrail cannot count: refused under a token limit
+    (a money limit refused it already, as unpriced), since no reservation holds it."""
+    limited = tuple(
+        s.scope for s in scopes if s.tokens_per_minute is not None or s.tokens_per_day is not None
+    )
+    if limited:
+        raise UnboundedInput(option, model=info.name, tenant=binding.tenant, scopes=limited)
 
 
 def warn_unpriced(info: ModelInfo) -> None:

@@ -170,6 +170,8 @@ class AnthropicAdapter:
             requested = max_tokens
         metadata = kwargs.get("metadata")
         hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+        # Fields and server tools guardrail cannot bound: refused under any limit.
+        unbounded = unmetered_field(kwargs) or refused_tool(tools if given(tools) else None)
         return AnthropicView(
             model=model,
             messages=list(messages),
@@ -189,11 +191,8 @@ class AnthropicAdapter:
             server_passes=server_passes(tools if given(tools) else None),
             hidden_reasoning=_thinks(kwargs.get("thinking")),
             service_tier=self._tier(kwargs),
-            unpriced=(
-                _unpriced_option(kwargs)
-                or unmetered_field(kwargs)
-                or refused_tool(tools if given(tools) else None)
-            ),
+            unpriced=_unpriced_option(kwargs) or unbounded,
+            unbounded_input=unbounded,
         )
 
     def rewrite(
