@@ -9,10 +9,13 @@ a keeper renews each tracked hold half a TTL before it would expire
 
 Tracking costs a call a set insert and a delete: one daemon thread per process keeps the
 sync calls' holds, sleeping until the earliest renewal is due (the store's clock says when),
-and one timer handle per event loop keeps the async calls' (renewing inline when the
-store's async writes never suspend, else in a task it holds). Neither wakes for a call
-shorter than half its TTL. A renewal that fails is logged and the call goes on; nothing a
-keeper does raises into a call.
+and one timer handle per event loop keeps the async calls'. Neither wakes for a call
+shorter than half its TTL. Each store is renewed on its own, so that one that hangs (a
+Redis that stopped answering) delays only its own holds: a store whose writes never block
+(in-process: ``async_writes_never_suspend``, the memory store's) is renewed inline, by the
+thread or the timer; any other by a worker thread of its own
+(:mod:`guardrail.engine.renewers`), or in a task of its own for each wake. A renewal that
+fails is logged and the call goes on; nothing a keeper does raises into a call.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from guardrail.engine.holds import not_renewed, renew_at, renewal_failed
+from guardrail.engine.renewers import Renewers
 from guardrail.stores.base import Reservation, Store
 
 __all__ = ["AsyncKeeper", "Kept", "SyncKeeper", "async_keeper", "async_keepers", "sync_keeper"]
@@ -37,6 +41,7 @@ _log = logging.getLogger("guardrail")
 _MAX_WAIT = 3600.0  # the longest a keeper sleeps at once (a TTL may be longer)
 _LAST_TRY = 1.0  # a renewal that failed is tried again while its hold has this long left
 # (an eighth of its TTL when that is shorter: a TTL of a few seconds still gets its retries)
+_IDLE = 60.0  # a store's renewing thread ends once it had nothing to do for this long
 
 
 class Kept:
@@ -99,6 +104,20 @@ def _due(kept: Iterable[Kept]) -> tuple[list[Kept], float]:
     return due, soonest
 
 
+def _in_process(store: Store) -> bool:
+    """Whether ``store``'s writes never block (nor suspend): renewed inline, it cannot
+    hold up another store's renewals."""
+    return getattr(store, "async_writes_never_suspend", False) is True
+
+
+def _by_store(kept: Iterable[Kept]) -> list[list[Kept]]:
+    """``kept`` grouped by store, in order."""
+    groups: dict[int, list[Kept]] = {}
+    for k in kept:
+        groups.setdefault(id(k.store), []).append(k)
+    return list(groups.values())
+
+
 _SKIPPED = ConnectionError("the store failed a renewal just before")
 """The error of a renewal not tried: its store failed one in the same pass."""
 
@@ -158,13 +177,18 @@ class _Holds:
 class SyncKeeper(_Holds):
     """Keeps the holds of the sync calls of this process (every store's): one daemon
     thread, started when a hold is tracked, sleeping until the earliest renewal is due;
-    it ends once nothing was tracked for a whole wait."""
+    it ends once nothing was tracked for a whole wait. It renews the holds of in-process
+    stores itself and hands any other store's to that store's worker thread, which ends
+    once it had nothing to do for ``idle`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: float = _IDLE) -> None:
+        self._idle = idle
         self._reset()
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._renewers = Renewers(lock, self._renewed, self._idle)
         self._kept: set[Kept] = set()
         self._thread: threading.Thread | None = None
         self._wake_at = -math.inf  # monotonic; -inf: no thread
@@ -198,6 +222,11 @@ class SyncKeeper(_Holds):
         return self._thread
 
     @property
+    def renewers(self) -> list[threading.Thread]:
+        """The threads renewing a store's holds now (one per store that may block)."""
+        return self._renewers.threads
+
+    @property
     def wakes_in(self) -> float | None:
         """Seconds until the thread wakes next (None: no thread, or awake)."""
         with self._cond:
@@ -206,17 +235,21 @@ class SyncKeeper(_Holds):
 
     def renew_due(self) -> int:
         """Renew, on this thread, every hold whose renewal is due by its store's clock (what
-        the keeper's thread does when it wakes); how many were due. For tests, which move
-        a store's clock rather than wait."""
+        the keeper's thread and the stores' workers do when they wake); how many were due.
+        For tests, which move a store's clock rather than wait."""
         with self._cond:
             due, _ = _due(self._kept)
+        self._renewed(due)
+        return len(due)
+
+    def _renewed(self, due: list[Kept]) -> None:
+        """Renew ``due`` here, then have the thread plan its wait again (a worker's batch)."""
         self._renew(due)
         with self._cond:
             if self._thread is not None:
-                self._cond.notify()  # the thread plans its wait again
-            elif self._kept:
+                self._cond.notify()  # only the thread waits on it (the workers on their own)
+            elif self._kept:  # it ended while these were renewed elsewhere
                 self._start()
-        return len(due)
 
     def _start(self) -> None:
         """Start the thread (the lock held)."""
@@ -246,7 +279,10 @@ class SyncKeeper(_Holds):
                         self._cond.wait(wait)
                         continue
                     self._wake_at = math.inf  # awake: a track need not notify
-                self._renew(due)
+                    # Here only what cannot block: a store that hangs holds up no other.
+                    here = [k for k in due if _in_process(k.store)]
+                    here += self._renewers.hand([k for k in due if not _in_process(k.store)])
+                self._renew(here)
         except BaseException as exc:  # pragma: no cover - a bug: log it, let a track restart
             _log.error("guardrail: the thread that renews holds failed: %r", exc)
             with self._cond:
@@ -266,7 +302,8 @@ class SyncKeeper(_Holds):
 class AsyncKeeper(_Holds):
     """Keeps the holds of the async calls of one event loop (every store's): one timer
     handle at the earliest renewal due. A store whose async writes never suspend (the
-    memory store's) is renewed inline; any other in a task the keeper holds."""
+    memory store's) is renewed inline; any other in a task the keeper holds, one per store
+    and wake (one store's awaits never hold up another's)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -306,7 +343,8 @@ class AsyncKeeper(_Holds):
         were due. For tests (see :meth:`SyncKeeper.renew_due`)."""
         due, _ = _due(self._kept)
         self._renew_inline(due)
-        await self._renew_suspending([k for k in due if k.suspends])
+        stores = _by_store(k for k in due if k.suspends)
+        await asyncio.gather(*(self._renew_suspending(group) for group in stores))
         self._replan()
         return len(due)
 
@@ -338,9 +376,8 @@ class AsyncKeeper(_Holds):
         try:
             due, _ = _due(self._kept)
             self._renew_inline(due)
-            suspending = [k for k in due if k.suspends]
-            if suspending:
-                task = self.loop.create_task(self._renew_suspending(suspending, replan=True))
+            for group in _by_store(k for k in due if k.suspends):
+                task = self.loop.create_task(self._renew_suspending(group, replan=True))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             self._plan(_due_in(self._kept))
