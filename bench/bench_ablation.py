@@ -12,11 +12,13 @@ above it), replacing the piece with a canned answer made by the real one:
 * the usage read (the response's usage, read once);
 * the engine (the guarded method sends its request at once: only the wrapper is left).
 
-For each line it prints the CPU time the guard adds to a call beside the SDK's work (the
-median of paired rounds, with their interquartile range), and the same guarded call alone:
-driven with a canned response and no SDK in between, so that the guard's code and data
-stay in the CPU's caches. The difference between the two is what interleaving with the
-SDK's much larger working set costs the guard's code (it runs cold).
+A first line times ``bench_async.py``'s floor (``LeastGuard``: an exact count, a dict, no
+flow) the same way, for scale. For each line it prints the CPU time the guard adds to a
+call beside the SDK's work (the median of paired rounds, with their interquartile
+range), and the same guarded call alone: driven with a canned response and no SDK in
+between, so that the guard's code and data stay in the CPU's caches. The difference
+between the two is what interleaving with the SDK's much larger working set costs the
+guard's code (it runs cold).
 
 These lines are not products: the pieces taken out are what keeps a budget. They say
 where the time of a guarded call goes, to read ``bench_async.py``'s figures by.
@@ -41,6 +43,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", "/work/shared/tiktoken-cache")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import openai
+from bench_async import LeastGuard
 from bench_work import MESSAGES, call_for, mock_clients
 
 import guardrail
@@ -145,7 +148,20 @@ async def measure(rounds: int, calls: int) -> list[list[str]]:
     http, bare, guard, guarded = mock_clients("chat")
     call_bare, call_guarded = call_for("chat", bare), call_for("chat", guarded)
     response = await call_bare()
-    rows = []
+    # For scale: bench_async.py's floor (an exact count and a dict, no flow), beside the SDK.
+    least = call_for("chat", LeastGuard(bare))
+    for _ in range(50):
+        await least()
+    floor = await in_situ(call_bare, least, rounds, calls)
+    q1, _, q3 = statistics.quantiles(floor, n=4)
+    rows = [
+        [
+            "the least a guard does (bench_async)",
+            f"{statistics.median(floor):.0f}",
+            f"{q1:.0f}-{q3:.0f}",
+            "",
+        ]
+    ]
     for name, step in STEPS:
         if step is not None:
             step()
