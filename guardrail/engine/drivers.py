@@ -4,8 +4,8 @@ These are the only places where sync and async differ, and they hold no decision
 each operation is executed and its result (or exception) is sent back into the flow.
 A stream parks the flow; the guarded stream resumes it when the stream ends, however
 it ends (exhausted, closed, broken out of, errored, cancelled). While a call is in flight
-(its ``Send`` awaited, its stream open) a keeper (:mod:`guardrail.engine.keeper`) keeps
-its hold, until the call settles.
+(its ``Send`` or ``CountTokens`` awaited, its stream open) a keeper
+(:mod:`guardrail.engine.keeper`) keeps its hold, until the call settles.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class SyncDriver:
                 elif isinstance(op, Sleep):
                     self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
+                    kept = sync_keeper().track(self.store, op.reservation, op.ttl_seconds)
                     value = _counter(self.count)(op.kwargs)
                 elif isinstance(op, Recall):
                     value = self.store.recall(op.scope, op.key)
@@ -185,6 +186,7 @@ class AsyncDriver:
                 elif isinstance(op, Sleep):
                     await self.sleep(op.seconds)
                 elif isinstance(op, CountTokens):
+                    kept = async_keeper().track(self.store, op.reservation, op.ttl_seconds)
                     value = await _counter(self.count)(op.kwargs)
                 elif isinstance(op, Recall):
                     value = await self.store.arecall(op.scope, op.key)

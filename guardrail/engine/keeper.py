@@ -3,8 +3,8 @@
 A hold expires by itself after its TTL (``Policy.reservation_ttl_seconds``) so that a
 crashed process gives its room back; a call still waiting for its provider (a long
 request, a silent stream) must not lose it, or other calls spend that room. The drivers
-track a call's hold while its ``Send`` is awaited and, for a stream, until the stream ends;
-a keeper renews each tracked hold half a TTL before it would expire
+track a call's hold while its ``Send`` (or ``CountTokens``) is awaited and, for a stream,
+until the stream ends; a keeper renews each tracked hold half a TTL before it would expire
 (:func:`~guardrail.engine.holds.renew_at`), with the store's ``extend``.
 
 Tracking costs a call a set insert and a delete: one daemon thread per process keeps the

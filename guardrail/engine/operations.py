@@ -90,9 +90,13 @@ class StreamEnd:
 @dataclass(frozen=True)
 class CountTokens:
     """Ask the provider for its own count of the prompt about to be sent (Anthropic's
-    ``messages.count_tokens``); the flow resumes with an int, or with the error."""
+    ``messages.count_tokens``); the flow resumes with an int, or with the error. The call's
+    hold (``reservation``, ``ttl_seconds``) is kept while the count is awaited, as for
+    :class:`Send`: a count may take as long as its timeout, a short TTL less."""
 
     kwargs: dict[str, Any]
+    reservation: Reservation | None = None
+    ttl_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def _provider_count(
 ) -> Generator[Op, Any, int | None]:
     """The provider's count of the prompt, or None when it failed."""
     try:
-        exact = yield CountTokens(plan.kwargs)
+        exact = yield CountTokens(plan.kwargs, reservation, plan.policy.reservation_ttl_seconds)
     except Exception as exc:
         _log.warning(
             "guardrail: the provider's token count failed (%r); local estimate: %d prompt tokens",
