@@ -123,9 +123,10 @@ class Policy:
     (or ``service_tier="auto"``) is billed at: the project's default tier, set in the
     OpenAI dashboard, which the request does not show. ``"priority"`` reserves such calls
     at the model's Priority prices (where the price data has them; else at the standard
-    ones, never refused). Whatever this says, a call is settled at the tier its response
-    reports, so without it a Priority-default project is still charged Priority prices,
-    but reserved at the standard ones: one call may then go past the limit."""
+    ones times Priority's bound, as such a call is settled: never refused). Whatever this
+    says, a call is settled at the tier its response reports, so without it a
+    Priority-default project is still charged Priority prices, but reserved at the standard
+    ones: one call may then go past the limit."""
     assume_inference_geo: Literal["global", "us"] | None = None
     """Where a Claude API request that names no ``inference_geo`` runs: the workspace's
     default geo (``default_inference_geo``, set in the Claude Console), which the request

@@ -253,3 +253,40 @@ def test_the_async_client_refuses_it_under_a_token_limit(fake) -> None:
     with pytest.raises(guardrail.UnboundedInput):
         asyncio.run(call())
     assert fake.requests == []
+
+
+def test_no_fallback_model_turns_it_into_another_refusal(fake, registered) -> None:
+    """The refusal is the request's (its thread), not the model's: trying a larger fallback
+    model for a prompt too long for the first must not hide it behind a context-window
+    error that advises trimming."""
+    small = "tiny-claude-for-fallbacks"
+    registered.append(small)
+    guardrail.register_model(
+        small, like="claude-haiku-4-5", context_window=2_000, max_output_tokens=200
+    )
+    policy = Policy(
+        tokens_per_minute=1_000_000, fallback_models=("claude-haiku-4-5",), loop_limit=None
+    )
+    _, client = make(fake, policy)
+    long = [{"role": "user", "content": "word " * 5_000}]  # over the small model's window
+    with pytest.raises(guardrail.UnboundedInput, match="'thread'"):
+        client.messages.create(
+            model=small, max_tokens=100, messages=long, extra_body={"thread": THREAD}
+        )
+    assert fake.requests == []
+
+
+def test_billing_fields_are_a_price_so_a_token_limit_lets_them_through(fake) -> None:
+    records: list[guardrail.UsageRecord] = []
+    _, client = make(fake, TOKEN_CAPPED, sinks=[records.append])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={"billing_policy": {"x": 1}}
+        )
+    assert records[-1].outcome == "ok" and records[-1].extra["cost_unknown"]
+    _, capped = make(fake)  # a money limit refuses it
+    with pytest.raises(UnpricedOption, match="billing_policy"):
+        capped.messages.create(
+            model=MODEL, max_tokens=100, messages=HI, extra_body={"billing_policy": {"x": 1}}
+        )

@@ -392,3 +392,25 @@ def test_the_region_is_the_calling_clients(server: FakeAnthropicServer) -> None:
     call(regional, "json", model=model)
     call(client, "json", model=model)
     assert [r.cost_usd for r in records] == [price(model), price(model) * PREMIUM, price(model)]
+
+
+def test_a_cheaper_fallback_is_reserved_at_the_premium_the_body_asks_for() -> None:
+    """The budget refuses the call's model; its cheaper fallback is planned from the request
+    as sent (``extra_body`` merged in, as the first plan reads it), so a premium asked for
+    there is reserved on the fallback too."""
+    from guardrail.engine.core import Engine
+    from guardrail.providers.anthropic.adapter import AnthropicAdapter
+
+    engine = Guard(Policy(fallback_models=("claude-haiku-4-5",), loop_limit=None)).engine
+    adapter = AnthropicAdapter()
+    kwargs = {
+        "model": "claude-opus-4-6",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "extra_body": {"inference_geo": "us"},
+    }
+    plan = Engine.prepare(engine, adapter, kwargs)
+    assert plan.service_tier == "inference_geo=us"  # the first plan reads the body as sent
+    (cheaper,) = engine.planner.cheaper_plans(adapter, kwargs, plan)
+    assert cheaper.model.name == "claude-haiku-4-5"
+    assert cheaper.service_tier == "inference_geo=us"

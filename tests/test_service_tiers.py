@@ -10,7 +10,9 @@ context)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -332,7 +334,7 @@ def test_assume_service_tier_never_refuses_a_model_without_priority_prices(
     priority_project: FakeOpenAIServer, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # OpenAI serves gpt-5-nano at the default tier; were it billed at Priority, the price
-    # data could not say how much: charged at Priority's bound, logged, flagged.
+    # data could not say how much: reserved and charged at Priority's bound, logged, flagged.
     monkeypatch.setattr(unpriced, "_tiers_warned", set())
     policy = Policy(daily_spend_usd=5, loop_limit=None, assume_service_tier="priority")
     guard, client, records = make(priority_project, policy)
@@ -340,14 +342,40 @@ def test_assume_service_tier_never_refuses_a_model_without_priority_prices(
         for _ in range(2):
             _chat(client, False, model=NO_PRIORITY)
     first, second = records
-    assert first.reserved_usd == price(NO_PRIORITY, None, _prompt("chat", NO_PRIORITY), CHAT_OUT)
+    standard = price(NO_PRIORITY, None, _prompt("chat", NO_PRIORITY), CHAT_OUT)
+    # Reserved as it is settled: the standard price times Priority's bound.
+    assert first.reserved_usd == standard * unpriced_tier_bound(NO_PRIORITY, "priority")
     _bounded(first, "priority", NO_PRIORITY)  # not the standard cost
-    assert first.overrun_usd == first.cost_usd - first.reserved_usd > 0
+    assert first.overrun_usd == 0 and first.cost_usd == first.reserved_usd
     assert first.extra["service_tier"] == "priority"
     assert first.extra["service_tier_unpriced"] is True
     assert second.extra["service_tier_unpriced"] is True
     assert caplog.text.count("which the price data has no prices for") == 1  # once
     assert guard.usage("default").spent_usd >= first.cost_usd + second.cost_usd
+
+
+def test_concurrent_calls_at_an_assumed_tier_without_prices_stay_within_the_cap() -> None:
+    """Each reservation holds what its call settles at, so calls that all reserve before any
+    settles cannot take the tenant past its cap (at the standard rates they reached 2.5x)."""
+    calls = 6
+    barrier = threading.Barrier(calls, timeout=20)
+
+    def reply(_request: Any) -> str:
+        barrier.wait()  # every call reserved and in flight before any settles
+        return LONG  # the whole output bound
+
+    policy = Policy(daily_spend_usd=5, loop_limit=None, assume_service_tier="priority")
+    with FakeOpenAIServer(reply=LONG, service_tier="priority") as fake:
+        _, probe, records = make(fake, policy)
+        _chat(probe, False, model=NO_PRIORITY)
+        cap = records[0].reserved_usd * calls  # exactly that many fit
+        fake.reply = reply
+        capped = Policy(daily_spend_usd=cap, loop_limit=None, assume_service_tier="priority")
+        guard, client, _ = make(fake, capped)
+        with ThreadPoolExecutor(calls) as pool:
+            for future in [pool.submit(_chat, client, False, NO_PRIORITY) for _ in range(calls)]:
+                future.result()
+    assert 0 < guard.usage("default").spent_usd <= cap
 
 
 def test_a_reported_tier_the_data_does_not_price_is_charged_at_the_bound_of_any_tier(

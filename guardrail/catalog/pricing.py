@@ -80,7 +80,9 @@ class TokenUsage:
     service_tier: str | None = None
     """The OpenAI processing tier the call was billed at (``"priority"``, ``"flex"``...: a
     response's ``service_tier``); priced at the model's prices for it where the price data
-    has them (:func:`tier_unpriced`), else at the standard ones. None: the standard tier.
+    has them (:func:`tier_unpriced`), else at the standard ones times the tier's bound
+    (:func:`unpriced_tier_bound`; the standard ones for a cheaper tier such as ``"flex"``).
+    None: the standard tier.
     Or a premium of :mod:`guardrail.catalog.premiums` (``"inference_geo=us"``,
     ``"vertex=regional"``): the token prices times its factor, where it applies."""
 
@@ -336,7 +338,8 @@ def estimate_cost(
     ``input_tokens`` counts every prompt token; ``cached_input_tokens`` of them are billed
     at the cached-input price. ``estimate_cost("gpt-4o", 1000, 500) == Decimal("0.0075")``.
     ``service_tier`` (OpenAI's ``"priority"``, ``"flex"``) prices them at that tier's rates
-    where the price data has them (:func:`tier_unpriced`), else at the standard rates.
+    where the price data has them (:func:`tier_unpriced`), else at the standard rates times
+    the tier's bound (:func:`unpriced_tier_bound`; a cheaper tier at the standard rates).
     """
     info = model if isinstance(model, ModelInfo) else model_info(model)
     usage = TokenUsage(

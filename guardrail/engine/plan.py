@@ -17,6 +17,7 @@ from guardrail.counting.text import PromptTooLong, counting_limit
 from guardrail.engine.adapter import FitsMessages, ProviderAdapter, RequestView, ServerState
 from guardrail.engine.fingerprint import fingerprint
 from guardrail.engine.held import held_prompt, pass_tokens, uncountable
+from guardrail.engine.request_check import as_sent
 from guardrail.engine.unpriced import (
     refuse_unbounded,
     refuse_unpriced,
@@ -27,6 +28,7 @@ from guardrail.errors import (
     ContextWindowExceeded,
     GuardrailError,
     PriceUnavailable,
+    UnboundedInput,
     UnpricedOption,
 )
 from guardrail.policy import Policy
@@ -359,6 +361,8 @@ class Planner:
                     fallback_reason=f"prompt did not fit {current.name}'s context window",
                     allow_model_fallback=False,
                 )
+            except UnboundedInput:  # the request's, not the model's: no model takes it
+                raise
             except (ContextWindowExceeded, UnpricedOption):  # or no price for its tier
                 continue
         return None
@@ -367,7 +371,7 @@ class Planner:
         self, adapter: ProviderAdapter, kwargs: Mapping[str, Any], plan: Plan
     ) -> Generator[Plan, None, None]:
         """Fallback plans on cheaper models, for a reservation the budget refused."""
-        view = adapter.read(kwargs)
+        view = adapter.read(as_sent(kwargs))  # as prepare reads it: extra_body merged in
         for name in plan.policy.fallback_models:
             try:
                 candidate = self.plan(
@@ -381,6 +385,8 @@ class Planner:
                     fallback_reason=f"{plan.model.name} did not fit the budget",
                     allow_model_fallback=False,
                 )
+            except UnboundedInput:  # the request's, not the model's: no model takes it
+                raise
             except (ContextWindowExceeded, UnpricedOption):  # or no price for its tier
                 continue
             if candidate.cost_usd < plan.cost_usd:

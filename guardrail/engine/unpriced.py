@@ -103,14 +103,15 @@ def reserved_tier(
     is a premium the price data has no prices for on this model (then refused under a
     money limit, else sent with an unknown cost). ``tier`` is the request's (``"auto"``:
     none named, so ``policy.assume_service_tier``, which is never refused: a model without
-    Priority prices is reserved at the standard ones and settled at what is reported;
+    Priority prices is reserved at the standard ones times the tier's bound, as a call
+    reported at it is settled (:func:`~guardrail.catalog.pricing.unpriced_tier_bound`);
     :data:`~guardrail.catalog.premiums.WORKSPACE_GEO`: a Claude request naming no geo, so
     ``policy.assume_inference_geo``). A premium (guardrail.catalog.premiums) is priced."""
     if tier == "auto":
         tier = policy.assume_service_tier
-        if tier is None or tier in STANDARD_TIERS or tier_unpriced(info, tier):
+        if tier is None or tier in STANDARD_TIERS:
             return None, False
-        return tier, False
+        return tier, False  # priced, at its bound where the data lacks it
     if tier is None or tier in STANDARD_TIERS:
         return None, False
     if tier == WORKSPACE_GEO:
@@ -134,7 +135,10 @@ def billed_tier_note(billed: str | None, reserved: str | None) -> str:
         return ""
     at = "the standard rates" if reserved is None else _tier_name(reserved)
     said = "the standard tier" if billed is None else _tier_name(billed)
-    return f"; the provider reports {said}, charged at its prices (reserved at {at})"
+    return (
+        f"; the provider reports {said}, charged at its prices (or its bound, where the price "
+        f"data has none for the model; reserved at {at})"
+    )
 
 
 def _tier_name(tier: str) -> str:

@@ -170,8 +170,11 @@ class AnthropicAdapter:
             requested = max_tokens
         metadata = kwargs.get("metadata")
         hint = metadata.get("user_id") if isinstance(metadata, Mapping) else None
-        # Fields and server tools guardrail cannot bound: refused under any limit.
-        unbounded = unmetered_field(kwargs) or refused_tool(tools if given(tools) else None)
+        # Fields and server tools guardrail cannot bound: refused under a money limit, and
+        # under a token limit too where they may bill tokens nothing counts.
+        unmetered = unmetered_field(kwargs)
+        tool = refused_tool(tools if given(tools) else None)
+        unbounded = (unmetered and unmetered_field(kwargs, tokens=True)) or tool
         return AnthropicView(
             model=model,
             messages=list(messages),
@@ -191,7 +194,7 @@ class AnthropicAdapter:
             server_passes=server_passes(tools if given(tools) else None),
             hidden_reasoning=_thinks(kwargs.get("thinking")),
             service_tier=self._tier(kwargs),
-            unpriced=_unpriced_option(kwargs) or unbounded,
+            unpriced=_unpriced_option(kwargs) or unmetered or tool,
             unbounded_input=unbounded,
         )
 

@@ -37,6 +37,7 @@ from guardrail.providers.anthropic.usage import field
 from guardrail.providers.common import given
 
 __all__ = [
+    "BILLING_FIELDS",
     "KNOWN_FIELDS",
     "SERVER_LOOP_PASSES",
     "STATEFUL_FIELDS",
@@ -69,6 +70,10 @@ STATEFUL_FIELDS: Mapping[str, str] = {
 }
 """Fields that carry server-held state or billing guardrail cannot bound: never metered,
 even by an SDK release that makes them parameters of ``messages.create``."""
+
+BILLING_FIELDS = frozenset(("billing_policy", "fallback_credit_token"))
+"""Of :data:`STATEFUL_FIELDS`, those that change what a call is charged, not the tokens it
+bills: refused under a money limit only (the others under a token limit too)."""
 
 KNOWN_FIELDS = frozenset(
     (
@@ -133,12 +138,13 @@ def _metered() -> frozenset[str]:
     return (KNOWN_FIELDS | general | _TRANSPORT) - STATEFUL_FIELDS.keys()
 
 
-def unmetered_field(kwargs: Mapping[str, Any]) -> str | None:
+def unmetered_field(kwargs: Mapping[str, Any], *, tokens: bool = False) -> str | None:
     """The first field of the request (as sent: ``extra_body`` merged in) that guardrail
-    does not meter, named for ``UnpricedOption``; None when there is none."""
+    does not meter, named for ``UnpricedOption``; None when there is none. ``tokens``: only
+    a field that may bill tokens guardrail cannot count (not :data:`BILLING_FIELDS`)."""
     extra = kwargs.keys() - _metered()
     for name in sorted(extra):
-        if not given(kwargs[name]):
+        if not given(kwargs[name]) or (tokens and name in BILLING_FIELDS):
             continue  # None or NOT_GIVEN: nothing is asked
         why = STATEFUL_FIELDS.get(name)
         if why is None:
