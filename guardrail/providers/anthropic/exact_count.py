@@ -3,6 +3,7 @@ per content; a client without the endpoint stops asking."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from guardrail.counting.claude import plain
-from guardrail.providers.common import given
+from guardrail.providers.common import given, parameters_of
 
 __all__ = [
     "COUNT_TIMEOUT_SECONDS",
@@ -26,6 +27,20 @@ COUNT_TIMEOUT_SECONDS = 10.0
 local estimate instead of holding the call for the client's whole default timeout."""
 
 _COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+_SCHEMA_KEYS = ("output_config", "output_format")
+"""Structured outputs: the schema is billed as input, so it is counted too, by an SDK whose
+``count_tokens`` takes it (``output_format``, ``parse``'s type, as ``create`` turns it)."""
+
+
+@functools.cache
+def _count_keys() -> tuple[str, ...]:
+    """The fields of a ``messages.create`` call the installed SDK's ``count_tokens`` takes."""
+    try:
+        from anthropic.resources.messages import Messages
+    except ImportError:  # pragma: no cover - every supported release has it
+        return _COUNT_KEYS
+    taken = parameters_of(Messages.count_tokens) or frozenset()
+    return _COUNT_KEYS + tuple(k for k in _SCHEMA_KEYS if k in taken)
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,7 +50,7 @@ def _jsonable(value: Any) -> Any:
 
 def count_params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The ``messages.count_tokens`` arguments for a ``messages.create`` call."""
-    params = {k: kwargs[k] for k in _COUNT_KEYS if k in kwargs and given(kwargs[k])}
+    params = {k: kwargs[k] for k in _count_keys() if k in kwargs and given(kwargs[k])}
     # The caller's deadline binds the count too (a failed count keeps the estimate).
     timeout = kwargs.get("timeout")
     params["timeout"] = timeout if given(timeout) else COUNT_TIMEOUT_SECONDS
