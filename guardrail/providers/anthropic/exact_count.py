@@ -39,7 +39,8 @@ def _count_keys() -> tuple[str, ...]:
         from anthropic.resources.messages import Messages
     except ImportError:  # pragma: no cover - every supported release has it
         return _COUNT_KEYS
-    taken = parameters_of(Messages.count_tokens) or frozenset()
+    method = getattr(Messages, "count_tokens", None)
+    taken = (parameters_of(method) if method is not None else None) or frozenset()
     return _COUNT_KEYS + tuple(k for k in _SCHEMA_KEYS if k in taken)
 
 
