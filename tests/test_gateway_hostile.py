@@ -304,6 +304,17 @@ def test_a_config_key_whose_scopes_repeat_is_a_configuration_error() -> None:
         parse_config({"upstream": {"openai": {"api_key_env": "X"}}, "keys": [key]})
 
 
+@pytest.mark.parametrize("label", [5, None, ["a"], {"x": 1}])
+def test_a_config_key_whose_label_is_not_a_string_is_a_configuration_error(label) -> None:
+    key = {"key": "k", "tenant": "t-x", "label": label}
+    with pytest.raises(ConfigurationError, match=r"keys\[0\]\.label: must be a string"):
+        parse_config({"upstream": {"openai": {"api_key_env": "X"}}, "keys": [key]})
+    good = parse_config(
+        {"upstream": {"openai": {"api_key_env": "X"}}, "keys": [{**key, "label": "ops"}]}
+    )
+    assert good.keys[0].label == "ops"
+
+
 # -- the token service ----------------------------------------------------------------------
 
 

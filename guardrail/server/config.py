@@ -165,6 +165,12 @@ def _scope(value: Any, where: str) -> str:
         raise _fail(where, str(exc)) from None
 
 
+def _label(value: Any, where: str) -> str:
+    if not isinstance(value, str):  # shown as it is, in the admin API and the dashboard
+        raise _fail(where, f"must be a string, got {value!r}")
+    return value
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _fail(where, "must be a list of strings")
@@ -228,7 +234,7 @@ def _key(value: Any, index: int) -> KeyConfig:
         parents=parents,
         models=_strings(spec["models"], f"{where}.models") if "models" in spec else None,
         policy=_policy(spec["policy"], f"{where}.policy") if "policy" in spec else None,
-        label=str(spec.get("label", "")),
+        label=_label(spec.get("label", ""), f"{where}.label"),
     )
 
 
