@@ -397,6 +397,12 @@ class GuardedStream(_StreamBase):
         return next(self._chunks)
 
     def close(self) -> None:
+        if getattr(self._chunks, "gi_running", False):
+            # Another thread is reading (a "stop" button): a running generator cannot be
+            # closed, but its stream can, and the read it waits on then ends, in its finally
+            # closing and settling the call.
+            _close_quietly(self._stream)
+            return
         self._chunks.close()  # runs the generator's finally: close and settle
         if self._flow is not None:  # never started: nothing ran the finally
             _close_quietly(self._stream)
@@ -462,6 +468,9 @@ class AsyncGuardedStream(_StreamBase):
         return await self._chunks.__anext__()
 
     async def close(self) -> None:
+        if getattr(self._chunks, "ag_running", False):  # another task reads: see GuardedStream
+            await _aclose_quietly(self._stream)
+            return
         self._closing = True
         await self._chunks.aclose()
         if self._flow is not None:

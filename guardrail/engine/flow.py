@@ -196,7 +196,9 @@ def run(
             # that went past the guard unread.
             output = max(output, plan.reserved_output_total)
         tier = start.service_tier or tally.service_tier
-        usage = replace(start, output_tokens=output, service_tier=tier)
+        usage = replace(
+            start, output_tokens=output, service_tier=tier, **_shown(plan, tally, start)
+        )
         source = "local_count"
     settled = yield from _settle(
         engine,
@@ -414,6 +416,24 @@ def _filled(plan: Plan, usage: PartialUsage | None, counted_output: int | None) 
         else:
             fields["output_tokens"] = max(usage.output_tokens, counted_output)
     return TokenUsage(**fields)
+
+
+def _shown(plan: Plan, tally: StreamTally, start: TokenUsage) -> dict[str, int]:
+    """What a stream that ended before its usage showed of the provider's server-side work:
+    its fee-bearing tool calls, and the input of the further passes its server tool uses
+    began (each at the bound the plan held for one; the stream's start reports only the
+    first pass)."""
+    input_tokens = start.input_tokens
+    if tally.server_passes and plan.server_passes:
+        each = plan.server_input // plan.server_passes
+        passes = min(tally.server_passes, plan.server_passes)
+        input_tokens = min(max(input_tokens, plan.prompt_held), input_tokens + passes * each)
+    return {
+        "input_tokens": input_tokens,
+        "web_searches": max(start.web_searches, tally.web_searches),
+        "file_searches": max(start.file_searches, tally.file_searches),
+        "containers": max(start.containers, len(tally.containers)),
+    }
 
 
 def _stream_tally(plan: Plan) -> StreamTally:

@@ -80,8 +80,9 @@ class Plan:
     """The tier the reservation is priced at (None: the standard rates); a call whose
     response does not say which tier it was billed at is settled at it."""
     server_input: int = 0
-    """Input held for the passes the provider may add server-side (``server_passes``),
-    included in ``reserved_prompt``; no count of the request replaces it."""
+    """Input held for the passes the provider may add server-side (``server_passes`` of
+    them), included in ``reserved_prompt``; no count of the request replaces it."""
+    server_passes: int = 0
     exact_replaces_bound: bool = False
     """The provider's count reads the uncounted parts: it replaces their bound."""
 
@@ -326,6 +327,7 @@ class Planner:
             hidden_output=view.hidden_reasoning,
             uncounted_parts=len(uncounted),
             server_input=server_input,
+            server_passes=view.server_passes,
             exact_replaces_bound=getattr(adapter, "exact_count_covers_uncountable", False),
             reserved_file_searches=view.reserved_file_searches,
             reserved_containers=view.reserved_containers,

@@ -47,9 +47,18 @@ class StreamTally:
     final: Any = None
     """The provider's final object, when a stream ends with one (the Responses API's
     ``response.completed`` carries the whole response)."""
+    web_searches: int = 0
+    file_searches: int = 0
+    containers: set[str] = field(default_factory=set)
+    """Fee-bearing tool calls the stream showed (web and file searches, code-interpreter
+    containers by id): a stream that ends before its usage is charged them."""
+    server_passes: int = 0
+    """Server tool uses the stream showed (Anthropic's ``server_tool_use`` blocks): each
+    makes the provider sample again, billing its whole context as input once more."""
 
-    def add_text(self, text: str) -> None:
-        if text:
+    def add_text(self, text: object) -> None:
+        """Count a piece of output (anything but a str, malformed, is not text)."""
+        if text and isinstance(text, str):
             self.texts.append(text)
             self.raw_tokens += self.counter.text(text)
             if self.margin == 1.0:

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from guardrail.engine.adapter import ProviderAdapter
 from guardrail.engine.drivers import AsyncGuardedStream
-from guardrail.errors import GuardrailError
+from guardrail.errors import BudgetExceeded, GuardrailError
 from guardrail.guard import Guard
 from guardrail.providers.common import given, run_async
 from guardrail.server.shapes import Provider, error, refusal, remaining_headers
@@ -179,12 +179,12 @@ async def relay(stream: AsyncGuardedStream, provider: Provider) -> AsyncIterator
                 yield held
             held = event.raw
         await stream.close()  # exhausted: settled before the caller sees the end
-    except GuardrailError as exc:  # an overrun: the stream was cut and settled
+    except BudgetExceeded as exc:  # an overrun: the stream was cut and settled
         if held is not None:
             yield held
             held = None
         yield _error_event(provider, "budget_exceeded", str(exc))
-    except UpstreamUnreachable as exc:
+    except (UpstreamUnreachable, GuardrailError) as exc:  # broken, or no event to read
         if held is not None:
             yield held
             held = None

@@ -144,6 +144,11 @@ class Event(JsonView):
         self.raw = raw
 
 
+MAX_EVENT_BYTES = 64 * 2**20
+"""The largest server-sent event relayed (twice the largest request body the gateway
+takes: a Responses event may echo the whole request)."""
+
+
 class EventStream:
     """An upstream SSE body, event by event. Closing it closes the connection, which is how
     the provider learns that the caller went away."""
@@ -157,16 +162,40 @@ class EventStream:
 
     async def _events(self) -> AsyncIterator[Event]:
         lines: list[bytes] = []
+        size = 0
         try:
-            async for line in self._response.content:
+            async for line in self._lines():
                 lines.append(line)
+                size += len(line)
+                if size > MAX_EVENT_BYTES:
+                    raise UpstreamUnreachable(
+                        f"the upstream sent an event of more than {MAX_EVENT_BYTES} bytes"
+                    )
                 if line in (b"\n", b"\r\n"):
                     yield _event(lines)
-                    lines = []
+                    lines, size = [], 0
             if any(line.strip() for line in lines):
                 yield _event(lines)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnreachable(f"the upstream stream broke: {exc!r}") from exc
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        """The body's lines, however long: aiohttp's own line reader stops at 512 KiB, and a
+        Responses event echoes the request's instructions and tools (a long system prompt)."""
+        pending = bytearray()
+        async for chunk in self._response.content.iter_any():
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", start)) >= 0:
+                yield bytes(pending[start : end + 1])
+                start = end + 1
+            del pending[:start]
+            if len(pending) > MAX_EVENT_BYTES:
+                raise UpstreamUnreachable(
+                    f"the upstream sent an event of more than {MAX_EVENT_BYTES} bytes"
+                )
+        if pending:
+            yield bytes(pending)
 
     async def close(self) -> None:
         self._response.close()

@@ -273,20 +273,22 @@ class AnthropicAdapter:
         gives the final (cumulative) usage. Every event is shown to the caller."""
         kind = getattr(chunk, "type", None)
         if kind == "content_block_delta":
-            delta = chunk.delta
+            delta = getattr(chunk, "delta", None)
             dtype = getattr(delta, "type", None)
             if dtype == "text_delta":
-                tally.add_text(delta.text)
+                tally.add_text(getattr(delta, "text", None))
             elif dtype == "input_json_delta":
-                tally.add_text(delta.partial_json)
+                tally.add_text(getattr(delta, "partial_json", None))
             elif dtype == "thinking_delta":
-                tally.add_text(delta.thinking)
+                tally.add_text(getattr(delta, "thinking", None))
         elif kind == "content_block_start":
-            block = chunk.content_block
+            block = getattr(chunk, "content_block", None)
             for name in ("name", "text", "thinking"):
-                value = getattr(block, name, None)
-                if isinstance(value, str):
-                    tally.add_text(value)
+                tally.add_text(getattr(block, name, None))
+            if getattr(block, "type", None) == "server_tool_use":  # a further pass follows
+                tally.server_passes += 1
+                if getattr(block, "name", None) == "web_search":
+                    tally.web_searches += 1
         elif kind == "message_start":
             message = chunk.message
             tally.request_id = tally.request_id or getattr(message, "id", None)

@@ -306,5 +306,6 @@ class OpenAIAdapter:
             for call in getattr(delta, "tool_calls", None) or ():
                 function = getattr(call, "function", None)
                 if function is not None:
-                    tally.add_text((function.name or "") + (function.arguments or ""))
+                    tally.add_text(getattr(function, "name", None))
+                    tally.add_text(getattr(function, "arguments", None))
         return True

@@ -404,9 +404,9 @@ class ResponsesAdapter:
             if isinstance(delta, str):
                 tally.add_text(delta)
         elif kind == "response.output_item.added":
-            name = getattr(getattr(chunk, "item", None), "name", None)
-            if isinstance(name, str):
-                tally.add_text(name)
+            item = getattr(chunk, "item", None)
+            tally.add_text(getattr(item, "name", None))
+            _tally_fee(item, tally)
         elif kind == "response.created":
             tally.request_id = tally.request_id or getattr(chunk.response, "id", None)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
@@ -432,6 +432,19 @@ class ResponsesAdapter:
         if conversation is not None:
             keys.append(conversation.key)
         return keys
+
+
+def _tally_fee(item: Any, tally: StreamTally) -> None:
+    """A fee-bearing output item a stream shows (charged if the stream ends before its
+    usage, which lists them again)."""
+    kind = getattr(item, "type", None)
+    if kind == "web_search_call":
+        tally.web_searches += 1
+    elif kind == "file_search_call":
+        tally.file_searches += 1
+    elif kind == "code_interpreter_call":
+        container = getattr(item, "container_id", None) or getattr(item, "id", None)
+        tally.containers.add(str(container))
 
 
 def _usage(usage: Any, output: Any, tier: str | None) -> TokenUsage | None:
