@@ -142,13 +142,15 @@ class UnpricedOption(PriceUnavailable):
         self.tenant = tenant
         self.scopes = scopes
 
+    _why = "is billed at a price guardrail does not know"
+    _limit = "a money limit"
+
     def __str__(self) -> str:
         limited = ", ".join(repr(s) for s in self.scopes) or repr(self.tenant)
         return (
-            f"{self.option} is billed at a price guardrail does not know (model "
-            f"{self.model!r}), and {limited} has a money limit the reservation could not "
-            "bound, so it was refused (nothing was sent): send the call without it, or "
-            "through client.unwrapped (unmetered)"
+            f"{self.option} {self._why} (model {self.model!r}), and {limited} has "
+            f"{self._limit} the reservation could not bound, so it was refused (nothing was "
+            "sent): send the call without it, or through client.unwrapped (unmetered)"
         )
 
 
@@ -159,14 +161,8 @@ class UnboundedInput(UnpricedOption):
     provider bills, so nothing was sent. Under a money limit the same request is refused
     as an :class:`UnpricedOption`; without any limit it goes through, recorded."""
 
-    def __str__(self) -> str:
-        limited = ", ".join(repr(s) for s in self.scopes) or repr(self.tenant)
-        return (
-            f"{self.option} makes the provider bill input guardrail cannot count (model "
-            f"{self.model!r}), and {limited} has a token limit the reservation could not "
-            "bound, so it was refused (nothing was sent): send the call without it, or "
-            "through client.unwrapped (unmetered)"
-        )
+    _why = "makes the provider bill input guardrail cannot count"
+    _limit = "a token limit"
 
 
 class ContextWindowExceeded(GuardrailError):

@@ -545,3 +545,23 @@ def test_a_policy_store_that_fails_is_a_503_not_a_500(server) -> None:
             cache[scope] = (0.0, policy)  # expired: the next call must try the store
         oa(base).chat.completions.create(model="gpt-4o", messages=HELLO)
         assert len(server.chat_requests) == 2
+
+
+# -- long events ----------------------------------------------------------------------------
+
+# ~576 KB (~120k tokens) of instructions, which the Responses API echoes in its events:
+# longer than aiohttp's 512 KiB line limit, far inside gpt-4.1's window and the body limit.
+BIG_INSTRUCTIONS = "Follow the house style. " * 24_000
+
+
+def test_the_gateway_relays_an_event_longer_than_512_kib(gateway, server) -> None:
+    """It broke the relay with an ASGI error and a truncated stream (found by a review);
+    the same call straight to the fake streams fine."""
+    base, app = gateway
+    direct = openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0)
+    for client in (direct, oa(base)):
+        request = dict(model="gpt-4.1", input="hi", instructions=BIG_INSTRUCTIONS, stream=True)
+        kinds = [event.type for event in client.responses.create(**request)]
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    usage = app.state.guard.usage("team-a")
+    assert usage.reserved_usd == 0 and usage.output_tokens > 0
