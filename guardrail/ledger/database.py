@@ -143,10 +143,13 @@ def sqlite_path(url: str) -> str:
     return path[1:] if path.startswith("/") else path
 
 
-def connect(url: str, *, timeout_seconds: float = 10.0) -> Database:
+def connect(url: str, *, timeout_seconds: float = 10.0, bounded: bool = False) -> Database:
     """A :class:`Database` for a ledger URL (the connection is opened now).
     ``timeout_seconds``: how long to wait for a locked SQLite file or a PostgreSQL
-    connection before the write fails (and is spooled)."""
+    connection before the write fails (and is spooled). ``bounded`` (the writer's): on
+    PostgreSQL every statement, and every wait for a lock, is held to it too, and a dead
+    peer is found by TCP keepalives, so a write never blocks the writer for good (a table
+    locked by a migration or an open transaction, a half-open connection)."""
     if check_url(url) == "sqlite":
         path = sqlite_path(url)
         if path != ":memory:":
@@ -162,8 +165,19 @@ def connect(url: str, *, timeout_seconds: float = 10.0) -> Database:
         return Database(url, connection, "sqlite", (sqlite3.Error,), data)
     import psycopg
 
+    seconds = max(1, round(timeout_seconds))
+    limits: dict[str, Any] = {}
+    if bounded:
+        ms = max(1, round(timeout_seconds * 1000))
+        limits = {
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            "keepalives": 1,
+            "keepalives_idle": seconds,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+        }
     try:
-        server = psycopg.connect(url, connect_timeout=max(1, round(timeout_seconds)))
+        server = psycopg.connect(url, connect_timeout=seconds, **limits)
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to the PostgreSQL ledger: {exc}") from exc
     return Database(

@@ -291,7 +291,7 @@ class LedgerSink:
 
     def _database(self) -> Database:
         if self._db is None:
-            db = connect(self.url, timeout_seconds=self.timeout_seconds)
+            db = connect(self.url, timeout_seconds=self.timeout_seconds, bounded=True)
             try:
                 migrate(db)
             except BaseException:

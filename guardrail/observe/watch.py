@@ -33,6 +33,31 @@ __all__ = ["ObservedStore", "observing"]
 _PROBLEM_EVERY = 10.0  # seconds between two reports of one kind of store problem
 
 
+_OFFLINE = frozenset(("reserve_offline", "areserve_offline"))
+"""The store's own reservations while it is down (a fail-open call's): present only when
+the inner store has them, and counted in flight like any other, since their settlement
+goes through :meth:`ObservedStore.settle`."""
+
+
+def _counted(reserve: Any, in_flight: Any, is_async: bool) -> Any:
+    """``reserve`` counting one more reservation in flight when it answers."""
+    if is_async:
+
+        async def areserve(request: ReservationRequest) -> Reservation:
+            reservation: Reservation = await reserve(request)
+            in_flight(1)
+            return reservation
+
+        return areserve
+
+    def sync_reserve(request: ReservationRequest) -> Reservation:
+        reservation: Reservation = reserve(request)
+        in_flight(1)
+        return reservation
+
+    return sync_reserve
+
+
 class ObservedStore:
     """A :class:`~guardrail.Store` that times every reserve, settle and release of
     ``inner``, counts its failures and the reservations in flight, and tells ``alerts``
@@ -50,7 +75,10 @@ class ObservedStore:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "inner":
             raise AttributeError(name)
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        if name in _OFFLINE:  # held too (fail-open), and settled through this store
+            return _counted(found, self._in_flight, name.startswith("a"))
+        return found
 
     def now(self) -> float:
         return self.inner.now()

@@ -1,0 +1,98 @@
+"""On PostgreSQL, ``LedgerSink(timeout_seconds=...)`` bounds a write, not only the connect:
+a write waiting on a lock (a migration, an admin's open transaction on usage_records) gives
+up after the timeout and the record is spooled, not held in memory for good (found by a
+review). A migration itself is not held to it."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from guardrail import UsageRecord
+from guardrail.ledger import LedgerSink, connect
+from guardrail.ledger.schema import migrate
+
+pytestmark = pytest.mark.postgres
+
+
+def _record() -> UsageRecord:
+    return UsageRecord(
+        tenant="u-1",
+        scopes=("u-1",),
+        model="gpt-4o",
+        requested_model="gpt-4o",
+        outcome="ok",
+        cost_usd=Decimal("0.01"),
+        timestamp=1_795_435_200.0,
+        reservation_id="r-1",
+    )
+
+
+def _locked(postgres_url: str) -> psycopg.Connection:
+    db = connect(postgres_url)
+    migrate(db)
+    db.close()
+    locker = psycopg.connect(postgres_url)
+    locker.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")  # until rollback
+    return locker
+
+
+def test_a_write_blocked_on_a_lock_is_spooled_after_the_timeout(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    locker = _locked(postgres_url)
+    sink = LedgerSink(
+        postgres_url,
+        spool_path=tmp_path / "s.jsonl",
+        flush_seconds=0.01,
+        timeout_seconds=1.0,
+        retry_seconds=0.1,
+    )
+    done = threading.Event()
+    try:
+        sink(_record())
+        # flush in a thread of its own: on main it never returns (see test 2)
+        threading.Thread(target=lambda: (sink.flush(timeout=6.0), done.set()), daemon=True).start()
+        done.wait(8.0)  # 8x the write timeout
+        assert sink.spooled == 1, f"written={sink.written} spooled={sink.spooled}: still blocked"
+    finally:
+        locker.rollback()
+        locker.close()
+        sink.close(timeout=10)
+
+
+def test_flush_returns_within_its_timeout(postgres_url: str, tmp_path: Path) -> None:
+    locker = _locked(postgres_url)
+    sink = LedgerSink(
+        postgres_url,
+        spool_path=tmp_path / "s.jsonl",
+        flush_seconds=0.01,
+        timeout_seconds=1.0,
+        retry_seconds=0.1,
+    )
+    done = threading.Event()
+    try:
+        sink(_record())
+        threading.Thread(target=lambda: (sink.flush(timeout=2.0), done.set()), daemon=True).start()
+        assert done.wait(6.0), "flush(timeout=2.0) still blocked after 6 s (waiting on _io)"
+    finally:
+        locker.rollback()
+        locker.close()
+        sink.close(timeout=10)
+
+
+def test_a_migration_is_not_held_to_a_writers_bound(postgres_url: str) -> None:
+    from guardrail.ledger.database import connect as open_db
+
+    db = open_db(postgres_url, timeout_seconds=0.001, bounded=True)  # 1 ms per statement
+    try:
+        with db.transaction() as tx:
+            tx.run("DROP TABLE IF EXISTS guardrail_schema CASCADE")
+            tx.run("DROP TABLE IF EXISTS usage_records CASCADE")
+        assert migrate(db) > 0  # every migration ran, none cut at 1 ms
+    finally:
+        db.close()
