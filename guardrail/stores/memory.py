@@ -81,7 +81,7 @@ class _State:
 _BUCKETS = (("tokens_per_minute", SECONDS_PER_MINUTE), ("tokens_per_day", SECONDS_PER_DAY))
 _MAX_NOTES = 100_000
 _MAX_LOOPS = 100_000  # failing requests remembered; past it, those gone quiet are forgotten
-_MAX_CLAIMS = 10_000
+_MAX_CLAIMS = 200_000  # live alert claims (~50 MB); past 3/4 of it, the soonest to expire go
 _FORGET_AFTER = 35 * SECONDS_PER_DAY  # as long as RedisStore keeps its markers by default
 _MAX_UNHELD = 100_000  # settlements of reservations held elsewhere remembered, at most
 _SLACK = 1_024  # expiry entries of settled reservations let wait, beyond twice the holds
