@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guardrail.errors import ConfigurationError
 from guardrail.observe.delivery import Delivery, Destination, LogDestination, Worker
@@ -121,6 +121,8 @@ class Alerts:
         self._spend: dict[str, tuple[float, str, UsageSummary, Decimal]] = {}
         self._baselines: dict[tuple[str, str, int], Decimal] = {}
         self._local_claims: dict[tuple[str, str], float] = {}
+        # id(event) -> [deliveries outstanding, one succeeded, the event (keeps its id)]
+        self._outstanding: dict[int, list[Any]] = {}
         self._day: tuple[float, float, date] | None = None
         self._at_exit = False
 
@@ -186,9 +188,13 @@ class Alerts:
         self._count("fired")
         if self._telemetry is not None:
             self._telemetry.alert_fired(event.rule)
+        if self._deliveries:
+            with self._lock:
+                self._outstanding[id(event)] = [len(self._deliveries), False, event]
         for delivery in self._deliveries:
             if not delivery.worker.put(event):
                 self._drop(delivery.worker.name)
+                self._settled_delivery(event, delivered=False)
 
     def _claim(self, event: AlertEvent) -> bool:
         store = self._store
@@ -212,6 +218,30 @@ class Alerts:
         self._count("delivered" if error is None else "failed")
         if error is not None:
             self._drop("delivery_failed")
+        self._settled_delivery(event, delivered=error is None)
+
+    def _settled_delivery(self, event: AlertEvent, *, delivered: bool) -> None:
+        """One delivery of ``event`` ended. Once all have, and none delivered it, its claim
+        is given back, so that a later event of its window fires it again: a webhook down
+        for a moment must not silence the alert for the whole window."""
+        with self._lock:
+            entry = self._outstanding.get(id(event))
+            if entry is None:
+                return
+            entry[0] -= 1
+            entry[1] = entry[1] or delivered
+            if entry[0] > 0:
+                return
+            del self._outstanding[id(event)]
+            if entry[1]:
+                return
+            self._local_claims.pop((event.scope, event.key), None)
+        release = getattr(self._store, "release_claim", None)
+        if release is not None:
+            try:
+                release(event.scope, event.key)
+            except Exception as exc:  # the store is down: the claim expires with its window
+                _log.warning("guardrail: could not give back an alert's claim (%r)", exc)
 
     # -- the RuleContext the rules see
 

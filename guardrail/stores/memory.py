@@ -426,6 +426,11 @@ class MemoryStore:
             claims[(scope, key)] = now + ttl_seconds
             return True
 
+    def release_claim(self, scope: str, key: str) -> None:
+        """Drop a claim whose alert was never delivered: a later event may fire it again."""
+        with self._lock:
+            self._s.claims.pop((scope, key), None)
+
     def remember(self, scope: str, key: str, value: int, ttl_seconds: int) -> None:
         now = self._clock()
         with self._lock:

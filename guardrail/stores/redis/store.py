@@ -364,6 +364,10 @@ class RedisStore(SpoolReplay):
         ttl = max(1, math.ceil(ttl_seconds * 1000))
         return bool(self.client.set(self.keys.claim_key(scope, key), b"1", nx=True, px=ttl))
 
+    def release_claim(self, scope: str, key: str) -> None:
+        """Drop a claim whose alert was never delivered: a later event may fire it again."""
+        self.client.delete(self.keys.claim_key(scope, key))
+
     # -- the Store interface, async
 
     async def areserve(self, request: ReservationRequest) -> Reservation:
