@@ -4,6 +4,7 @@ table piped to ``awk`` splits on whitespace)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import TextIO
@@ -70,7 +71,7 @@ def print_table(
     for header, a in zip(rows[0], align, strict=True):
         table.add_column(Text(header), justify="left" if a == "<" else "right", no_wrap=True)
     for row in rows[1:]:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(Text(_printable(cell)) for cell in row))
     shown = console(out, wide=True)
     if shown.is_terminal:
         shown.print(table)
@@ -78,6 +79,15 @@ def print_table(
     with shown.capture() as captured:  # a pipe gets no padding at the ends of lines
         shown.print(table)
     out.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(cell: str) -> str:
+    """A cell with its control characters written out (``\\n``, ``\\x1b``): a model name a
+    caller chose must not forge a row or send the terminal an escape sequence."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], cell)
 
 
 def progress(stream: TextIO, description: str) -> Progress:

@@ -160,6 +160,12 @@ class Delivery:
         self.on_result(event, error or RuntimeError("stopped"))
 
 
+def _slack_escaped(text: str) -> str:
+    """Slack's escaping of message text: a model or tenant name a caller chose is shown as
+    it is, never read as a mention (``<!channel>``) or a link (``<https://...|label>``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _name(destination: Destination) -> str:
     name = getattr(destination, "name", None) or getattr(destination, "__name__", None)
     return name if isinstance(name, str) else type(destination).__name__
@@ -196,7 +202,7 @@ class Webhook:
         self.name = f"webhook {urllib.parse.urlsplit(url).hostname}"
 
     def body(self, event: AlertEvent) -> bytes:
-        payload = {"text": event.text} if self.slack else event.to_dict()
+        payload = {"text": _slack_escaped(event.text)} if self.slack else event.to_dict()
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def __call__(self, event: AlertEvent) -> None:

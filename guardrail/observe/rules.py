@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal, Protocol
 
 from guardrail.observe.sinks import UsageRecord
-from guardrail.stores.base import Windows, nanos_to_usd
+from guardrail.stores.base import Windows, nanos_to_usd, usd_to_nanos
 from guardrail.tenancy import GLOBAL_SCOPE
 
 __all__ = [
@@ -360,7 +360,8 @@ class SpendThresholdRule(Rule):
                     record.timestamp,
                     text,
                     figures,
-                    detail=f"{limit}:{round(share * 100)}",
+                    # The cap too: one raised the same day has thresholds of its own.
+                    detail=f"{limit}:{round(share * 100)}:{usd_to_nanos(cap)}",
                     tenant=record.tenant,
                     every="day" if limit == "daily_spend_usd" else "month",
                 )
