@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from guardrail import UsageRecord
-from guardrail.ledger import LedgerSink, connect
+from guardrail.ledger import LedgerSink, connect, schema
 from guardrail.ledger.schema import migrate
 
 pytestmark = pytest.mark.postgres
@@ -32,19 +32,33 @@ def _record() -> UsageRecord:
     )
 
 
-def _locked(postgres_url: str) -> psycopg.Connection:
+LOCKS = {
+    # An admin's open transaction, or a migration, holding the table.
+    "table": "LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE",
+    # Another process migrating (the migrators' advisory lock), which the writer's own
+    # migration on (re)connecting waits for.
+    "migrators": f"SELECT pg_advisory_xact_lock({schema._LOCK})",
+}
+
+
+@pytest.fixture(params=sorted(LOCKS))
+def lock(request: pytest.FixtureRequest) -> str:
+    return LOCKS[request.param]
+
+
+def _locked(postgres_url: str, lock: str) -> psycopg.Connection:
     db = connect(postgres_url)
     migrate(db)
     db.close()
     locker = psycopg.connect(postgres_url)
-    locker.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")  # until rollback
+    locker.execute(lock)  # held until rollback
     return locker
 
 
 def test_a_write_blocked_on_a_lock_is_spooled_after_the_timeout(
-    postgres_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path, lock: str
 ) -> None:
-    locker = _locked(postgres_url)
+    locker = _locked(postgres_url, lock)
     sink = LedgerSink(
         postgres_url,
         spool_path=tmp_path / "s.jsonl",
@@ -65,8 +79,8 @@ def test_a_write_blocked_on_a_lock_is_spooled_after_the_timeout(
         sink.close(timeout=10)
 
 
-def test_flush_returns_within_its_timeout(postgres_url: str, tmp_path: Path) -> None:
-    locker = _locked(postgres_url)
+def test_flush_returns_within_its_timeout(postgres_url: str, tmp_path: Path, lock: str) -> None:
+    locker = _locked(postgres_url, lock)
     sink = LedgerSink(
         postgres_url,
         spool_path=tmp_path / "s.jsonl",

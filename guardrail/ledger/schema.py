@@ -110,9 +110,10 @@ def migrate(db: Database, target: int = SCHEMA_VERSION) -> int:
     SQLite: its write lock), and the later ones find nothing left to do."""
     with db.transaction() as tx:
         if db.kind == "postgresql":
-            # A migration may take longer than a writer's bound on its statements.
+            # A migration may take longer than a writer's bound on its statements; its waits
+            # for locks (another migrator's, a table's) keep the bound, if any: the writer
+            # spools and tries again rather than block.
             tx.run("SET LOCAL statement_timeout = 0")
-            tx.run("SET LOCAL lock_timeout = 0")
             tx.run("SELECT pg_advisory_xact_lock(?)", (_LOCK,))
         current = _version(tx)
         for number in range(current + 1, target + 1):

@@ -326,15 +326,21 @@ class LedgerSink:
         """Wait until every record given so far is written or spooled, and try the spool
         once more: whether every record is now in the database (False while some wait in
         the spool, or in memory when the disk failed too)."""
+        started = time.monotonic()
         with self._settled:
             done = self._settled.wait_for(lambda: self._pending <= 0, timeout)
-        with self._io:
-            try:
-                if self._spooled_records():
-                    self.spool.replay(lambda r: self._write(r["records"]))
-            except Exception:  # still down, or the disk: the writer keeps trying
-                self._forget_connection()
-                return False
+        # The writer may be inside a write (a database that stopped answering): the replay
+        # is its to do then, and flush keeps to its timeout.
+        if not self._io.acquire(timeout=max(0.0, timeout - (time.monotonic() - started))):
+            return False
+        try:
+            if self._spooled_records():
+                self.spool.replay(lambda r: self._write(r["records"]))
+        except Exception:  # still down, or the disk: the writer keeps trying
+            self._forget_connection()
+            return False
+        finally:
+            self._io.release()
         with self._lock:
             return done and not self._held and not self._overflow
 
