@@ -257,8 +257,12 @@ class Alerts:
         tenant: str | None = None,
         model: str | None = None,
         every: Window | None = None,
+        day: str | None = None,
     ) -> AlertEvent:
-        window, ttl = window_of(self.windows, rule.every if every is None else every, at)
+        every = rule.every if every is None else every
+        window, ttl = window_of(self.windows, every, at)
+        if day is not None and every in ("day", "month"):  # the day it was charged to
+            window = day if every == "day" else day[:7]
         key = ":".join(part for part in (rule.name, detail, window) if part)
         return AlertEvent(
             rule=rule.name,
@@ -291,10 +295,22 @@ class Alerts:
             day = self._day = (start, self.windows.next_day(at).timestamp(), local.date())
         return day[2].isoformat()
 
+    def _spend_on(self, scope: str, day: str) -> tuple[Decimal, Decimal] | None:
+        if self._store is None:
+            return None
+        try:
+            summary = self._store.usage(scope, date.fromisoformat(day))
+        except Exception as exc:
+            _log.warning("guardrail: alerts could not read %s's spend: %r", scope, exc)
+            return None
+        return summary.spent_usd, summary.month_spent_usd
+
     def spend(
-        self, scope: str, at: float, *, fresh: bool = False
+        self, scope: str, at: float, *, fresh: bool = False, day: str | None = None
     ) -> tuple[Decimal, Decimal] | None:
         today = self._today(at)
+        if day is not None and day != today:  # charged to another day: read it (rare)
+            return self._spend_on(scope, day)
         cached = self._spend.get(scope)
         if fresh or cached is None or cached[1] != today or at - cached[0] >= self.refresh_seconds:
             if self._store is None:

@@ -108,13 +108,16 @@ class RuleContext(Protocol):
         tenant: str | None = None,
         model: str | None = None,
         every: Window | None = None,
+        day: str | None = None,
     ) -> AlertEvent: ...
 
     def spend(
-        self, scope: str, at: float, *, fresh: bool = False
+        self, scope: str, at: float, *, fresh: bool = False, day: str | None = None
     ) -> tuple[Decimal, Decimal] | None:
         """(today's, this month's) settled spend of ``scope``: a cached read of the store
-        plus this process's spend since, or a fresh read; None if the store failed."""
+        plus this process's spend since, or a fresh read; None if the store failed.
+        ``day``: the store's day a record was charged to, when it is not today's (a call
+        reserved before midnight and settled after it): that day's and its month's."""
         ...
 
     def baseline(self, scope: str, at: float, days: int) -> Decimal | None:
@@ -335,10 +338,13 @@ class SpendThresholdRule(Rule):
         scope: str,
         caps: tuple[tuple[str, int | None], ...],
     ) -> list[AlertEvent]:
-        spend = ctx.spend(scope, record.timestamp)
+        # The day the record was charged to (a call across midnight: the day it was
+        # reserved in), and its month: the cap it counts against.
+        day = record.day
+        spend = ctx.spend(scope, record.timestamp, day=day)
         if spend is None or not self._reached(caps, spend):
             return []
-        spend = ctx.spend(scope, record.timestamp, fresh=True)  # an estimate crossed: confirm
+        spend = ctx.spend(scope, record.timestamp, fresh=True, day=day)  # an estimate: confirm
         if spend is None:
             return []
         events = []
@@ -364,6 +370,7 @@ class SpendThresholdRule(Rule):
                     detail=f"{limit}:{round(share * 100)}:{usd_to_nanos(cap)}",
                     tenant=record.tenant,
                     every="day" if limit == "daily_spend_usd" else "month",
+                    day=day,
                 )
             )
         return events
