@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from guardrail import Alerts, ManualClock, MemoryStore, UsageRecord
+from guardrail import Alerts, ManualClock, MemoryStore
 from guardrail.observe import AlertEvent, SpendThresholdRule
-from guardrail.stores.base import ReservationRequest, ScopeLimits, Settlement, usd_to_nanos
+from guardrail.stores.base import ScopeLimits, usd_to_nanos
+from tests._alerts import spent
 
 
 def test_a_raised_cap_alerts_at_its_own_thresholds(clock: ManualClock) -> None:
@@ -19,22 +20,8 @@ def test_a_raised_cap_alerts_at_its_own_thresholds(clock: ManualClock) -> None:
     alerts.bind(store)
 
     def call(n: int, usd: str, cap: int) -> None:
-        nanos = usd_to_nanos(Decimal(usd))
-        request = ReservationRequest(f"r-{n}", (ScopeLimits("acme"),), nanos, 0, 60, "gpt-4o")
-        store.settle(store.reserve(request), Settlement(nanos, 0, 0, "gpt-4o"))
         limits = (ScopeLimits("acme", daily_nanos=usd_to_nanos(Decimal(cap))),)
-        alerts(
-            UsageRecord(
-                tenant="acme",
-                scopes=("acme",),
-                model="gpt-4o",
-                requested_model="gpt-4o",
-                outcome="ok",
-                cost_usd=Decimal(usd),
-                timestamp=clock(),
-                limits=limits,
-            )
-        )
+        alerts(spent(store, usd, n, limits))
         assert alerts.flush(10)
 
     for n, usd in enumerate(["5", "3", "2"]):  # $10 of a $10 cap: 50%, 80%, 100%

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from guardrail import Alerts, ManualClock, UsageRecord
+from guardrail import Alerts, ManualClock
 from guardrail.observe import AlertEvent, SpendThresholdRule, Webhook
-from guardrail.stores.base import ReservationRequest, ScopeLimits, Settlement, usd_to_nanos
+from guardrail.stores.base import ScopeLimits, usd_to_nanos
+from tests._alerts import spent
 from tests._redis_helpers import KINDS, cleanup, make_store
 
 LIMITS = (ScopeLimits("acme", daily_nanos=usd_to_nanos(Decimal(10))),)
@@ -66,23 +67,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         cleanup(made)
 
 
-def _spent(store: Any, usd: str, n: int) -> UsageRecord:
-    """``usd`` spent by acme (in the store), and the record of it."""
-    nanos = usd_to_nanos(Decimal(usd))
-    request = ReservationRequest(f"r-{n}", (ScopeLimits("acme"),), nanos, 0, 60, "gpt-4o")
-    store.settle(store.reserve(request), Settlement(nanos, 0, 0, "gpt-4o"))
-    return UsageRecord(
-        tenant="acme",
-        scopes=("acme",),
-        model="gpt-4o",
-        requested_model="gpt-4o",
-        outcome="ok",
-        cost_usd=Decimal(usd),
-        timestamp=store.now(),
-        limits=LIMITS,
-    )
-
-
 def _alerts(destinations: list[Any]) -> Alerts:
     rule = SpendThresholdRule(shares=(0.8,))
     return Alerts([rule], destinations, attempts=3, backoff_seconds=0.0, refresh_seconds=0.0)
@@ -94,7 +78,7 @@ def test_an_alert_no_one_received_fires_again_with_the_next_event(store) -> None
     alerts.bind(store)
     try:
         for n, usd in enumerate(["8.5", "0.1", "0.1"]):  # past 80% of $10 from the first
-            alerts(_spent(store, usd, n))
+            alerts(spent(store, usd, n, LIMITS))
             assert alerts.flush(10)
         assert hook.statuses == [500, 500, 500, 200]  # fired again, then delivered
         assert [body["figures"]["threshold"] for body in hook.bodies] == [0.8]
@@ -112,7 +96,7 @@ def test_one_destination_that_received_it_keeps_the_claim(store) -> None:
     alerts.bind(store)
     try:
         for n, usd in enumerate(["8.5", "0.1"]):
-            alerts(_spent(store, usd, n))
+            alerts(spent(store, usd, n, LIMITS))
             assert alerts.flush(10)
         assert len(received) == 1 and hook.statuses == [500, 500, 500]  # not fired again
         assert alerts.stats.suppressed == 1

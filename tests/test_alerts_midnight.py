@@ -12,7 +12,8 @@ from decimal import Decimal
 
 from guardrail import Alerts, ManualClock, MemoryStore, UsageRecord
 from guardrail.observe import AlertEvent, SpendThresholdRule
-from guardrail.stores.base import ReservationRequest, ScopeLimits, Settlement, usd_to_nanos
+from guardrail.stores.base import ScopeLimits, usd_to_nanos
+from tests._alerts import spent
 
 
 def test_a_call_across_midnight_alerts_on_the_day_it_was_charged_to() -> None:
@@ -24,22 +25,7 @@ def test_a_call_across_midnight_alerts_on_the_day_it_was_charged_to() -> None:
     cap = (ScopeLimits("acme", daily_nanos=usd_to_nanos(Decimal(10))),)
 
     def settle(n: int, usd: str, advance: float) -> UsageRecord:
-        nanos = usd_to_nanos(Decimal(usd))
-        held = store.reserve(ReservationRequest(f"r-{n}", cap, nanos, 0, 600, "gpt-4o"))
-        clock.advance(advance)
-        store.settle(held, Settlement(nanos, 0, 0, "gpt-4o"))
-        return UsageRecord(
-            tenant="acme",
-            scopes=("acme",),
-            model="gpt-4o",
-            requested_model="gpt-4o",
-            outcome="ok",
-            cost_usd=Decimal(usd),
-            timestamp=clock(),
-            limits=cap,
-            day=held.day,
-            reservation_id=held.id,
-        )
+        return spent(store, usd, n, cap, during=advance, clock=clock)
 
     alerts(settle(1, "4", 0))  # 23:59:00: $4 of $10
     clock.advance(50)  # 23:59:50: a long call starts ...
