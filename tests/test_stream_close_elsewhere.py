@@ -12,12 +12,10 @@ import threading
 import time
 
 import openai
-import pytest
 
 import guardrail
 from guardrail import Guard, Policy
 
-pytestmark = pytest.mark.asyncio
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
