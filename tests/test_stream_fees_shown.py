@@ -14,6 +14,7 @@ import pytest
 import guardrail
 from guardrail import Guard, Policy, TokenUsage, usage_cost
 from guardrail.testing import openai_responses
+from tests._sdk_http import cut_stream_errors
 
 MODEL = "gpt-4o"
 SEARCHES = 3
@@ -63,7 +64,7 @@ def test_searches_streamed_before_a_cut_are_charged(server, monkeypatch, how) ->
                 seen_searches += 1
             if how == "close" and event.type == "response.output_text.delta":
                 break
-    except openai.APIConnectionError:
+    except cut_stream_errors(openai):
         pass
     stream.close()
 
