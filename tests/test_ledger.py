@@ -281,7 +281,8 @@ def test_rebuild_on_real_redis(server, clock, sink, ledger_url, tmp_path) -> Non
 
 def test_retention_deletes_whole_days_past_the_limit(server, clock, ledger_url, tmp_path) -> None:
     """Records from 2026-11-23, a ledger kept 7 days, read on 2026-12-01: they go (and their
-    scopes with them); a record of the day itself stays."""
+    scopes with them, and the scopes' caps: the dashboard listed every scope ever seen); a
+    record of the day itself stays."""
     store = MemoryStore(clock=clock)
     later = clock() + 8 * 86_400
     sink = LedgerSink(
@@ -293,12 +294,14 @@ def test_retention_deletes_whole_days_past_the_limit(server, clock, ledger_url, 
     assert ledger_rows(ledger_url) == {}
     db = connect(ledger_url)
     assert db.execute("SELECT COUNT(*) FROM usage_scopes") == [(0,)]
+    assert db.execute("SELECT COUNT(*) FROM scope_limits") == [(0,)]
     clock.advance(8 * 86_400)
     fresh = LedgerSink(ledger_url, spool_path=tmp_path / "r2.jsonl", retention_days=7, clock=clock)
     calls(server, store, fresh)
     assert fresh.flush()
     fresh.close()
     assert ledger_rows(ledger_url) == store_rows(store, clock_day(clock))
+    assert db.execute("SELECT COUNT(*) FROM scope_limits") != [(0,)]  # today's calls' caps
     db.close()
 
 

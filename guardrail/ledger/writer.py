@@ -317,6 +317,9 @@ class LedgerSink:
                 ("DELETE FROM usage_scopes WHERE day < ?", [(day,)]),
                 ("DELETE FROM usage_records WHERE day < ?", [(day,)]),
                 ("DELETE FROM alert_events WHERE ts < ?", [(cutoff,)]),
+                # A scope whose latest call is past the cutoff: else every scope ever seen
+                # (one per end user) stays, and the dashboard lists it.
+                ("DELETE FROM scope_limits WHERE ts < ?", [(cutoff,)]),
             ]
         )
 
