@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 
 import guardrail
-from guardrail import BudgetExceeded, Guard, ManualClock, MemoryStore, Policy
+from guardrail import BudgetExceeded, Guard, ManualClock, Policy
 from guardrail.engine.keeper import async_keeper, sync_keeper
 from guardrail.testing import FakeAnthropicServer
+from tests._redis_helpers import KINDS, cleanup, make_store
 from tests._sdk_http import http_library
 
 httpx = http_library(anthropic)
@@ -66,22 +69,31 @@ class _AsyncTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-def _guard() -> tuple[Guard, MemoryStore, ManualClock, Decimal]:
-    clock = ManualClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
-    store = MemoryStore(clock=clock)
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    made = make_store(
+        str(request.param), ManualClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC)), tmp_path
+    )
+    try:
+        yield made
+    finally:
+        cleanup(made)
+
+
+def _guard(store: Any) -> tuple[Guard, Any, ManualClock, Decimal]:
     one = guardrail.estimate_cost(MODEL, 40, 100)
     policy = Policy(
         daily_spend_usd=one * Decimal("1.5"), reservation_ttl_seconds=TTL, loop_limit=None
     )
-    return Guard(policy, store=store), store, clock, one
+    return Guard(policy, store=store), store, store._clock, one
 
 
 def _create(client: Any) -> Any:
     return client.messages.create(model=MODEL, max_tokens=100, messages=MSG)
 
 
-def test_a_hold_is_kept_while_the_prompt_is_counted(fake: FakeAnthropicServer) -> None:
-    guard, store, clock, _ = _guard()
+def test_a_hold_is_kept_while_the_prompt_is_counted(fake: FakeAnthropicServer, store: Any) -> None:
+    guard, store, clock, _ = _guard(store)
     gate = _CountGate()
     raw = anthropic.Anthropic(
         base_url=fake.base_url,
@@ -110,8 +122,10 @@ def test_a_hold_is_kept_while_the_prompt_is_counted(fake: FakeAnthropicServer) -
     assert [r.path for r in fake.requests].count("/v1/messages/count_tokens") == 1
 
 
-def test_an_async_hold_is_kept_while_the_prompt_is_counted(fake: FakeAnthropicServer) -> None:
-    guard, store, clock, _ = _guard()
+def test_an_async_hold_is_kept_while_the_prompt_is_counted(
+    fake: FakeAnthropicServer, store: Any
+) -> None:
+    guard, store, clock, _ = _guard(store)
     gate = _CountGate()
 
     async def main() -> None:
